@@ -1,1 +1,52 @@
-fn main(){}
+//! governor's developer tasks. `cargo xtask --help` lists them.
+
+mod ebpf_toolchain;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for governor: setup, build-and-load, test.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the build and the tests need (idempotent): nightly rust-src,
+    /// the musl target, bpf-linker (cached outside the clone), Debian packages.
+    Setup,
+    /// Setup, build, then run `governor run` on this host in dry-run with the
+    /// embedded default config, until Ctrl-C. Extra arguments go to `governor run`.
+    Run {
+        /// Arguments passed on to `governor run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, fmt check, clippy, unit tests, root integration tests; ends with
+    /// a `N passed, N failed` line and a non-zero exit on any failure.
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::setup().map(|_| ExitCode::SUCCESS),
+        Command::Run { args } => run::run(&args),
+        Command::Test(args) => test::test(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `cargo xtask setup`: installs what the build and the tests need, once.
+//!
+//! Every step checks first and installs only what is missing, so a second run
+//! takes seconds and says nothing is missing.
+
+use std::{fs, os::unix::fs::symlink, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    ebpf_toolchain as tc,
+    util::{is_root, output, run, say},
+};
+
+/// Debian packages used by the tests and benchmarks, and why.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    (
+        "bpftrace",
+        "runqlat.bt, the peer of the run-queue probe in `xtask bench`",
+    ),
+    (
+        "linux-perf",
+        "`perf bench sched pipe`, the context-switch workload",
+    ),
+    (
+        "stress-ng",
+        "CPU hogs for tests, benchmarks and `governor observe` demos",
+    ),
+    ("wrk", "HTTP load in benchmarks"),
+    ("nftables", "the static rate-limit baseline in benchmarks"),
+    (
+        "iproute2",
+        "network namespaces and veth pairs for the network tests",
+    ),
+    (
+        "systemd",
+        "`systemd-analyze verify/security` of the unit file",
+    ),
+];
+
+/// What setup did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Things installed by this run.
+    pub installed: Vec<String>,
+}
+
+/// Runs every setup step.
+pub fn setup() -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    say("setup: checking the toolchain, bpf-linker and Debian packages");
+    nightly(&mut report)?;
+    rust_src(&mut report)?;
+    musl_target(&mut report)?;
+    bpf_linker(&mut report)?;
+    debian_packages(&mut report)?;
+    if report.installed.is_empty() {
+        eprintln!(
+            "setup: nothing missing ({:.1}s)",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "setup: installed {} ({:.1}s)",
+            report.installed.join(", "),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(report)
+}
+
+fn ok(what: &str, detail: &str) {
+    eprintln!("  ok       {what}: {detail}");
+}
+
+fn installing(what: &str, why: &str) {
+    eprintln!("  install  {what}: {why}");
+}
+
+fn nightly(report: &mut Report) -> anyhow::Result<()> {
+    match tc::nightly_id() {
+        Ok(id) => ok("nightly toolchain", &id),
+        Err(_) => {
+            installing("nightly toolchain", "builds the kernel programs");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                tc::NIGHTLY,
+                "--profile",
+                "minimal",
+            ]))?;
+            report.installed.push("nightly".into());
+        }
+    }
+    Ok(())
+}
+
+fn rust_src(report: &mut Report) -> anyhow::Result<()> {
+    let sysroot = tc::nightly_sysroot().map_err(anyhow::Error::msg)?;
+    if tc::has_rust_src(&sysroot) {
+        ok("rust-src (nightly)", "present");
+    } else {
+        installing(
+            "rust-src (nightly)",
+            "`-Z build-std=core` for bpfel-unknown-none",
+        );
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            tc::NIGHTLY,
+        ]))?;
+        report.installed.push("rust-src".into());
+    }
+    Ok(())
+}
+
+fn musl_target(report: &mut Report) -> anyhow::Result<()> {
+    const MUSL: &str = "x86_64-unknown-linux-musl";
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == MUSL) {
+        ok("musl target (stable)", "present");
+    } else {
+        installing(
+            "musl target (stable)",
+            "static test binaries for the VM tests",
+        );
+        run(Command::new("rustup").args(["target", "add", MUSL]))?;
+        report.installed.push(MUSL.into());
+    }
+    Ok(())
+}
+
+fn bpf_linker(report: &mut Report) -> anyhow::Result<()> {
+    let id = tc::nightly_id().map_err(anyhow::Error::msg)?;
+    let cache = tc::cache_dir();
+    let bin = tc::bpf_linker_bin(&cache, &id);
+    if bin.is_file() && output(Command::new(&bin).arg("--version")).is_some() {
+        ok("bpf-linker", &format!("{} (cached)", bin.display()));
+        return Ok(());
+    }
+    installing(
+        "bpf-linker",
+        &format!(
+            "building against the nightly's LLVM into {} (about a minute or two)",
+            bin.display()
+        ),
+    );
+    let sysroot = tc::nightly_sysroot().map_err(anyhow::Error::msg)?;
+    let libllvm = tc::nightly_libllvm(&sysroot).with_context(|| {
+        format!(
+            "no libLLVM.so.*-rust-* in {}/lib; the nightly is expected to ship its LLVM",
+            sysroot.display()
+        )
+    })?;
+    // bpf-linker's build looks for <prefix>/lib/libLLVM.so; the binary keeps
+    // an rpath to <prefix>/lib and loads the file by its own name.
+    let prefix = tc::llvm_prefix(&cache, &id);
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let own_name = libllvm.file_name().context("libLLVM has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), own_name] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&libllvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    let root = tc::bpf_linker_root(&cache, &id);
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--root",
+        ])
+        .arg(&root)
+        .env("LLVM_PREFIX", &prefix))
+    .context("building bpf-linker")?;
+    if output(Command::new(&bin).arg("--version")).is_none() {
+        bail!("bpf-linker was built but does not run: {}", bin.display());
+    }
+    report.installed.push("bpf-linker".into());
+    Ok(())
+}
+
+fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(pkg, _)| {
+            let st = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+            !st.is_some_and(|s| s.contains("install ok installed"))
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        ok(
+            "Debian packages",
+            &format!("{} present", DEBIAN_PACKAGES.len()),
+        );
+        return Ok(());
+    }
+    for (pkg, why) in DEBIAN_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        installing(pkg, why);
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing ({}); run as root or: apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    report
+        .installed
+        .extend(missing.iter().map(|s| s.to_string()));
+    Ok(())
+}

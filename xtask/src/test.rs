@@ -1,0 +1,290 @@
+//! `cargo xtask test`: everything CI runs, with one closing summary line.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, ExitCode, Stdio},
+    thread,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::{
+    ebpf_toolchain as tc, setup,
+    util::{is_root, say, show, workspace_root},
+};
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Skip `cargo xtask setup` (when you know nothing is missing).
+    #[arg(long)]
+    no_setup: bool,
+}
+
+/// Counts parsed from libtest's `test result:` lines.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+struct Step {
+    name: String,
+    ok: bool,
+    secs: f64,
+    note: String,
+    /// Tests this step reported as failed.
+    failed_tests: u64,
+}
+
+/// Runs every check; the exit code is non-zero if any step or test failed.
+pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let root = workspace_root();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut totals = Counts::default();
+    let mut failures: Vec<String> = Vec::new();
+    let mut skipped_notes: Vec<String> = Vec::new();
+
+    if !args.no_setup {
+        let t = Instant::now();
+        let r = setup::setup();
+        let ok = r.is_ok();
+        steps.push(Step {
+            name: "setup".into(),
+            ok,
+            secs: t.elapsed().as_secs_f64(),
+            note: r.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+            failed_tests: 0,
+        });
+        if !ok {
+            return Ok(finish(&steps, totals, &failures, &skipped_notes, started));
+        }
+    }
+
+    let cargo = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.args(args).current_dir(&root);
+        c
+    };
+
+    let mut plain = |name: &str, mut cmd: Command| {
+        say(format!("{name}: {}", show(&cmd)));
+        let t = Instant::now();
+        let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+        steps.push(Step {
+            name: name.into(),
+            ok,
+            secs: t.elapsed().as_secs_f64(),
+            note: String::new(),
+            failed_tests: 0,
+        });
+    };
+    plain("fmt", cargo(&["fmt", "--all", "--", "--check"]));
+    plain(
+        "clippy",
+        cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]),
+    );
+    let mut ebpf_clippy = Command::new("rustup");
+    ebpf_clippy
+        .args([
+            "run",
+            tc::NIGHTLY,
+            "cargo",
+            "clippy",
+            "--package",
+            "governor-ebpf",
+            "--release",
+        ])
+        .args([
+            "--target",
+            tc::BPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(&root);
+    plain("clippy (kernel programs)", ebpf_clippy);
+
+    let unit = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "governor-ebpf",
+        "--exclude",
+        "governor-integration",
+    ]);
+    libtest_step(
+        "unit and simulation tests",
+        unit,
+        &mut steps,
+        &mut totals,
+        &mut failures,
+    )?;
+
+    if is_root() {
+        let integ = cargo(&[
+            "test",
+            "--package",
+            "governor-integration",
+            "--",
+            "--test-threads=1",
+        ]);
+        libtest_step(
+            "integration tests (root, host kernel)",
+            integ,
+            &mut steps,
+            &mut totals,
+            &mut failures,
+        )?;
+    } else {
+        skipped_notes.push(
+            "integration tests: not root (they load eBPF programs and create cgroups)".into(),
+        );
+    }
+
+    Ok(finish(&steps, totals, &failures, &skipped_notes, started))
+}
+
+/// Runs a `cargo test` invocation, streaming its output and adding up its
+/// `test result:` lines.
+fn libtest_step(
+    name: &str,
+    mut cmd: Command,
+    steps: &mut Vec<Step>,
+    totals: &mut Counts,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    say(format!("{name}: {}", show(&cmd)));
+    let t = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{}`", show(&cmd)))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let reader = thread::spawn(move || {
+        let mut counts = Counts::default();
+        let mut failed = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(c) = parse_result_line(&line) {
+                counts.passed += c.passed;
+                counts.failed += c.failed;
+                counts.ignored += c.ignored;
+            }
+            if let Some(test) = line
+                .strip_prefix("test ")
+                .and_then(|l| l.strip_suffix(" ... FAILED"))
+            {
+                failed.push(test.to_owned());
+            }
+        }
+        (counts, failed)
+    });
+    let status = child.wait()?;
+    let (counts, failed) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("output reader panicked"))?;
+    totals.passed += counts.passed;
+    totals.failed += counts.failed;
+    totals.ignored += counts.ignored;
+    failures.extend(failed);
+    steps.push(Step {
+        name: name.into(),
+        ok: status.success(),
+        secs: t.elapsed().as_secs_f64(),
+        note: format!(
+            "{} passed, {} failed, {} ignored",
+            counts.passed, counts.failed, counts.ignored
+        ),
+        failed_tests: counts.failed,
+    });
+    Ok(())
+}
+
+/// Parses `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+fn parse_result_line(line: &str) -> Option<Counts> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let mut c = Counts::default();
+    for part in rest.split(';') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        // "ok. 3 passed", "2 failed", "0 filtered out", ...
+        let Some(i) = words.iter().position(|w| w.parse::<u64>().is_ok()) else {
+            continue;
+        };
+        let (Ok(n), Some(what)) = (words[i].parse::<u64>(), words.get(i + 1)) else {
+            continue;
+        };
+        let what = *what;
+        match what {
+            "passed" => c.passed = n,
+            "failed" => c.failed = n,
+            "ignored" => c.ignored = n,
+            _ => {}
+        }
+    }
+    Some(c)
+}
+
+fn finish(
+    steps: &[Step],
+    totals: Counts,
+    failures: &[String],
+    skipped: &[String],
+    started: Instant,
+) -> ExitCode {
+    eprintln!();
+    say(format!("summary ({:.0}s)", started.elapsed().as_secs_f64()));
+    for s in steps {
+        eprintln!(
+            "  {:<6} {:<42} {:>6.1}s  {}",
+            if s.ok { "ok" } else { "FAILED" },
+            s.name,
+            s.secs,
+            s.note
+        );
+    }
+    for f in failures {
+        eprintln!("  failed test: {f}");
+    }
+    for s in skipped {
+        eprintln!("  skipped: {s}");
+    }
+    // A failed step whose failure no test reported (fmt, clippy, a test
+    // binary that did not build or crashed) counts as one failure.
+    let unreported = steps
+        .iter()
+        .filter(|s| !s.ok && s.failed_tests == 0)
+        .count() as u64;
+    let failed = totals.failed + unreported;
+    let skipped_n = totals.ignored + skipped.len() as u64;
+    println!(
+        "test: {} passed, {} failed, {} skipped",
+        totals.passed, failed, skipped_n
+    );
+    if failed == 0 && steps.iter().all(|s| s.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summary() {
+        let c = parse_result_line(
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        )
+        .expect("a result line");
+        assert_eq!((c.passed, c.failed, c.ignored), (3, 2, 1));
+        assert!(parse_result_line("running 3 tests").is_none());
+    }
+}
