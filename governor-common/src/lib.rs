@@ -5,13 +5,27 @@
 //! sides agree on the layout byte for byte.
 #![no_std]
 
+pub mod hist;
+
 /// Indices into the per-CPU `COUNTERS` array map.
 ///
 /// Each slot counts events seen by one probe on one CPU; the agent sums over
-/// CPUs. They let the agent (and the tests) see that a probe is alive.
+/// CPUs. They show that a probe is alive, and count what did not fit.
 pub mod counter {
     /// `sched_switch` tracepoint hits.
     pub const SCHED_SWITCH: u32 = 0;
+    /// `sched_wakeup` and `sched_wakeup_new` hits.
+    pub const SCHED_WAKEUP: u32 = 1;
+    /// Run-queue waits measured.
+    pub const RUNQ_SAMPLES: u32 = 2;
+    /// `sock:inet_sock_set_state` hits.
+    pub const SOCK_STATE: u32 = 3;
+    /// A cgroup's histogram or connect counter did not fit its map.
+    pub const CGROUP_MAP_FULL: u32 = 4;
+    /// A port's accept counter did not fit its map.
+    pub const PORT_MAP_FULL: u32 = 5;
+    /// A wakeup timestamp did not fit its map (the wait was not measured).
+    pub const START_MAP_FULL: u32 = 6;
     /// Number of slots in the `COUNTERS` map.
     pub const LEN: u32 = 8;
 }
@@ -19,8 +33,60 @@ pub mod counter {
 /// Names of the programs and maps in the object, shared so that a rename on
 /// one side is a compile error on the other rather than a load failure.
 pub mod names {
-    /// Tracepoint program counting context switches.
+    /// `sched:sched_switch` program.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    /// `sched:sched_wakeup` program.
+    pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
+    /// `sched:sched_wakeup_new` program.
+    pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+    /// `sock:inet_sock_set_state` program.
+    pub const PROG_SOCK_STATE: &str = "inet_sock_set_state";
     /// Per-CPU array of `u64` event counters, indexed by [`super::counter`].
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    /// Per-CPU array with one host-wide run-queue [`super::hist::Hist`].
+    pub const MAP_HOST_RUNQ: &str = "HOST_RUNQ";
+    /// Per-CPU hash: cgroup id → run-queue [`super::hist::Hist`].
+    pub const MAP_CGROUP_RUNQ: &str = "CGROUP_RUNQ";
+    /// Per-CPU hash: cgroup id → outbound connects (`u64`).
+    pub const MAP_CGROUP_CONNECTS: &str = "CGROUP_CONNECTS";
+    /// Per-CPU hash: local port (`u32`) → accepted connections (`u64`).
+    pub const MAP_PORT_ACCEPTS: &str = "PORT_ACCEPTS";
+}
+
+/// Map sizes: bounded, with [`counter::CGROUP_MAP_FULL`] and friends counting
+/// what did not fit.
+pub mod limits {
+    /// Cgroups tracked at once (histograms and connect counters).
+    pub const MAX_CGROUPS: u32 = 16_384;
+    /// Local ports tracked at once.
+    pub const MAX_PORTS: u32 = 4_096;
+    /// Tasks waiting to run at once (wakeup timestamps).
+    pub const MAX_WAITING: u32 = 65_536;
+}
+
+/// Names of the read-only globals the agent sets at load time: offsets of
+/// tracepoint fields, parsed from tracefs `format` files on the running
+/// kernel (no offsets are compiled in).
+pub mod globals {
+    /// `sched_switch.prev_pid` offset.
+    pub const SWITCH_PREV_PID: &str = "OFF_SWITCH_PREV_PID";
+    /// `sched_switch.prev_state` offset.
+    pub const SWITCH_PREV_STATE: &str = "OFF_SWITCH_PREV_STATE";
+    /// `sched_switch.next_pid` offset.
+    pub const SWITCH_NEXT_PID: &str = "OFF_SWITCH_NEXT_PID";
+    /// `sched_wakeup.pid` offset.
+    pub const WAKEUP_PID: &str = "OFF_WAKEUP_PID";
+    /// `sched_wakeup_new.pid` offset.
+    pub const WAKEUP_NEW_PID: &str = "OFF_WAKEUP_NEW_PID";
+    /// `inet_sock_set_state.oldstate` offset.
+    pub const SOCK_OLDSTATE: &str = "OFF_SOCK_OLDSTATE";
+    /// `inet_sock_set_state.newstate` offset.
+    pub const SOCK_NEWSTATE: &str = "OFF_SOCK_NEWSTATE";
+    /// `inet_sock_set_state.sport` offset.
+    pub const SOCK_SPORT: &str = "OFF_SOCK_SPORT";
+    /// `inet_sock_set_state.protocol` offset.
+    pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+    /// Set to 1 by the agent once the offsets above are filled in; the
+    /// programs do nothing while it is 0.
+    pub const CONFIGURED: &str = "CONFIGURED";
 }

@@ -1,18 +1,65 @@
-//! governor's kernel programs.
+//! governor's kernel probes.
 //!
 //! Probes aggregate in the kernel (per-CPU counters and histograms); nothing
 //! is sent to user space per event. Log lines (aya-log) are kept for rare
-//! events: a probe coming alive on a CPU, and errors.
+//! events: a probe coming alive on a CPU.
+//!
+//! Portability: only tracepoint fields are read, at offsets the agent parses
+//! from tracefs `format` files on the running kernel and sets as read-only
+//! globals before loading (no kernel struct offsets are compiled in).
+//!
+//! Run-queue latency: a task's wait starts when it is woken
+//! (`sched_wakeup`, `sched_wakeup_new`) or preempted while still runnable
+//! (`sched_switch` with a runnable `prev_state`), and ends when it is
+//! switched in. The histogram is keyed by the task's cgroup, but a
+//! `sched_switch` runs in the context of the task going *out*, so the wait of
+//! the task coming in is parked (`PENDING`) and attributed to its cgroup when
+//! it next goes out, where `bpf_get_current_cgroup_id` names it exactly.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::PerCpuArray,
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use aya_log_ebpf::info;
-use governor_common::counter;
+use governor_common::{
+    counter,
+    hist::{self, Hist},
+    limits,
+};
+
+// Field offsets, set by the agent from tracefs `format` files at load time.
+#[unsafe(no_mangle)]
+static OFF_SWITCH_PREV_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SWITCH_PREV_STATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SWITCH_NEXT_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_WAKEUP_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_WAKEUP_NEW_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_OLDSTATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_NEWSTATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_SPORT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_PROTOCOL: u32 = 0;
+/// 1 once the agent has set the offsets above.
+#[unsafe(no_mangle)]
+static CONFIGURED: u32 = 0;
+
+#[inline(always)]
+fn global(v: &u32) -> u32 {
+    // SAFETY: a read of a read-only global the loader patched in.
+    unsafe { core::ptr::read_volatile(v) }
+}
 
 /// Per-CPU event counters, indexed by `governor_common::counter`.
 #[map(name = "COUNTERS")]
@@ -22,17 +69,67 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 
 #[map(name = "ANNOUNCED")]
 static ANNOUNCED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// When each waiting task became runnable (pid → ns).
+#[map(name = "WAIT_START")]
+static WAIT_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(limits::MAX_WAITING, 0);
+
+/// Waits measured at switch-in, not yet attributed to a cgroup (pid → ns).
+#[map(name = "PENDING")]
+static PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(limits::MAX_WAITING, 0);
+
+/// Host-wide run-queue histogram.
+#[map(name = "HOST_RUNQ")]
+static HOST_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-cgroup run-queue histograms (cgroup id → hist). Not preallocated:
+/// memory grows with the cgroups actually seen, up to MAX_CGROUPS.
+#[map(name = "CGROUP_RUNQ")]
+static CGROUP_RUNQ: PerCpuHashMap<u64, Hist> =
+    PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, BPF_F_NO_PREALLOC);
+
+/// An empty histogram to insert from (the BPF stack is too small for one).
+#[map(name = "HIST_ZERO")]
+static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
+
+/// Outbound connects per cgroup (cgroup id → count).
+#[map(name = "CGROUP_CONNECTS")]
+static CGROUP_CONNECTS: PerCpuHashMap<u64, u64> =
+    PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, 0);
+
+/// Accepted connections per local port (port → count).
+#[map(name = "PORT_ACCEPTS")]
+static PORT_ACCEPTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU array; no other
-        // program touches it concurrently on this CPU.
+        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU.
         unsafe { *slot += 1 };
     }
 }
 
-/// Logs once per CPU that the probes are running there, so that the agent's
-/// log shows the kernel side is alive (and aya-log is wired).
+/// Adds one to a per-CPU hash counter, inserting it if absent; counts a full map.
+#[inline(always)]
+fn bump_keyed<K>(map: &PerCpuHashMap<K, u64>, key: &K, full: u32) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe { *v += 1 };
+    } else if map.insert(key, 1u64, 0).is_err() {
+        bump(full);
+    }
+}
+
+#[inline(always)]
+fn hist_add(h: *mut Hist, ns: u64) {
+    let b = hist::bucket(ns);
+    if b < hist::BUCKETS {
+        // SAFETY: `h` points at this CPU's value of a per-CPU map; `b` is in bounds.
+        unsafe { (*h).counts[b] += 1 };
+    }
+}
+
+/// Logs once per CPU that the probes run there: shows the kernel side is
+/// alive and that aya-log reaches the agent.
 #[inline(always)]
 fn announce(ctx: &TracePointContext) {
     if let Some(flag) = ANNOUNCED.get_ptr_mut(0) {
@@ -46,10 +143,152 @@ fn announce(ctx: &TracePointContext) {
     }
 }
 
+#[inline(always)]
+fn read_u32(ctx: &TracePointContext, off: &u32) -> Option<u32> {
+    // SAFETY: bpf_probe_read of the tracepoint record at an offset from its format file.
+    unsafe { ctx.read_at::<u32>(global(off) as usize).ok() }
+}
+
+#[inline(always)]
+fn wait_starts(pid: u32, now: u64) {
+    if pid != 0 && WAIT_START.insert(&pid, now, 0).is_err() {
+        bump(counter::START_MAP_FULL);
+    }
+}
+
+fn on_wakeup(ctx: &TracePointContext, off: &u32) {
+    bump(counter::SCHED_WAKEUP);
+    if global(&CONFIGURED) == 0 {
+        return;
+    }
+    if let Some(pid) = read_u32(ctx, off) {
+        // SAFETY: no preconditions.
+        wait_starts(pid, unsafe { bpf_ktime_get_ns() });
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup")]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    on_wakeup(&ctx, &OFF_WAKEUP_PID);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+    on_wakeup(&ctx, &OFF_WAKEUP_NEW_PID);
+    0
+}
+
+/// `prev_state` bits that mean "not runnable" (S D T t X Z P I). The bit
+/// above them marks a preemption, which leaves the task runnable.
+const SLEEP_STATE_MASK: u64 = 0xff;
+
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
     bump(counter::SCHED_SWITCH);
     announce(&ctx);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // The task going out: it is `current`, so its cgroup is known. Attribute
+    // the wait it had before this slice, and start a new wait if it was
+    // preempted while runnable.
+    if let Some(prev) = read_u32(&ctx, &OFF_SWITCH_PREV_PID)
+        && prev != 0
+    {
+        if let Some(waited) = PENDING.get_ptr(&prev) {
+            // SAFETY: a value pointer from a map lookup, read at once.
+            let waited = unsafe { *waited };
+            let _ = PENDING.remove(&prev);
+            // SAFETY: no preconditions.
+            let cg = unsafe { bpf_get_current_cgroup_id() };
+            add_cgroup_wait(cg, waited);
+        }
+        // SAFETY: tracepoint record read at a parsed offset.
+        let state = unsafe { ctx.read_at::<u64>(global(&OFF_SWITCH_PREV_STATE) as usize) };
+        if let Ok(state) = state
+            && state & SLEEP_STATE_MASK == 0
+        {
+            wait_starts(prev, now);
+        }
+    }
+
+    // The task coming in: its wait ends now.
+    if let Some(next) = read_u32(&ctx, &OFF_SWITCH_NEXT_PID)
+        && next != 0
+        && let Some(start) = WAIT_START.get_ptr(&next)
+    {
+        // SAFETY: a value pointer from a map lookup, read at once.
+        let start = unsafe { *start };
+        let _ = WAIT_START.remove(&next);
+        let waited = now.saturating_sub(start);
+        bump(counter::RUNQ_SAMPLES);
+        if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
+            hist_add(h, waited);
+        }
+        if PENDING.insert(&next, waited, 0).is_err() {
+            bump(counter::START_MAP_FULL);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn add_cgroup_wait(cg: u64, waited: u64) {
+    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(&cg) {
+        hist_add(h, waited);
+        return;
+    }
+    let Some(zero) = HIST_ZERO.get(0) else {
+        return;
+    };
+    if CGROUP_RUNQ.insert(&cg, zero, 0).is_err() {
+        bump(counter::CGROUP_MAP_FULL);
+        return;
+    }
+    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(&cg) {
+        hist_add(h, waited);
+    }
+}
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    bump(counter::SOCK_STATE);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    // SAFETY (all reads): tracepoint record at offsets parsed from its format file.
+    let (Ok(old), Ok(new), Ok(proto)) = (unsafe { ctx.read_at::<i32>(global(&OFF_SOCK_OLDSTATE) as usize) }, unsafe {
+        ctx.read_at::<i32>(global(&OFF_SOCK_NEWSTATE) as usize)
+    }, unsafe {
+        ctx.read_at::<u16>(global(&OFF_SOCK_PROTOCOL) as usize)
+    }) else {
+        return 0;
+    };
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // A connection completed its handshake on a listener: `sport` is the local port.
+        // SAFETY: as above.
+        if let Ok(sport) = unsafe { ctx.read_at::<u16>(global(&OFF_SOCK_SPORT) as usize) } {
+            bump_keyed(&PORT_ACCEPTS, &u32::from(sport), counter::PORT_MAP_FULL);
+        }
+    } else if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        // connect(): runs in the connecting task's context.
+        // SAFETY: no preconditions.
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        bump_keyed(&CGROUP_CONNECTS, &cg, counter::CGROUP_MAP_FULL);
+    }
     0
 }
 

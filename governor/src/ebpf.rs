@@ -5,21 +5,33 @@
 //! dropping `Probes` (or the process exiting, however it exits) detaches and
 //! unloads every program and map.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuArray,
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{ProgramError, TracePoint},
 };
-use governor_common::{counter, names};
+use governor_common::{
+    counter, globals,
+    hist::{self, Hist},
+    names,
+};
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 /// The object built from `governor-ebpf` for `bpfel-unknown-none`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
-/// Name prefix shared by every program in [`OBJECT`]; used to find leftovers.
-pub const PROGRAM_NAMES: &[&str] = &[names::PROG_SCHED_SWITCH];
+/// Names of every program in [`OBJECT`]; used to find leftovers.
+pub const PROGRAM_NAMES: &[&str] = &[
+    names::PROG_SCHED_SWITCH,
+    names::PROG_SCHED_WAKEUP,
+    names::PROG_SCHED_WAKEUP_NEW,
+    names::PROG_SOCK_STATE,
+];
 
 /// Why the probes could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
@@ -56,23 +68,133 @@ pub enum ProbeError {
     Tracefs(#[from] crate::tracefs::TracefsError),
 }
 
+/// One tracepoint probe: its program, its event, and the record fields it
+/// reads (global name, field name).
+struct TracepointProbe {
+    program: &'static str,
+    category: &'static str,
+    event: &'static str,
+    fields: &'static [(&'static str, &'static str)],
+    /// The signals lost when this probe cannot run.
+    signals: &'static str,
+}
+
+const TRACEPOINTS: &[TracepointProbe] = &[
+    TracepointProbe {
+        program: names::PROG_SCHED_SWITCH,
+        category: "sched",
+        event: "sched_switch",
+        fields: &[
+            (globals::SWITCH_PREV_PID, "prev_pid"),
+            (globals::SWITCH_PREV_STATE, "prev_state"),
+            (globals::SWITCH_NEXT_PID, "next_pid"),
+        ],
+        signals: "run-queue latency (runq_p50, runq_p99)",
+    },
+    TracepointProbe {
+        program: names::PROG_SCHED_WAKEUP,
+        category: "sched",
+        event: "sched_wakeup",
+        fields: &[(globals::WAKEUP_PID, "pid")],
+        signals: "run-queue latency after wakeups",
+    },
+    TracepointProbe {
+        program: names::PROG_SCHED_WAKEUP_NEW,
+        category: "sched",
+        event: "sched_wakeup_new",
+        fields: &[(globals::WAKEUP_NEW_PID, "pid")],
+        signals: "run-queue latency of new tasks",
+    },
+    TracepointProbe {
+        program: names::PROG_SOCK_STATE,
+        category: "sock",
+        event: "inet_sock_set_state",
+        fields: &[
+            (globals::SOCK_OLDSTATE, "oldstate"),
+            (globals::SOCK_NEWSTATE, "newstate"),
+            (globals::SOCK_SPORT, "sport"),
+            (globals::SOCK_PROTOCOL, "protocol"),
+        ],
+        signals: "accepted connections per port, outbound connects per cgroup",
+    },
+];
+
 /// The loaded kernel programs and their maps.
 pub struct Probes {
     ebpf: Ebpf,
+    /// Probes that could not be set up on this kernel, with the reason.
+    missing: Vec<String>,
+    /// Probes whose offsets were found (and may be attached).
+    usable: Vec<&'static str>,
+}
+
+/// Cumulative figures read from the maps (since load).
+#[derive(Debug, Default, Clone)]
+pub struct MapReadings {
+    /// Host-wide run-queue histogram.
+    pub host_runq: Vec<u64>,
+    /// Run-queue histogram per cgroup id.
+    pub cgroup_runq: HashMap<u64, Vec<u64>>,
+    /// Outbound connects per cgroup id.
+    pub cgroup_connects: HashMap<u64, u64>,
+    /// Accepted connections per local port.
+    pub port_accepts: HashMap<u16, u64>,
 }
 
 impl Probes {
-    /// Loads the embedded object (maps and programs; nothing is attached yet).
+    /// Loads the embedded object with field offsets parsed from the running
+    /// kernel's tracefs (mounting it if needed). Nothing is attached yet.
     ///
+    /// A tracepoint or field this kernel lacks is not an error: its probe is
+    /// left out and [`Probes::missing`] says which signals are lost.
     /// aya raises `RLIMIT_MEMLOCK` itself on kernels that charge BPF memory to it.
     pub fn load() -> Result<Self, ProbeError> {
-        let ebpf = EbpfLoader::new().load(OBJECT)?;
-        Ok(Self { ebpf })
+        let root = Path::new(crate::tracefs::DEFAULT_ROOT);
+        crate::tracefs::ensure_mounted(root)?;
+        let mut offsets: Vec<(&'static str, u32)> = Vec::new();
+        let mut missing = Vec::new();
+        let mut usable = Vec::new();
+        for tp in TRACEPOINTS {
+            let found: Result<Vec<_>, _> = tp
+                .fields
+                .iter()
+                .map(|(global, field)| {
+                    crate::tracefs::field_offset(root, tp.category, tp.event, field)
+                        .map(|f| (*global, f.offset))
+                })
+                .collect();
+            match found {
+                Ok(f) => {
+                    offsets.extend(f);
+                    usable.push(tp.program);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}: {} will be missing", tp.signals);
+                    missing.push(format!("{}: {e}", tp.signals));
+                }
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, off) in &offsets {
+            loader.override_global(*name, off, true);
+        }
+        loader.override_global(globals::CONFIGURED, &1u32, true);
+        let ebpf = loader.load(OBJECT)?;
+        Ok(Self {
+            ebpf,
+            missing,
+            usable,
+        })
+    }
+
+    /// Signals this kernel cannot give, with the reason.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
     }
 
     /// Starts forwarding the kernel programs' log lines (aya-log) to the
-    /// agent's log (`log` → `tracing`) from a tokio task. Must be called
-    /// before [`Probes::attach_all`] so that no early line is lost.
+    /// agent's log (`log` → `tracing`) from a tokio task. Call it before
+    /// [`Probes::attach_all`] so that no early line is lost.
     pub fn spawn_log_forwarder(&mut self) -> anyhow::Result<JoinHandle<()>> {
         let logger = aya_log::EbpfLogger::init(&mut self.ebpf)?;
         // SAFETY: the logger owns its ring buffer's fd and keeps it open, and
@@ -95,10 +217,29 @@ impl Probes {
         }))
     }
 
-    /// Loads and attaches every probe; mounts tracefs first if needed.
+    /// Loads and attaches every probe whose tracepoint exists. A probe that
+    /// fails to attach is recorded in [`Probes::missing`]; the rest go on.
+    /// Fails only if no probe at all could be attached.
     pub fn attach_all(&mut self) -> Result<(), ProbeError> {
-        crate::tracefs::ensure_mounted(Path::new(crate::tracefs::DEFAULT_ROOT))?;
-        self.attach_tracepoint(names::PROG_SCHED_SWITCH, "sched", "sched_switch")
+        let mut attached = 0;
+        let mut last_err = None;
+        for tp in TRACEPOINTS {
+            if !self.usable.contains(&tp.program) {
+                continue;
+            }
+            match self.attach_tracepoint(tp.program, tp.category, tp.event) {
+                Ok(()) => attached += 1,
+                Err(e) => {
+                    tracing::warn!("{e}: {} will be missing", tp.signals);
+                    self.missing.push(format!("{}: {e}", tp.signals));
+                    last_err = Some(e);
+                }
+            }
+        }
+        match (attached, last_err) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn attach_tracepoint(
@@ -123,11 +264,14 @@ impl Probes {
         Ok(())
     }
 
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
+        self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
+    }
+
     /// The event counters summed over CPUs, by name.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, ProbeError> {
         let name = names::MAP_COUNTERS;
-        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
-        let array = PerCpuArray::<_, u64>::try_from(map)
+        let array = PerCpuArray::<_, u64>::try_from(self.map(name)?)
             .map_err(|source| ProbeError::Map { name, source })?;
         let read = |index| -> Result<u64, ProbeError> {
             let values = array
@@ -136,9 +280,87 @@ impl Probes {
             Ok(values.iter().sum())
         };
         let mut out = BTreeMap::new();
-        out.insert("sched_switch", read(counter::SCHED_SWITCH)?);
+        for (label, index) in [
+            ("sched_switch", counter::SCHED_SWITCH),
+            ("sched_wakeup", counter::SCHED_WAKEUP),
+            ("runq_samples", counter::RUNQ_SAMPLES),
+            ("sock_state", counter::SOCK_STATE),
+            ("cgroup_map_full", counter::CGROUP_MAP_FULL),
+            ("port_map_full", counter::PORT_MAP_FULL),
+            ("start_map_full", counter::START_MAP_FULL),
+        ] {
+            out.insert(label, read(index)?);
+        }
         Ok(out)
     }
+
+    /// Reads the cumulative histograms and counters (summed over CPUs).
+    pub fn read_maps(&self) -> Result<MapReadings, ProbeError> {
+        let mut out = MapReadings::default();
+
+        let name = names::MAP_HOST_RUNQ;
+        let host = PerCpuArray::<_, Hist>::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        let per_cpu = host
+            .get(&0, 0)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        out.host_runq = sum_hists(per_cpu.iter());
+
+        let name = names::MAP_CGROUP_RUNQ;
+        let cg = PerCpuHashMap::<_, u64, Hist>::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        for entry in cg.iter() {
+            // An entry deleted between key and value reads is skipped.
+            let Ok((id, values)) = entry else { continue };
+            out.cgroup_runq.insert(id, sum_hists(values.iter()));
+        }
+
+        let name = names::MAP_CGROUP_CONNECTS;
+        let conns = PerCpuHashMap::<_, u64, u64>::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        for entry in conns.iter() {
+            let Ok((id, values)) = entry else { continue };
+            out.cgroup_connects.insert(id, values.iter().sum());
+        }
+
+        let name = names::MAP_PORT_ACCEPTS;
+        let ports = PerCpuHashMap::<_, u32, u64>::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        for entry in ports.iter() {
+            let Ok((port, values)) = entry else { continue };
+            if let Ok(port) = u16::try_from(port) {
+                out.port_accepts.insert(port, values.iter().sum());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the entries of cgroups that no longer exist, so their map
+    /// slots are reused. Returns how many were removed.
+    pub fn forget_cgroups(&mut self, ids: &[u64]) -> usize {
+        let mut removed = 0;
+        if let Some(map) = self.ebpf.map_mut(names::MAP_CGROUP_RUNQ)
+            && let Ok(mut m) = PerCpuHashMap::<_, u64, Hist>::try_from(map)
+        {
+            removed += ids.iter().filter(|id| m.remove(id).is_ok()).count();
+        }
+        if let Some(map) = self.ebpf.map_mut(names::MAP_CGROUP_CONNECTS)
+            && let Ok(mut m) = PerCpuHashMap::<_, u64, u64>::try_from(map)
+        {
+            removed += ids.iter().filter(|id| m.remove(id).is_ok()).count();
+        }
+        removed
+    }
+}
+
+fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u64> {
+    let mut out = vec![0u64; hist::BUCKETS];
+    for h in hists {
+        for (o, c) in out.iter_mut().zip(h.counts.iter()) {
+            *o += u64::from(*c);
+        }
+    }
+    out
 }
 
 /// Ids and names of loaded kernel programs that are ours (by name), for the

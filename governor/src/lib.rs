@@ -5,5 +5,6 @@
 //! - [`snapshot`] is what one interval looked like, the input of `decide`.
 
 pub mod ebpf;
+pub mod runq;
 pub mod snapshot;
 pub mod tracefs;
