@@ -7,3 +7,4 @@
 pub mod ebpf;
 pub mod snapshot;
 pub mod tracefs;
+pub mod sense;
