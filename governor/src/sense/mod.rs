@@ -7,4 +7,5 @@
 //! - [`cgroupfs`]: the cgroup2 mount, cgroup id → path, cgroup PSI and CPU throttling;
 //! - [`sockdiag`]: accept-queue depth and limit of TCP listeners, per port.
 
+pub mod cgroupfs;
 pub mod procfs;
