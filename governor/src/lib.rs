@@ -8,3 +8,4 @@ pub mod ebpf;
 pub mod runq;
 pub mod snapshot;
 pub mod tracefs;
+pub mod sense;

@@ -1,0 +1,304 @@
+//! `/proc` readers: host pressure (`pressure/{cpu,memory,io}`) and the TCP
+//! listen-queue counters of `net/netstat`.
+//!
+//! The root (`/proc`) is a parameter so tests run on fake trees.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use procfs_core::parse_pressure_record;
+
+/// Where procfs is mounted.
+pub const DEFAULT_ROOT: &str = "/proc";
+
+/// A `/proc` problem, with the path that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcfsError {
+    /// Reading a file failed (other than its being absent).
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file does not have the expected content.
+    #[error("cannot parse {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// `some avg10` of one pressure file each, in percent; `None` where the file
+/// does not exist (PSI disabled, or an old kernel). No data is not zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PsiSome {
+    /// `cpu some avg10`.
+    pub cpu: Option<f64>,
+    /// `memory some avg10`.
+    pub memory: Option<f64>,
+    /// `io some avg10`.
+    pub io: Option<f64>,
+}
+
+impl PsiSome {
+    /// The snapshot's [`Psi`](crate::snapshot::Psi), if all three were read.
+    pub fn complete(&self) -> Option<crate::snapshot::Psi> {
+        Some(crate::snapshot::Psi {
+            cpu_some_avg10: self.cpu?,
+            memory_some_avg10: self.memory?,
+            io_some_avg10: self.io?,
+        })
+    }
+
+    /// True if no pressure file was found at all.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none() && self.io.is_none()
+    }
+}
+
+/// Reads `some avg10` from a PSI file (`/proc/pressure/cpu`,
+/// `<cgroup>/memory.pressure`, …). `Ok(None)` if the file does not exist (or
+/// its cgroup was removed while it was read).
+///
+/// Only the `some` line is needed: kernels before 5.13 have no `full` line in
+/// the cpu file, which `procfs_core`'s whole-file parsers reject, so the line
+/// is picked here and parsed with its record parser.
+pub fn read_psi_some_avg10(path: &Path) -> Result<Option<f64>, ProcfsError> {
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
+    };
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .ok_or_else(|| ProcfsError::Parse {
+            path: path.to_path_buf(),
+            reason: "no `some` line".to_owned(),
+        })?;
+    let record = parse_pressure_record(line).map_err(|e| ProcfsError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("bad `some` line {line:?}: {e}"),
+    })?;
+    // The kernel prints two decimals; procfs-core keeps an f32, so round back
+    // to them rather than report 0.25999999046 for 0.26.
+    Ok(Some((f64::from(record.avg10) * 100.0).round() / 100.0))
+}
+
+/// Reads host PSI from `<proc_root>/pressure/{cpu,memory,io}`.
+pub fn host_psi(proc_root: &Path) -> Result<PsiSome, ProcfsError> {
+    let dir = proc_root.join("pressure");
+    Ok(PsiSome {
+        cpu: read_psi_some_avg10(&dir.join("cpu"))?,
+        memory: read_psi_some_avg10(&dir.join("memory"))?,
+        io: read_psi_some_avg10(&dir.join("io"))?,
+    })
+}
+
+/// Host-wide TCP listen-queue counters from `TcpExt` of `/proc/net/netstat`
+/// (cumulative since boot, per network namespace).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenCounters {
+    /// `ListenOverflows`: SYNs or final ACKs dropped because an accept queue was full.
+    pub listen_overflows: u64,
+    /// `ListenDrops`: every drop on a listener, overflows included.
+    pub listen_drops: u64,
+}
+
+impl ListenCounters {
+    /// The growth since `earlier`. A counter that went backwards (another
+    /// network namespace's file, a counter reset) counts as no growth.
+    pub fn since(&self, earlier: &ListenCounters) -> ListenCounters {
+        ListenCounters {
+            listen_overflows: self
+                .listen_overflows
+                .saturating_sub(earlier.listen_overflows),
+            listen_drops: self.listen_drops.saturating_sub(earlier.listen_drops),
+        }
+    }
+}
+
+/// Reads `ListenOverflows` and `ListenDrops` from `<proc_root>/net/netstat`.
+///
+/// `/proc/net` is the network namespace of the reading thread (it is a link
+/// to `/proc/thread-self/net`).
+///
+/// procfs-core has no parser for this file, so it is parsed here: pairs of
+/// `TcpExt:` lines, names then values.
+pub fn listen_counters(proc_root: &Path) -> Result<ListenCounters, ProcfsError> {
+    let path = proc_root.join("net/netstat");
+    let text = fs::read_to_string(&path).map_err(|source| ProcfsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    parse_listen_counters(&text).map_err(|reason| ProcfsError::Parse { path, reason })
+}
+
+fn parse_listen_counters(text: &str) -> Result<ListenCounters, String> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = match (lines.next(), lines.next()) {
+        (Some(n), Some(v)) => (n, v),
+        _ => return Err("no pair of TcpExt: lines".to_owned()),
+    };
+    let names: Vec<_> = names.split_whitespace().skip(1).collect();
+    let values: Vec<_> = values.split_whitespace().skip(1).collect();
+    if names.len() != values.len() {
+        return Err(format!(
+            "TcpExt has {} names but {} values",
+            names.len(),
+            values.len()
+        ));
+    }
+    let get = |key: &str| -> Result<u64, String> {
+        let i = names
+            .iter()
+            .position(|n| *n == key)
+            .ok_or_else(|| format!("TcpExt has no {key}"))?;
+        values[i]
+            .parse()
+            .map_err(|e| format!("TcpExt {key} = {:?}: {e}", values[i]))
+    };
+    Ok(ListenCounters {
+        listen_overflows: get("ListenOverflows")?,
+        listen_drops: get("ListenDrops")?,
+    })
+}
+
+/// Reads a file; `None` if it (or its directory) does not exist. `ENODEV` is
+/// what reading a file of a just-removed cgroup gives, so it means absent too.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, ProcfsError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(source) => Err(ProcfsError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// True for the errors that mean "this file or its cgroup is not there".
+pub(crate) fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    // From a 6.18 host; 5.10 lacks the `full` line in cpu.
+    const CPU: &str = "some avg10=0.26 avg60=1.80 avg300=1.78 total=11626006\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+    const MEM_510: &str = "some avg10=0.50 avg60=0.00 avg300=0.00 total=12\nfull avg10=0.25 avg60=0.00 avg300=0.00 total=6\n";
+    const IO_NO_FULL: &str = "some avg10=7.00 avg60=0.00 avg300=0.00 total=99\n";
+
+    const NETSTAT: &str = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TCPHPHits\n\
+TcpExt: 0 0 42 45 7\n\
+IpExt: InNoRoutes InTruncatedPkts\n\
+IpExt: 0 0\n";
+
+    fn fake_proc(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn host_psi_reads_some_avg10() {
+        let d = fake_proc(&[
+            ("pressure/cpu", CPU),
+            ("pressure/memory", MEM_510),
+            ("pressure/io", IO_NO_FULL),
+        ]);
+        let psi = host_psi(d.path()).unwrap();
+        assert_eq!(psi.cpu, Some(0.26));
+        assert_eq!(psi.memory, Some(0.5));
+        assert_eq!(psi.io, Some(7.0));
+        let full = psi.complete().unwrap();
+        assert_eq!(full.cpu_some_avg10, 0.26);
+        assert_eq!(full.io_some_avg10, 7.0);
+    }
+
+    #[test]
+    fn missing_pressure_is_none_not_zero() {
+        let d = fake_proc(&[("pressure/cpu", CPU)]);
+        let psi = host_psi(d.path()).unwrap();
+        assert_eq!(psi.cpu, Some(0.26));
+        assert_eq!(psi.memory, None);
+        assert_eq!(psi.complete(), None);
+        let empty = fake_proc(&[]);
+        assert!(host_psi(empty.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn garbage_pressure_is_an_error_naming_the_file() {
+        let d = fake_proc(&[("pressure/cpu", "some avg10=x avg60=0 avg300=0 total=0\n")]);
+        let err = host_psi(d.path()).unwrap_err();
+        assert!(err.to_string().contains("pressure/cpu"), "{err}");
+        let d = fake_proc(&[(
+            "pressure/cpu",
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        )]);
+        assert!(matches!(host_psi(d.path()), Err(ProcfsError::Parse { .. })));
+    }
+
+    #[test]
+    fn netstat_listen_counters() {
+        let d = fake_proc(&[("net/netstat", NETSTAT)]);
+        let c = listen_counters(d.path()).unwrap();
+        assert_eq!(
+            c,
+            ListenCounters {
+                listen_overflows: 42,
+                listen_drops: 45
+            }
+        );
+        let earlier = ListenCounters {
+            listen_overflows: 40,
+            listen_drops: 50,
+        };
+        assert_eq!(
+            c.since(&earlier),
+            ListenCounters {
+                listen_overflows: 2,
+                listen_drops: 0
+            }
+        );
+    }
+
+    #[test]
+    fn netstat_errors_name_file_and_counter() {
+        let d = fake_proc(&[("net/netstat", "TcpExt: ListenDrops\nTcpExt: 3\n")]);
+        let err = listen_counters(d.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("net/netstat") && err.contains("ListenOverflows"),
+            "{err}"
+        );
+        let d = fake_proc(&[(
+            "net/netstat",
+            "TcpExt: ListenOverflows ListenDrops\nTcpExt: 3\n",
+        )]);
+        assert!(listen_counters(d.path()).is_err());
+        let d = fake_proc(&[]);
+        assert!(matches!(
+            listen_counters(d.path()),
+            Err(ProcfsError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_this_hosts_netstat() {
+        // /proc/net/netstat has had both counters since 2.6; any Linux has them.
+        listen_counters(Path::new(DEFAULT_ROOT)).unwrap();
+    }
+}
