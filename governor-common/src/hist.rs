@@ -104,7 +104,18 @@ mod tests {
 
     #[test]
     fn log2_matches_leading_zeros() {
-        for v in [1u64, 2, 3, 4, 1023, 1024, 1025, 1 << 40, u64::MAX, 123_456_789] {
+        for v in [
+            1u64,
+            2,
+            3,
+            4,
+            1023,
+            1024,
+            1025,
+            1 << 40,
+            u64::MAX,
+            123_456_789,
+        ] {
             assert_eq!(log2_floor(v), 63 - v.leading_zeros(), "v={v}");
         }
     }
@@ -130,7 +141,11 @@ mod tests {
     #[test]
     fn buckets_are_contiguous() {
         for i in 1..BUCKETS - 1 {
-            assert_eq!(bucket_range(i).1, bucket_range(i + 1).0, "gap after bucket {i}");
+            assert_eq!(
+                bucket_range(i).1,
+                bucket_range(i + 1).0,
+                "gap after bucket {i}"
+            );
         }
     }
 }

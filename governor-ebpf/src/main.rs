@@ -98,7 +98,8 @@ static CGROUP_CONNECTS: PerCpuHashMap<u64, u64> =
 
 /// Accepted connections per local port (port → count).
 #[map(name = "PORT_ACCEPTS")]
-static PORT_ACCEPTS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);
+static PORT_ACCEPTS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);
 
 #[inline(always)]
 fn bump(index: u32) {
@@ -267,11 +268,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY (all reads): tracepoint record at offsets parsed from its format file.
-    let (Ok(old), Ok(new), Ok(proto)) = (unsafe { ctx.read_at::<i32>(global(&OFF_SOCK_OLDSTATE) as usize) }, unsafe {
-        ctx.read_at::<i32>(global(&OFF_SOCK_NEWSTATE) as usize)
-    }, unsafe {
-        ctx.read_at::<u16>(global(&OFF_SOCK_PROTOCOL) as usize)
-    }) else {
+    let (Ok(old), Ok(new), Ok(proto)) = (
+        unsafe { ctx.read_at::<i32>(global(&OFF_SOCK_OLDSTATE) as usize) },
+        unsafe { ctx.read_at::<i32>(global(&OFF_SOCK_NEWSTATE) as usize) },
+        unsafe { ctx.read_at::<u16>(global(&OFF_SOCK_PROTOCOL) as usize) },
+    ) else {
         return 0;
     };
     if proto != IPPROTO_TCP {

@@ -6,6 +6,8 @@
 
 pub mod ebpf;
 pub mod runq;
+pub mod sense;
+pub mod sensor;
+pub mod show;
 pub mod snapshot;
 pub mod tracefs;
-pub mod sense;

@@ -40,7 +40,11 @@ pub fn stats(counts: &[u64]) -> RunqStats {
             seen += c;
             if seen >= rank {
                 let (lo, hi) = hist::bucket_range(i);
-                let mid = if hi == u64::MAX { lo } else { lo + (hi - lo) / 2 };
+                let mid = if hi == u64::MAX {
+                    lo
+                } else {
+                    lo + (hi - lo) / 2
+                };
                 return (mid + 500) / 1000;
             }
         }
@@ -81,9 +85,21 @@ mod tests {
         sorted.sort_unstable();
         let true_p99 = sorted[989] as f64 / 1000.0;
         let true_p50 = sorted[499] as f64 / 1000.0;
-        assert!((s.p99_us as f64 - true_p99).abs() / true_p99 < 0.10, "p99 {} vs {true_p99}", s.p99_us);
-        assert!((s.p50_us as f64 - true_p50).abs() / true_p50 < 0.10, "p50 {} vs {true_p50}", s.p50_us);
-        assert!(s.max_us >= 1_000_000 && s.max_us < 1_200_000, "max {}", s.max_us);
+        assert!(
+            (s.p99_us as f64 - true_p99).abs() / true_p99 < 0.10,
+            "p99 {} vs {true_p99}",
+            s.p99_us
+        );
+        assert!(
+            (s.p50_us as f64 - true_p50).abs() / true_p50 < 0.10,
+            "p50 {} vs {true_p50}",
+            s.p50_us
+        );
+        assert!(
+            s.max_us >= 1_000_000 && s.max_us < 1_200_000,
+            "max {}",
+            s.max_us
+        );
     }
 
     #[test]

@@ -1,0 +1,314 @@
+//! The sensor: turns the BPF maps, `/proc`, cgroupfs (and sock_diag) into
+//! one immutable [`Snapshot`] per interval.
+//!
+//! This is the imperative shell around the readers: it keeps the previous
+//! cumulative readings and reports the interval's deltas.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    ebpf::{MapReadings, ProbeError, Probes},
+    runq,
+    sense::{
+        cgroupfs::{CgroupIndex, CpuThrottle, within_any},
+        procfs::{self, ListenCounters},
+    },
+    snapshot::{CgroupPath, CgroupStats, HostStats, PortStats, Snapshot},
+};
+
+/// What to report on.
+#[derive(Debug, Clone, Default)]
+pub struct SensorScope {
+    /// Only cgroups within these subtrees (all if empty).
+    pub subtrees: Vec<CgroupPath>,
+    /// Cgroups whose PSI and throttling are read every interval (policy
+    /// targets): reading them for every cgroup would cost too much.
+    pub watched: Vec<CgroupPath>,
+}
+
+/// One accept-queue reading of a listening port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerQueue {
+    /// Connections waiting to be accepted.
+    pub depth: u32,
+    /// The backlog limit.
+    pub limit: u32,
+}
+
+/// Source of per-port accept-queue readings (sock_diag in production).
+pub type ListenerReader = Box<dyn FnMut() -> anyhow::Result<HashMap<u16, ListenerQueue>> + Send>;
+
+struct Previous {
+    at: Instant,
+    maps: MapReadings,
+    listen: Option<ListenCounters>,
+    throttle: HashMap<CgroupPath, CpuThrottle>,
+}
+
+/// Builds [`Snapshot`]s from the probes and the host's files.
+pub struct Sensor {
+    probes: Probes,
+    cgroups: CgroupIndex,
+    proc_root: PathBuf,
+    listeners: Option<ListenerReader>,
+    scope: SensorScope,
+    started: Instant,
+    previous: Option<Previous>,
+    /// Cgroup map entries reclaimed because their cgroup is gone.
+    pub reclaimed: u64,
+}
+
+impl Sensor {
+    /// A sensor over loaded and attached `probes`.
+    pub fn new(
+        probes: Probes,
+        cgroups: CgroupIndex,
+        proc_root: PathBuf,
+        listeners: Option<ListenerReader>,
+        scope: SensorScope,
+    ) -> Self {
+        Self {
+            probes,
+            cgroups,
+            proc_root,
+            listeners,
+            scope,
+            started: Instant::now(),
+            previous: None,
+            reclaimed: 0,
+        }
+    }
+
+    /// The probes, e.g. for their counters.
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// Gives the probes back (to drop them, which detaches everything).
+    pub fn into_probes(self) -> Probes {
+        self.probes
+    }
+
+    /// Takes the first reading; the next [`Sensor::sample`] reports the
+    /// interval since.
+    pub fn prime(&mut self) -> Result<(), ProbeError> {
+        let maps = self.probes.read_maps()?;
+        self.previous = Some(Previous {
+            at: Instant::now(),
+            maps,
+            listen: procfs::listen_counters(&self.proc_root).ok(),
+            throttle: self.read_throttles(),
+        });
+        Ok(())
+    }
+
+    fn read_throttles(&self) -> HashMap<CgroupPath, CpuThrottle> {
+        self.scope
+            .watched
+            .iter()
+            .filter_map(|p| {
+                let t = self.cgroups.cgroupfs().cpu_throttle(p).ok()??;
+                Some((p.clone(), t))
+            })
+            .collect()
+    }
+
+    /// One snapshot: the interval since the previous call (or [`Sensor::prime`]).
+    pub fn sample(&mut self) -> Result<Snapshot, ProbeError> {
+        if self.previous.is_none() {
+            self.prime()?;
+        }
+        let now = Instant::now();
+        let maps = self.probes.read_maps()?;
+        let listen = procfs::listen_counters(&self.proc_root).ok();
+        let throttle = self.read_throttles();
+        let prev = self.previous.take().unwrap_or_else(|| Previous {
+            at: now,
+            maps: MapReadings::default(),
+            listen: None,
+            throttle: HashMap::new(),
+        });
+        let interval = now.duration_since(prev.at).max(Duration::from_millis(1));
+        let secs = interval.as_secs_f64();
+        let mut missing: Vec<String> = self.probes.missing().to_vec();
+
+        // Host.
+        let host_psi = procfs::host_psi(&self.proc_root).ok();
+        if host_psi.is_none_or(|p| p.is_empty()) {
+            missing.push("host PSI: /proc/pressure is absent".into());
+        }
+        let host = HostStats {
+            runq: Some(runq::stats(&runq::delta(
+                &maps.host_runq,
+                Some(&prev.maps.host_runq),
+            ))),
+            psi: host_psi.and_then(|p| p.complete()),
+        };
+
+        // Cgroups seen by the probes; ids that no longer exist are reclaimed.
+        let ids: Vec<u64> = maps
+            .cgroup_runq
+            .keys()
+            .chain(maps.cgroup_connects.keys())
+            .copied()
+            .collect();
+        let paths = match self.cgroups.resolve_all(ids.iter().copied()) {
+            Ok(p) => p,
+            Err(e) => {
+                missing.push(format!("cgroup paths: {e}"));
+                HashMap::new()
+            }
+        };
+        let mut gone: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !paths.contains_key(id))
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        if !gone.is_empty() && missing.iter().all(|m| !m.starts_with("cgroup paths")) {
+            self.reclaimed += self.probes.forget_cgroups(&gone) as u64;
+        }
+        let mut cgroups: Vec<CgroupStats> = Vec::new();
+        let mut by_id: Vec<(&u64, &CgroupPath)> = paths.iter().collect();
+        by_id.sort_by(|a, b| a.1.cmp(b.1));
+        for (&id, path) in by_id {
+            if !within_any(path, &self.scope.subtrees) {
+                continue;
+            }
+            let h = maps.cgroup_runq.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+            let ph = prev.maps.cgroup_runq.get(&id).map(Vec::as_slice);
+            let runq = runq::stats(&runq::delta(h, ph));
+            let conn_now = maps.cgroup_connects.get(&id).copied().unwrap_or(0);
+            let conn_prev = prev.maps.cgroup_connects.get(&id).copied().unwrap_or(0);
+            let conn_out = if conn_now >= conn_prev {
+                conn_now - conn_prev
+            } else {
+                conn_now
+            };
+            let watched = self.scope.watched.contains(path);
+            if runq.count == 0 && conn_out == 0 && !watched {
+                continue;
+            }
+            let psi = if watched {
+                self.cgroups
+                    .cgroupfs()
+                    .psi(path)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.complete())
+            } else {
+                None
+            };
+            let throttling = match (throttle.get(path), prev.throttle.get(path)) {
+                (Some(now), Some(before)) => Some(now.since(before)),
+                _ => None,
+            };
+            cgroups.push(CgroupStats {
+                path: path.clone(),
+                id,
+                runq,
+                conn_out,
+                conn_out_per_s: conn_out as f64 / secs,
+                psi,
+                throttling,
+            });
+        }
+        // Watched cgroups that ran nothing this interval still appear.
+        for path in &self.scope.watched {
+            if cgroups.iter().any(|c| &c.path == path) {
+                continue;
+            }
+            let Ok(Some(id)) = self.cgroups.cgroupfs().id_of(path) else {
+                continue;
+            };
+            cgroups.push(CgroupStats {
+                path: path.clone(),
+                id,
+                runq: Default::default(),
+                conn_out: 0,
+                conn_out_per_s: 0.0,
+                psi: self
+                    .cgroups
+                    .cgroupfs()
+                    .psi(path)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.complete()),
+                throttling: match (throttle.get(path), prev.throttle.get(path)) {
+                    (Some(now), Some(before)) => Some(now.since(before)),
+                    _ => None,
+                },
+            });
+        }
+        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+
+        // Ports: accepts from the probe, queues from sock_diag.
+        let queues = match self.listeners.as_mut().map(|read| read()) {
+            Some(Ok(q)) => q,
+            Some(Err(e)) => {
+                missing.push(format!("accept queues: {e:#}"));
+                HashMap::new()
+            }
+            None => HashMap::new(),
+        };
+        let overflow_delta = match (listen, prev.listen) {
+            (Some(now), Some(before)) => now.since(&before).listen_overflows,
+            _ => 0,
+        };
+        let mut port_ids: Vec<u16> = maps
+            .port_accepts
+            .keys()
+            .chain(queues.keys())
+            .copied()
+            .collect();
+        port_ids.sort_unstable();
+        port_ids.dedup();
+        let mut ports = Vec::new();
+        for port in port_ids {
+            let now_acc = maps.port_accepts.get(&port).copied().unwrap_or(0);
+            let prev_acc = prev.maps.port_accepts.get(&port).copied().unwrap_or(0);
+            let accepted = if now_acc >= prev_acc {
+                now_acc - prev_acc
+            } else {
+                now_acc
+            };
+            let q = queues.get(&port).copied().unwrap_or_default();
+            // ListenOverflows is host-wide: the interval's growth is shown on
+            // every port whose accept queue is full now (the only ones that
+            // can overflow), and on none otherwise.
+            let full = q.limit > 0 && q.depth >= q.limit;
+            let overflows = if full { overflow_delta } else { 0 };
+            if accepted == 0 && q.limit == 0 && overflows == 0 {
+                continue;
+            }
+            ports.push(PortStats {
+                port,
+                accepted,
+                accepted_per_s: accepted as f64 / secs,
+                accept_queue: q.depth,
+                accept_queue_max: q.limit,
+                overflows,
+            });
+        }
+
+        self.previous = Some(Previous {
+            at: now,
+            maps,
+            listen,
+            throttle,
+        });
+        Ok(Snapshot {
+            ts_ms: u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            host,
+            cgroups,
+            ports,
+            missing,
+        })
+    }
+}

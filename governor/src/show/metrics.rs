@@ -1,0 +1,277 @@
+//! Prometheus metrics (`governor_` prefix, base units) and the `/metrics`
+//! endpoint.
+//!
+//! Label cardinality is bounded: per-cgroup series exist only for cgroups
+//! named by policies and for the busiest [`TOP_CGROUPS`] of each interval;
+//! series of cgroups that drop out are removed.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    thread,
+};
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::snapshot::Snapshot;
+
+/// Cgroups exported per interval besides the watched ones, by run-queue p99.
+pub const TOP_CGROUPS: usize = 20;
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    runq_seconds: GaugeVec,
+    runq_waits: GaugeVec,
+    conn_out_rate: GaugeVec,
+    port_accept_rate: GaugeVec,
+    port_queue: GaugeVec,
+    port_queue_max: GaugeVec,
+    port_overflows: IntCounterVec,
+    psi_ratio: GaugeVec,
+    probe_events: IntCounterVec,
+    probe_errors: IntCounterVec,
+    missing_signals: IntGauge,
+    /// Sense duration per tick.
+    pub tick_duration: Histogram,
+    exported_cgroups: Mutex<HashSet<String>>,
+    last_counters: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Registry::new(),
+            runq_seconds: gauge_vec(
+                "governor_runq_latency_seconds",
+                "Run-queue wait (wakeup or preemption to running) over the last interval, by scope (host or cgroup path) and quantile (0.5, 0.99, 1 = max).",
+                &["scope", "quantile"],
+            ),
+            runq_waits: gauge_vec(
+                "governor_runq_waits",
+                "Run-queue waits measured in the last interval, by scope.",
+                &["scope"],
+            ),
+            conn_out_rate: gauge_vec(
+                "governor_cgroup_connects_per_second",
+                "Outbound connects per second of a cgroup over the last interval.",
+                &["cgroup"],
+            ),
+            port_accept_rate: gauge_vec(
+                "governor_port_accepted_per_second",
+                "Connections accepted per second on a local port over the last interval.",
+                &["port"],
+            ),
+            port_queue: gauge_vec(
+                "governor_port_accept_queue",
+                "Connections waiting in the accept queue of a listening port.",
+                &["port"],
+            ),
+            port_queue_max: gauge_vec(
+                "governor_port_accept_queue_max",
+                "Accept-queue limit (backlog) of a listening port.",
+                &["port"],
+            ),
+            port_overflows: counter_vec(
+                "governor_port_accept_overflows_total",
+                "Accept-queue overflows attributed to a port whose queue was full (host-wide ListenOverflows).",
+                &["port"],
+            ),
+            psi_ratio: gauge_vec(
+                "governor_pressure_some_ratio",
+                "PSI some avg10 as a ratio (0-1), by scope and resource.",
+                &["scope", "resource"],
+            ),
+            probe_events: counter_vec(
+                "governor_probe_events_total",
+                "Events seen by the kernel probes, by probe.",
+                &["probe"],
+            ),
+            probe_errors: counter_vec(
+                "governor_probe_errors_total",
+                "Kernel-side entries that did not fit their map, by map.",
+                &["map"],
+            ),
+            missing_signals: IntGauge::new(
+                "governor_missing_signals",
+                "Signals that could not be measured in the last interval.",
+            )
+            .unwrap_or_else(|e| panic!("metric: {e}")),
+            tick_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "governor_tick_duration_seconds",
+                    "Time one tick took (sense; later decide and act).",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("metric: {e}")),
+            exported_cgroups: Mutex::new(HashSet::new()),
+            last_counters: Mutex::new(Default::default()),
+        };
+        for c in [
+            Box::new(m.runq_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.runq_waits.clone()),
+            Box::new(m.conn_out_rate.clone()),
+            Box::new(m.port_accept_rate.clone()),
+            Box::new(m.port_queue.clone()),
+            Box::new(m.port_queue_max.clone()),
+            Box::new(m.port_overflows.clone()),
+            Box::new(m.psi_ratio.clone()),
+            Box::new(m.probe_events.clone()),
+            Box::new(m.probe_errors.clone()),
+            Box::new(m.missing_signals.clone()),
+            Box::new(m.tick_duration.clone()),
+        ] {
+            m.registry
+                .register(c)
+                .unwrap_or_else(|e| panic!("registering a metric: {e}"));
+        }
+        m
+    }
+
+    /// Updates the gauges from one snapshot; `watched` cgroups are always exported.
+    pub fn observe(&self, s: &Snapshot, watched: &[crate::snapshot::CgroupPath]) {
+        let set_runq = |scope: &str, r: &crate::snapshot::RunqStats| {
+            for (q, v) in [("0.5", r.p50_us), ("0.99", r.p99_us), ("1", r.max_us)] {
+                self.runq_seconds
+                    .with_label_values(&[scope, q])
+                    .set(v as f64 / 1e6);
+            }
+            self.runq_waits
+                .with_label_values(&[scope])
+                .set(r.count as f64);
+        };
+        if let Some(r) = &s.host.runq {
+            set_runq("host", r);
+        }
+        if let Some(p) = &s.host.psi {
+            for (res, v) in [
+                ("cpu", p.cpu_some_avg10),
+                ("memory", p.memory_some_avg10),
+                ("io", p.io_some_avg10),
+            ] {
+                self.psi_ratio
+                    .with_label_values(&["host", res])
+                    .set(v / 100.0);
+            }
+        }
+        let mut ranked: Vec<_> = s.cgroups.iter().collect();
+        ranked.sort_by(|a, b| b.runq.p99_us.cmp(&a.runq.p99_us));
+        let mut now_exported = HashSet::new();
+        for c in s
+            .cgroups
+            .iter()
+            .filter(|c| watched.contains(&c.path))
+            .chain(ranked.into_iter().take(TOP_CGROUPS))
+        {
+            let path = c.path.to_string();
+            set_runq(&path, &c.runq);
+            self.conn_out_rate
+                .with_label_values(&[&path])
+                .set(c.conn_out_per_s);
+            now_exported.insert(path);
+        }
+        if let Ok(mut old) = self.exported_cgroups.lock() {
+            for gone in old.difference(&now_exported) {
+                for q in ["0.5", "0.99", "1"] {
+                    let _ = self.runq_seconds.remove_label_values(&[gone, q]);
+                }
+                let _ = self.runq_waits.remove_label_values(&[gone]);
+                let _ = self.conn_out_rate.remove_label_values(&[gone]);
+            }
+            *old = now_exported;
+        }
+        for p in &s.ports {
+            let port = p.port.to_string();
+            self.port_accept_rate
+                .with_label_values(&[&port])
+                .set(p.accepted_per_s);
+            self.port_queue
+                .with_label_values(&[&port])
+                .set(f64::from(p.accept_queue));
+            self.port_queue_max
+                .with_label_values(&[&port])
+                .set(f64::from(p.accept_queue_max));
+            self.port_overflows
+                .with_label_values(&[&port])
+                .inc_by(p.overflows);
+        }
+        self.missing_signals
+            .set(i64::try_from(s.missing.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Updates the probe counters from cumulative kernel counters.
+    pub fn probe_counters(&self, counters: &std::collections::BTreeMap<&'static str, u64>) {
+        let Ok(mut last) = self.last_counters.lock() else {
+            return;
+        };
+        for (name, &v) in counters {
+            let d = v.saturating_sub(last.get(name).copied().unwrap_or(0));
+            if name.ends_with("_full") {
+                self.probe_errors
+                    .with_label_values(&[name.trim_end_matches("_full")])
+                    .inc_by(d);
+            } else {
+                self.probe_events.with_label_values(&[name]).inc_by(d);
+            }
+            last.insert(name, v);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` on `addr` from a background thread.
+pub fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /metrics: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow::anyhow!("metrics server is not on an IP address"))?;
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let response = if request.url() == "/metrics" {
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4"[..],
+                    )
+                    .expect("static header");
+                    tiny_http::Response::from_string(metrics.render()).with_header(header)
+                } else {
+                    tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                };
+                let _ = request.respond(response);
+            }
+        })?;
+    Ok(bound)
+}
