@@ -9,3 +9,4 @@
 
 pub mod cgroupfs;
 pub mod procfs;
+pub mod sockdiag;
