@@ -5,6 +5,6 @@
 //! - [`snapshot`] is what one interval looked like, the input of `decide`.
 
 pub mod ebpf;
+pub mod sense;
 pub mod snapshot;
 pub mod tracefs;
-pub mod sense;
