@@ -2,7 +2,9 @@
 //!
 //! The loop is sense → decide → act → show (see `design.md`):
 //! - [`ebpf`] loads the embedded kernel programs and reads their maps;
-//! - [`snapshot`] is what one interval looked like, the input of `decide`.
+//! - [`sense`] reads `/proc`, cgroupfs and sock_diag; [`sensor`] turns all of
+//!   it into one [`snapshot::Snapshot`] per interval;
+//! - [`show`] explains: `observe` output and `/metrics`.
 
 pub mod ebpf;
 pub mod runq;

@@ -656,5 +656,14 @@ mod tests {
         let own = CgroupPath::new(own).unwrap();
         let id = fs.id_of(&own).unwrap().unwrap();
         assert_eq!(idx.resolve(id).unwrap(), Some(&own));
+        // The root has PSI wherever the kernel does, and on a hybrid host its
+        // throttling comes from the v1 cpu controller.
+        if Path::new("/proc/pressure/cpu").exists() {
+            assert!(fs.psi(&CgroupPath::root()).unwrap().unwrap().cpu.is_some());
+        }
+        if fs.layout() == Layout::Hybrid && fs.cpu_v1_root().is_some() {
+            let t = fs.cpu_throttle(&CgroupPath::root()).unwrap().unwrap();
+            assert_eq!(t.source, ThrottleSource::V1Cpu);
+        }
     }
 }

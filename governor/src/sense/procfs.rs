@@ -125,8 +125,9 @@ impl ListenCounters {
 
 /// Reads `ListenOverflows` and `ListenDrops` from `<proc_root>/net/netstat`.
 ///
-/// `/proc/net` is the network namespace of the reading thread (it is a link
-/// to `/proc/thread-self/net`).
+/// `/proc/net` links to `/proc/self/net`: the network namespace of the
+/// process's main thread. A thread that has `setns`'d into another namespace
+/// reads that one by passing `/proc/thread-self` as `proc_root`.
 ///
 /// procfs-core has no parser for this file, so it is parsed here: pairs of
 /// `TcpExt:` lines, names then values.
