@@ -152,7 +152,7 @@ fn read_u32(ctx: &TracePointContext, off: &u32) -> Option<u32> {
 
 #[inline(always)]
 fn wait_starts(pid: u32, now: u64) {
-    if pid != 0 && WAIT_START.insert(&pid, now, 0).is_err() {
+    if pid != 0 && WAIT_START.insert(pid, now, 0).is_err() {
         bump(counter::START_MAP_FULL);
     }
 }
@@ -200,10 +200,10 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     if let Some(prev) = read_u32(&ctx, &OFF_SWITCH_PREV_PID)
         && prev != 0
     {
-        if let Some(waited) = PENDING.get_ptr(&prev) {
+        if let Some(waited) = PENDING.get_ptr(prev) {
             // SAFETY: a value pointer from a map lookup, read at once.
             let waited = unsafe { *waited };
-            let _ = PENDING.remove(&prev);
+            let _ = PENDING.remove(prev);
             // SAFETY: no preconditions.
             let cg = unsafe { bpf_get_current_cgroup_id() };
             add_cgroup_wait(cg, waited);
@@ -220,17 +220,17 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     // The task coming in: its wait ends now.
     if let Some(next) = read_u32(&ctx, &OFF_SWITCH_NEXT_PID)
         && next != 0
-        && let Some(start) = WAIT_START.get_ptr(&next)
+        && let Some(start) = WAIT_START.get_ptr(next)
     {
         // SAFETY: a value pointer from a map lookup, read at once.
         let start = unsafe { *start };
-        let _ = WAIT_START.remove(&next);
+        let _ = WAIT_START.remove(next);
         let waited = now.saturating_sub(start);
         bump(counter::RUNQ_SAMPLES);
         if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
             hist_add(h, waited);
         }
-        if PENDING.insert(&next, waited, 0).is_err() {
+        if PENDING.insert(next, waited, 0).is_err() {
             bump(counter::START_MAP_FULL);
         }
     }
@@ -239,18 +239,18 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn add_cgroup_wait(cg: u64, waited: u64) {
-    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(&cg) {
+    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
         hist_add(h, waited);
         return;
     }
     let Some(zero) = HIST_ZERO.get(0) else {
         return;
     };
-    if CGROUP_RUNQ.insert(&cg, zero, 0).is_err() {
+    if CGROUP_RUNQ.insert(cg, zero, 0).is_err() {
         bump(counter::CGROUP_MAP_FULL);
         return;
     }
-    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(&cg) {
+    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
         hist_add(h, waited);
     }
 }

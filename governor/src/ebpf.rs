@@ -176,7 +176,7 @@ impl Probes {
         }
         let mut loader = EbpfLoader::new();
         for (name, off) in &offsets {
-            loader.override_global(*name, off, true);
+            loader.override_global(name, off, true);
         }
         loader.override_global(globals::CONFIGURED, &1u32, true);
         let ebpf = loader.load(OBJECT)?;
@@ -333,6 +333,22 @@ impl Probes {
             }
         }
         Ok(out)
+    }
+
+    /// Cgroup ids that have a run-queue histogram or connect counter now.
+    pub fn cgroup_ids(&self) -> Result<Vec<u64>, ProbeError> {
+        let mut ids = Vec::new();
+        let name = names::MAP_CGROUP_RUNQ;
+        let m = PerCpuHashMap::<_, u64, Hist>::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        ids.extend(m.keys().filter_map(Result::ok));
+        let name = names::MAP_CGROUP_CONNECTS;
+        let m = PerCpuHashMap::<_, u64, u64>::try_from(self.map(name)?)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        ids.extend(m.keys().filter_map(Result::ok));
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Deletes the entries of cgroups that no longer exist, so their map

@@ -1,14 +1,22 @@
 //! `governor`: the agent and its command line (see `design.md`, "Command line").
 
 use std::{
+    io::{IsTerminal as _, Write as _},
+    net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use governor::ebpf::{self, Probes};
+use governor::{
+    ebpf::{self, Probes},
+    sensor::{Sensor, SensorScope},
+    show::{self, metrics::Metrics},
+    snapshot::{CgroupPath, Snapshot},
+};
 use tracing_subscriber::EnvFilter;
 
 /// eBPF host-level load governor: measures queueing in the kernel, runs
@@ -89,11 +97,15 @@ fn main() -> ExitCode {
             dry_run,
             report_every,
         } => run(dry_run, report_every),
-        Command::Check { .. } | Command::Observe { .. } | Command::Status { .. } => {
-            Err(anyhow::anyhow!(
-                "this command is not built yet; only `governor run` works in this version"
-            ))
-        }
+        Command::Observe {
+            interval,
+            count,
+            format,
+            cgroups,
+        } => observe(interval, count, format, &cgroups),
+        Command::Check { .. } | Command::Status { .. } => Err(anyhow::anyhow!(
+            "this command is not built yet in this version"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,53 +116,190 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads and attaches the probes and reports what they see until interrupted.
-fn run(dry_run: bool, report_every: Duration) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let mut probes = Probes::load().context("loading the embedded kernel programs")?;
-        let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
-        probes.attach_all().context("attaching probes")?;
-        tracing::info!(
-            dry_run = true,
-            requested_dry_run = dry_run,
-            "governor running: probes attached, no policies act yet (dry-run); Ctrl-C to stop"
-        );
-        let started = Instant::now();
-        let mut last = probes.counters()?;
-        let mut ticker = tokio::time::interval(report_every);
+        .context("starting the tokio runtime")
+}
+
+/// Loads and attaches the probes, wires their log, and builds the sensor.
+fn start_sensor(scope: SensorScope) -> anyhow::Result<(Sensor, tokio::task::JoinHandle<()>)> {
+    let mut probes = Probes::load().context("loading the embedded kernel programs")?;
+    let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
+    probes.attach_all().context("attaching probes")?;
+    for m in probes.missing() {
+        tracing::warn!("signal missing on this kernel: {m}");
+    }
+    let sensor = Sensor::start_host(probes, scope)?;
+    Ok((sensor, forwarder))
+}
+
+/// Serves /metrics, or says why not and carries on without it.
+fn start_metrics(metrics: &Arc<Metrics>) {
+    let addr: SocketAddr = ([127, 0, 0, 1], 9929).into();
+    match show::metrics::serve(Arc::clone(metrics), addr) {
+        Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
+        Err(e) => tracing::warn!("{e:#}; continuing without /metrics"),
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return "error",
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// `governor observe`: what the probes see, per interval, without acting.
+fn observe(
+    interval: Duration,
+    count: Option<u64>,
+    format: Format,
+    cgroups: &[String],
+) -> anyhow::Result<()> {
+    let subtrees = cgroups
+        .iter()
+        .map(|c| CgroupPath::new(c).map_err(|e| anyhow::anyhow!("--cgroup: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tty = std::io::stdout().is_terminal();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (mut sensor, forwarder) = start_sensor(SensorScope {
+            subtrees,
+            watched: Vec::new(),
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        start_metrics(&metrics);
+        sensor.prime()?;
+        let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut shown = 0u64;
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        let mut out = std::io::stdout().lock();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let now = probes.counters()?;
-                    let secs = report_every.as_secs_f64();
-                    let line: Vec<String> = now
-                        .iter()
-                        .map(|(name, v)| {
-                            let d = v.saturating_sub(last.get(name).copied().unwrap_or(0));
-                            format!("{name}: {:.0}/s", d as f64 / secs)
-                        })
-                        .collect();
-                    println!("t={:>6.1}s  {}", started.elapsed().as_secs_f64(), line.join("  "));
-                    last = now;
+                    let snap = sensor.sample()?;
+                    metrics.observe(&snap, &[]);
+                    metrics.probe_counters(&sensor.probes().counters()?);
+                    match format {
+                        Format::Json => writeln!(out, "{}", show::observe::json_line(&snap))?,
+                        Format::Table if tty => write!(out, "\x1b[H\x1b[2J{}", show::observe::table(&snap))?,
+                        Format::Table => writeln!(out, "{}", show::observe::table(&snap))?,
+                    }
+                    out.flush()?;
+                    shown += 1;
+                    if count.is_some_and(|n| shown >= n) { break; }
                 }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
-                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                sig = &mut stop => { tracing::info!("{sig}: stopping"); break; }
             }
         }
         forwarder.abort();
-        drop(probes);
+        drop(sensor);
         anyhow::Ok(())
     })?;
+    drop(rt);
     report_leftovers();
     Ok(())
+}
+
+/// `governor run`: sense every tick and show it; policies are not wired yet,
+/// so nothing is ever changed (dry-run).
+fn run(dry_run: bool, report_every: Duration) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (mut sensor, forwarder) = start_sensor(SensorScope::default())?;
+        let metrics = Arc::new(Metrics::new());
+        start_metrics(&metrics);
+        tracing::info!(
+            dry_run = true,
+            requested_dry_run = dry_run,
+            "governor running: probes attached; no policy acts in this version (dry-run); Ctrl-C to stop"
+        );
+        sensor.prime()?;
+        let tick = Duration::from_millis(100);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.tick().await;
+        let mut last_report = Instant::now();
+        let mut window: Vec<Snapshot> = Vec::new();
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let t = Instant::now();
+                    let snap = sensor.sample()?;
+                    metrics.observe(&snap, &[]);
+                    metrics.tick_duration.observe(t.elapsed().as_secs_f64());
+                    window.push(snap);
+                    if last_report.elapsed() >= report_every {
+                        metrics.probe_counters(&sensor.probes().counters()?);
+                        println!("{}", summary_line(&window));
+                        window.clear();
+                        last_report = Instant::now();
+                    }
+                }
+                sig = &mut stop => { tracing::info!("{sig}: stopping"); break; }
+            }
+        }
+        forwarder.abort();
+        drop(sensor);
+        anyhow::Ok(())
+    })?;
+    drop(rt);
+    report_leftovers();
+    Ok(())
+}
+
+/// One live line for `run`: the worst host p99 of the window, the cgroup
+/// with the worst p99, and the busiest port.
+fn summary_line(window: &[Snapshot]) -> String {
+    let Some(last) = window.last() else {
+        return String::new();
+    };
+    let host_p99 = window
+        .iter()
+        .filter_map(|s| s.host.runq.map(|r| r.p99_us))
+        .max()
+        .unwrap_or(0);
+    let waits: u64 = window
+        .iter()
+        .filter_map(|s| s.host.runq.map(|r| r.count))
+        .sum();
+    let worst = window
+        .iter()
+        .flat_map(|s| s.cgroups.iter())
+        .filter(|c| c.runq.count >= 10)
+        .max_by_key(|c| c.runq.p99_us)
+        .map(|c| format!("worst cgroup {} p99 {}µs", c.path, c.runq.p99_us))
+        .unwrap_or_else(|| "no busy cgroup".into());
+    let port = window
+        .iter()
+        .flat_map(|s| s.ports.iter())
+        .max_by_key(|p| p.accepted)
+        .map(|p| {
+            format!(
+                "port {} accepted {} queue {}/{}",
+                p.port, p.accepted, p.accept_queue, p.accept_queue_max
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "t={:>6.1}s host runq waits {waits} p99 {host_p99}µs | {worst} | {port}{}",
+        last.ts_ms as f64 / 1000.0,
+        if last.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" | missing: {}", last.missing.len())
+        }
+    )
 }
 
 /// Says whether any of our programs is still loaded after we let go of them.

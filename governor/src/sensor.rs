@@ -14,8 +14,9 @@ use crate::{
     ebpf::{MapReadings, ProbeError, Probes},
     runq,
     sense::{
-        cgroupfs::{CgroupIndex, CpuThrottle, within_any},
+        cgroupfs::{CgroupFs, CgroupIndex, CpuThrottle, within_any},
         procfs::{self, ListenCounters},
+        sockdiag::SockDiag,
     },
     snapshot::{CgroupPath, CgroupStats, HostStats, PortStats, Snapshot},
 };
@@ -37,6 +38,8 @@ pub struct ListenerQueue {
     pub depth: u32,
     /// The backlog limit.
     pub limit: u32,
+    /// True if a listener of the port is full (it drops handshakes).
+    pub full: bool,
 }
 
 /// Source of per-port accept-queue readings (sock_diag in production).
@@ -81,6 +84,44 @@ impl Sensor {
             previous: None,
             reclaimed: 0,
         }
+    }
+
+    /// A sensor of this host: the probes (loaded and attached), cgroupfs
+    /// under `/sys/fs/cgroup`, `/proc`, and sock_diag in the caller's network
+    /// namespace. Start the probes' log forwarder before calling this.
+    pub fn start_host(probes: Probes, scope: SensorScope) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let fs = CgroupFs::discover(std::path::Path::new(crate::sense::cgroupfs::DEFAULT_ROOT))
+            .context("finding the cgroup2 hierarchy")?;
+        let mut diag = SockDiag::new().context("opening sock_diag")?;
+        let reader: ListenerReader = Box::new(move || {
+            Ok(diag
+                .listen_queues()?
+                .into_iter()
+                .map(|q| {
+                    (
+                        q.port,
+                        ListenerQueue {
+                            depth: q.accept_queue,
+                            limit: q.accept_queue_max,
+                            full: q.any_full,
+                        },
+                    )
+                })
+                .collect())
+        });
+        Ok(Self::new(
+            probes,
+            CgroupIndex::new(fs),
+            PathBuf::from(procfs::DEFAULT_ROOT),
+            Some(reader),
+            scope,
+        ))
+    }
+
+    /// The cgroup index (paths by id).
+    pub fn cgroups(&mut self) -> &mut CgroupIndex {
+        &mut self.cgroups
     }
 
     /// The probes, e.g. for their counters.
@@ -281,8 +322,7 @@ impl Sensor {
             // ListenOverflows is host-wide: the interval's growth is shown on
             // every port whose accept queue is full now (the only ones that
             // can overflow), and on none otherwise.
-            let full = q.limit > 0 && q.depth >= q.limit;
-            let overflows = if full { overflow_delta } else { 0 };
+            let overflows = if q.full { overflow_delta } else { 0 };
             if accepted == 0 && q.limit == 0 && overflows == 0 {
                 continue;
             }

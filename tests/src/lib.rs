@@ -76,3 +76,150 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A cgroup2 directory owned by one test, removed (with every process the
+/// test put in it, killed by pid) when dropped, on every exit path.
+pub struct TestCgroup {
+    /// Absolute directory.
+    pub dir: std::path::PathBuf,
+    /// Path relative to the cgroup2 mount.
+    pub path: governor::snapshot::CgroupPath,
+}
+
+/// The cgroup2 mount of this host.
+pub fn cgroup2_root() -> std::path::PathBuf {
+    let fs = governor::sense::cgroupfs::CgroupFs::discover(std::path::Path::new(
+        governor::sense::cgroupfs::DEFAULT_ROOT,
+    ))
+    .expect("a cgroup2 hierarchy");
+    fs.cgroup2_root().to_path_buf()
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2>/governor-test-<pid>-<name>`.
+    pub fn new(name: &str) -> Self {
+        let root = cgroup2_root();
+        let leaf = format!("governor-test-{}-{name}", std::process::id());
+        let dir = root.join(&leaf);
+        if dir.exists() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let path = governor::snapshot::CgroupPath::new(&format!("/{leaf}")).expect("valid path");
+        Self { dir, path }
+    }
+
+    /// Its `cgroup.procs` file.
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Its cgroup2 id (the directory's inode number).
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.dir).expect("cgroup dir").ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Only our own workloads are ever in a test cgroup; end them by pid.
+        if let Ok(text) = std::fs::read_to_string(self.procs()) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = eventually(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists()
+        });
+    }
+}
+
+/// Child processes killed by pid when dropped.
+pub struct Children {
+    /// The workload binary, `env!("CARGO_BIN_EXE_govtest-load")` in a test.
+    pub bin: std::path::PathBuf,
+    /// The children started.
+    pub procs: Vec<std::process::Child>,
+}
+
+impl Children {
+    /// No children yet; they will run `bin`.
+    pub fn new(bin: &str) -> Self {
+        Self {
+            bin: bin.into(),
+            procs: Vec::new(),
+        }
+    }
+
+    /// Starts `govtest-load ARGS`, stdout piped.
+    pub fn spawn(&mut self, args: &[&str]) -> usize {
+        let child = std::process::Command::new(&self.bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting govtest-load {args:?}: {e}"));
+        self.procs.push(child);
+        self.procs.len() - 1
+    }
+
+    /// Waits for child `i` and returns its stdout; panics if it failed.
+    pub fn wait_output(&mut self, i: usize) -> String {
+        use std::io::Read as _;
+        let child = &mut self.procs[i];
+        let status = child.wait().expect("wait for child");
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        assert!(
+            status.success(),
+            "workload {i} failed: {status}; stdout: {out}"
+        );
+        out
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Reads `key=<u64>` from a workload's output.
+pub fn field(out: &str, key: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in workload output {out:?}"))
+}
+
+/// Loads and attaches the probes (no log forwarding).
+pub fn probes() -> governor::ebpf::Probes {
+    let mut p = governor::ebpf::Probes::load().expect("the embedded object loads");
+    p.attach_all().expect("probes attach");
+    p
+}
+
+/// Moves the calling thread (only) into a new network namespace with `lo`
+/// up. Children spawned from this thread inherit it; the namespace goes away
+/// with the thread and its children.
+pub fn enter_own_netns() {
+    // SAFETY: unshare takes flags only; CLONE_NEWNET affects this thread alone.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    let st = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip (iproute2)");
+    assert!(st.success(), "`ip link set lo up` failed");
+}

@@ -178,7 +178,7 @@ impl Metrics {
             }
         }
         let mut ranked: Vec<_> = s.cgroups.iter().collect();
-        ranked.sort_by(|a, b| b.runq.p99_us.cmp(&a.runq.p99_us));
+        ranked.sort_by_key(|c| std::cmp::Reverse(c.runq.p99_us));
         let mut now_exported = HashSet::new();
         for c in s
             .cgroups

@@ -1,0 +1,283 @@
+//! The sensors against the real kernel, in test-owned cgroups and network
+//! namespaces only: run-queue latency per cgroup, accepted connections per
+//! port, outbound connects per cgroup, accept-queue pressure, and reclaiming
+//! the map entries of cgroups that are gone.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use governor::{
+    sense::cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
+    sense::sockdiag::SockDiag,
+    sensor::{ListenerQueue, ListenerReader, Sensor, SensorScope},
+    snapshot::{CgroupPath, Snapshot},
+};
+use governor_integration::{
+    Children, TestCgroup, enter_own_netns, eventually, field, probes, require_root,
+};
+
+fn cgroup_index() -> CgroupIndex {
+    CgroupIndex::new(CgroupFs::discover(Path::new(DEFAULT_ROOT)).expect("cgroup2"))
+}
+
+/// A sock_diag reader of the calling thread's network namespace.
+fn listeners_here() -> ListenerReader {
+    let mut diag = SockDiag::new().expect("sock_diag");
+    Box::new(move || {
+        Ok(diag
+            .listen_queues()?
+            .into_iter()
+            .map(|q| {
+                (
+                    q.port,
+                    ListenerQueue {
+                        depth: q.accept_queue,
+                        limit: q.accept_queue_max,
+                        full: q.any_full,
+                    },
+                )
+            })
+            .collect())
+    })
+}
+
+fn sensor(subtrees: Vec<CgroupPath>, proc_root: &str, listeners: Option<ListenerReader>) -> Sensor {
+    let mut s = Sensor::new(
+        probes(),
+        cgroup_index(),
+        PathBuf::from(proc_root),
+        listeners,
+        SensorScope {
+            subtrees,
+            watched: Vec::new(),
+        },
+    );
+    s.prime().expect("first reading");
+    s
+}
+
+fn runq_of(s: &Snapshot, path: &CgroupPath) -> governor::snapshot::RunqStats {
+    s.cgroup(path).map(|c| c.runq).unwrap_or_default()
+}
+
+#[test]
+fn runq_p99_of_a_crowded_cpu_is_ten_times_a_quiet_ones_and_counts_match_wakeups() {
+    require_root();
+    let a = TestCgroup::new("runq-a");
+    let b = TestCgroup::new("runq-b");
+    let mut sensor = sensor(vec![a.path.clone(), b.path.clone()], "/proc", None);
+
+    let (pa, pb) = (a.procs(), b.procs());
+    let (pa, pb) = (pa.to_str().expect("utf-8"), pb.to_str().expect("utf-8"));
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let secs = "3";
+    kids.spawn(&["hog", "--cpu", "0", "--seconds", secs, "--join", pa]);
+    kids.spawn(&["hog", "--cpu", "0", "--seconds", secs, "--join", pa]);
+    let wa = kids.spawn(&["worker", "--cpu", "0", "--seconds", secs, "--join", pa]);
+    let wb = kids.spawn(&["worker", "--cpu", "1", "--seconds", secs, "--join", pb]);
+    let out_a = kids.wait_output(wa);
+    let out_b = kids.wait_output(wb);
+    for i in 0..2 {
+        kids.wait_output(i);
+    }
+    thread::sleep(Duration::from_millis(100));
+    let snap = sensor.sample().expect("a snapshot");
+    let (ra, rb) = (runq_of(&snap, &a.path), runq_of(&snap, &b.path));
+    let wakeups_b = field(&out_b, "wakeups");
+    println!("A: {ra:?} ({out_a})\nB: {rb:?} ({out_b})");
+    assert!(
+        ra.count > 0 && rb.count > 0,
+        "both cgroups were measured: A {ra:?}, B {rb:?}"
+    );
+    assert!(
+        ra.p99_us >= 10 * rb.p99_us.max(1),
+        "A's p99 {}µs should be at least 10× B's {}µs",
+        ra.p99_us,
+        rb.p99_us
+    );
+    let diff = (rb.count as f64 - wakeups_b as f64).abs() / wakeups_b as f64;
+    assert!(
+        diff <= 0.05,
+        "B measured {} waits for {wakeups_b} wakeups of its worker ({:.1}% off, want ≤ 5%)",
+        rb.count,
+        diff * 100.0
+    );
+}
+
+#[test]
+fn accepted_per_port_and_connects_per_cgroup_are_exact() {
+    require_root();
+    const N: u64 = 40;
+    let conn = TestCgroup::new("conn");
+    let conn_path = conn.path.clone();
+    let procs = conn.procs();
+    // Everything network-facing runs in a thread inside its own namespace.
+    let (accepted, conn_out) = thread::spawn(move || {
+        enter_own_netns();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let server = thread::spawn(move || {
+            for _ in 0..N {
+                let _ = listener.accept().expect("accept");
+            }
+        });
+        let mut sensor = sensor(
+            vec![conn_path.clone()],
+            "/proc/thread-self",
+            Some(listeners_here()),
+        );
+        let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+        let addr = format!("127.0.0.1:{port}");
+        let c = kids.spawn(&[
+            "connect",
+            "--addr",
+            &addr,
+            "--count",
+            &N.to_string(),
+            "--join",
+            procs.to_str().expect("utf-8"),
+        ]);
+        let (mut accepted, mut conn_out) = (0u64, 0u64);
+        let mut tally = |s: &Snapshot| {
+            accepted += s.port(port).map_or(0, |p| p.accepted);
+            conn_out += s.cgroup(&conn_path).map_or(0, |c| c.conn_out);
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while kids.procs[c].try_wait().expect("child").is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+            tally(&sensor.sample().expect("snapshot"));
+        }
+        let out = kids.wait_output(c);
+        assert_eq!(field(&out, "ok"), N, "all connects succeeded: {out}");
+        server.join().expect("server");
+        thread::sleep(Duration::from_millis(200));
+        tally(&sensor.sample().expect("snapshot"));
+        (accepted, conn_out)
+    })
+    .join()
+    .expect("network thread");
+    assert_eq!(accepted, N, "accepted on the port over the intervals");
+    assert_eq!(
+        conn_out, N,
+        "outbound connects of the test cgroup over the intervals"
+    );
+}
+
+#[test]
+fn a_full_accept_queue_reports_depth_limit_and_overflows() {
+    require_root();
+    let port_stats = thread::spawn(|| {
+        enter_own_netns();
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        sock.bind(&addr.into()).expect("bind");
+        sock.listen(8).expect("listen 8");
+        let port = sock
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet")
+            .port();
+        let mut sensor = sensor(Vec::new(), "/proc/thread-self", Some(listeners_here()));
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            c.set_nonblocking(true).expect("nonblocking");
+            let target: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let _ = c.connect(&target.into());
+            clients.push(c);
+        }
+        // Let the handshakes that fit complete and the rest overflow.
+        let mut found = None;
+        eventually(Duration::from_secs(5), || {
+            let s = sensor.sample().expect("snapshot");
+            if let Some(p) = s.port(port) {
+                let mut p = p.clone();
+                if let Some(prev) = &found {
+                    let prev: &governor::snapshot::PortStats = prev;
+                    p.overflows += prev.overflows;
+                }
+                let done = p.accept_queue >= 9 && p.overflows > 0;
+                found = Some(p);
+                return done;
+            }
+            false
+        });
+        drop(clients);
+        found
+    })
+    .join()
+    .expect("network thread")
+    .expect("the listening port appears in the snapshots");
+    println!("{port_stats:?}");
+    assert_eq!(port_stats.accept_queue_max, 8, "backlog");
+    assert_eq!(
+        port_stats.accept_queue, 9,
+        "a full queue holds backlog + 1 on Linux"
+    );
+    assert!(port_stats.overflows > 0, "overflows were counted");
+}
+
+#[test]
+fn entries_of_a_thousand_removed_cgroups_are_reclaimed() {
+    require_root();
+    let base = TestCgroup::new("churn");
+    let mut sensor = sensor(vec![base.path.clone()], "/proc", None);
+    let before = sensor.probes().cgroup_ids().expect("map keys").len();
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let c = kids.spawn(&[
+        "churn",
+        "--base",
+        base.dir.to_str().expect("utf-8"),
+        "--count",
+        "1000",
+        "--join",
+        base.procs().to_str().expect("utf-8"),
+    ]);
+    let out = kids.wait_output(c);
+    let ids: Vec<u64> = out
+        .trim()
+        .strip_prefix("ids=")
+        .expect("ids=")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    let in_map = sensor.probes().cgroup_ids().expect("map keys");
+    let seen = ids
+        .iter()
+        .filter(|id| in_map.binary_search(id).is_ok())
+        .count();
+    assert!(
+        seen >= 900,
+        "the probes keyed at least 900 of the 1000 cgroups ({seen})"
+    );
+
+    sensor.sample().expect("a snapshot reclaims");
+    let after = sensor.probes().cgroup_ids().expect("map keys");
+    let stale: Vec<_> = ids
+        .iter()
+        .filter(|id| after.binary_search(id).is_ok())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} removed cgroups still have entries",
+        stale.len()
+    );
+    assert!(
+        after.len() <= before + 10,
+        "map grew from {before} to {} entries",
+        after.len()
+    );
+    assert!(
+        sensor.reclaimed >= seen as u64,
+        "reclaimed {} entries",
+        sensor.reclaimed
+    );
+}
