@@ -7,6 +7,20 @@
 
 pub mod hist;
 
+/// Run-queue bookkeeping of one task (value of the `TASKS` map).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct TaskWait {
+    /// When its current wait began (ns, `bpf_ktime_get_ns`); 0 if not waiting.
+    pub start_ns: u64,
+    /// Its last wait + 1, not yet attributed to a cgroup; 0 if none.
+    pub pending_ns: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: two `u64`, `repr(C)`, no padding.
+unsafe impl aya::Pod for TaskWait {}
+
 /// Indices into the per-CPU `COUNTERS` array map.
 ///
 /// Each slot counts events seen by one probe on one CPU; the agent sums over
@@ -33,8 +47,14 @@ pub mod counter {
 /// Names of the programs and maps in the object, shared so that a rename on
 /// one side is a compile error on the other rather than a load failure.
 pub mod names {
-    /// `sched:sched_switch` program.
+    /// `sched:sched_switch` classic-tracepoint program (kernels without BTF).
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    /// `sched_switch` raw-tracepoint program (BTF kernels).
+    pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
+    /// `sched_wakeup` raw-tracepoint program.
+    pub const PROG_SCHED_WAKEUP_RAW: &str = "sched_wakeup_raw";
+    /// `sched_wakeup_new` raw-tracepoint program.
+    pub const PROG_SCHED_WAKEUP_NEW_RAW: &str = "sched_wakeup_new_raw";
     /// `sched:sched_wakeup` program.
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
     /// `sched:sched_wakeup_new` program.
@@ -86,6 +106,10 @@ pub mod globals {
     pub const SOCK_SPORT: &str = "OFF_SOCK_SPORT";
     /// `inet_sock_set_state.protocol` offset.
     pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+    /// `task_struct.pid` offset, from BTF.
+    pub const TASK_PID: &str = "OFF_TASK_PID";
+    /// `task_struct.__state` (`.state` before 5.14) offset, from BTF.
+    pub const TASK_STATE: &str = "OFF_TASK_STATE";
     /// Set to 1 by the agent once the offsets above are filled in; the
     /// programs do nothing while it is 0.
     pub const CONFIGURED: &str = "CONFIGURED";

@@ -13,21 +13,27 @@
 //! (`sched_switch` with a runnable `prev_state`), and ends when it is
 //! switched in. The histogram is keyed by the task's cgroup, but a
 //! `sched_switch` runs in the context of the task going *out*, so the wait of
-//! the task coming in is parked (`PENDING`) and attributed to its cgroup when
-//! it next goes out, where `bpf_get_current_cgroup_id` names it exactly.
+//! the task coming in is parked in its `TASKS` entry and attributed to its
+//! cgroup when it next goes out, where `bpf_get_current_cgroup_id` names it
+//! exactly.
+//!
+//! The scheduler probes come in two variants: raw tracepoints (cheapest: no
+//! trace record is built), which read `task_struct.pid`/`__state` at offsets
+//! the agent resolves from the kernel's BTF at load time; and classic
+//! tracepoints reading record fields, for kernels without BTF.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::info;
 use governor_common::{
-    counter,
+    TaskWait, counter,
     hist::{self, Hist},
     limits,
 };
@@ -51,6 +57,12 @@ static OFF_SOCK_NEWSTATE: u32 = 0;
 static OFF_SOCK_SPORT: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SOCK_PROTOCOL: u32 = 0;
+/// `task_struct.pid` offset, from BTF (raw tracepoints only).
+#[unsafe(no_mangle)]
+static OFF_TASK_PID: u32 = 0;
+/// `task_struct.__state` (or `.state` before 5.14) offset, from BTF.
+#[unsafe(no_mangle)]
+static OFF_TASK_STATE: u32 = 0;
 /// 1 once the agent has set the offsets above.
 #[unsafe(no_mangle)]
 static CONFIGURED: u32 = 0;
@@ -69,13 +81,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 
 #[map(name = "ANNOUNCED")]
 static ANNOUNCED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// When each waiting task became runnable (pid → ns).
-#[map(name = "WAIT_START")]
-static WAIT_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(limits::MAX_WAITING, 0);
-
-/// Waits measured at switch-in, not yet attributed to a cgroup (pid → ns).
-#[map(name = "PENDING")]
-static PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(limits::MAX_WAITING, 0);
+/// Per task (pid): when its current wait started, and the last wait not yet
+/// attributed to a cgroup. One entry per task, updated in place, so a
+/// context switch costs two lookups; LRU evicts the entries of dead tasks.
+#[map(name = "TASKS")]
+static TASKS: LruHashMap<u32, TaskWait> = LruHashMap::with_max_entries(limits::MAX_WAITING, 0);
 
 /// Host-wide run-queue histogram.
 #[map(name = "HOST_RUNQ")]
@@ -132,7 +142,7 @@ fn hist_add(h: *mut Hist, ns: u64) {
 /// Logs once per CPU that the probes run there: shows the kernel side is
 /// alive and that aya-log reaches the agent.
 #[inline(always)]
-fn announce(ctx: &TracePointContext) {
+fn announce<C: aya_ebpf::EbpfContext>(ctx: &C) {
     if let Some(flag) = ANNOUNCED.get_ptr_mut(0) {
         // SAFETY: this CPU's slot of a per-CPU array.
         unsafe {
@@ -150,10 +160,67 @@ fn read_u32(ctx: &TracePointContext, off: &u32) -> Option<u32> {
     unsafe { ctx.read_at::<u32>(global(off) as usize).ok() }
 }
 
+/// A wait starts now for `pid` (woken, or preempted while runnable).
 #[inline(always)]
 fn wait_starts(pid: u32, now: u64) {
-    if pid != 0 && WAIT_START.insert(pid, now, 0).is_err() {
+    if pid == 0 {
+        return;
+    }
+    if let Some(t) = TASKS.get_ptr_mut(pid) {
+        // SAFETY: a value pointer from a lookup; a task runs on one CPU at a time.
+        unsafe { (*t).start_ns = now };
+    } else if TASKS
+        .insert(
+            pid,
+            TaskWait {
+                start_ns: now,
+                pending_ns: 0,
+            },
+            0,
+        )
+        .is_err()
+    {
         bump(counter::START_MAP_FULL);
+    }
+}
+
+/// A context switch: `prev` goes out (it is `current`, so its cgroup is
+/// known), `next` comes in.
+#[inline(always)]
+fn on_switch(prev: u32, prev_runnable: bool, next: u32, now: u64) {
+    if prev != 0
+        && let Some(t) = TASKS.get_ptr_mut(prev)
+    {
+        // SAFETY: as in `wait_starts`.
+        unsafe {
+            if (*t).pending_ns != 0 {
+                let waited = (*t).pending_ns - 1;
+                (*t).pending_ns = 0;
+                add_cgroup_wait(bpf_get_current_cgroup_id(), waited);
+            }
+            if prev_runnable {
+                (*t).start_ns = now;
+            }
+        }
+    } else if prev_runnable {
+        wait_starts(prev, now);
+    }
+    if next != 0
+        && let Some(t) = TASKS.get_ptr_mut(next)
+    {
+        // SAFETY: as in `wait_starts`.
+        unsafe {
+            if (*t).start_ns != 0 {
+                let waited = now.saturating_sub((*t).start_ns);
+                (*t).start_ns = 0;
+                // +1 so that a zero wait is still "pending".
+                (*t).pending_ns = waited + 1;
+                bump(counter::RUNQ_SAMPLES);
+                if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
+                    hist_add(h, waited);
+                }
+            }
+        }
     }
 }
 
@@ -184,6 +251,7 @@ pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
 /// above them marks a preemption, which leaves the task runnable.
 const SLEEP_STATE_MASK: u64 = 0xff;
 
+/// Classic-tracepoint variant (kernels without BTF): fields from the record.
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
     bump(counter::SCHED_SWITCH);
@@ -193,47 +261,73 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let prev = read_u32(&ctx, &OFF_SWITCH_PREV_PID).unwrap_or(0);
+    let next = read_u32(&ctx, &OFF_SWITCH_NEXT_PID).unwrap_or(0);
+    // SAFETY: tracepoint record read at a parsed offset.
+    let state = unsafe { ctx.read_at::<u64>(global(&OFF_SWITCH_PREV_STATE) as usize) };
+    let runnable = matches!(state, Ok(s) if s & SLEEP_STATE_MASK == 0);
+    on_switch(prev, runnable, next, now);
+    0
+}
 
-    // The task going out: it is `current`, so its cgroup is known. Attribute
-    // the wait it had before this slice, and start a new wait if it was
-    // preempted while runnable.
-    if let Some(prev) = read_u32(&ctx, &OFF_SWITCH_PREV_PID)
-        && prev != 0
-    {
-        if let Some(waited) = PENDING.get_ptr(prev) {
-            // SAFETY: a value pointer from a map lookup, read at once.
-            let waited = unsafe { *waited };
-            let _ = PENDING.remove(prev);
-            // SAFETY: no preconditions.
-            let cg = unsafe { bpf_get_current_cgroup_id() };
-            add_cgroup_wait(cg, waited);
-        }
-        // SAFETY: tracepoint record read at a parsed offset.
-        let state = unsafe { ctx.read_at::<u64>(global(&OFF_SWITCH_PREV_STATE) as usize) };
-        if let Ok(state) = state
-            && state & SLEEP_STATE_MASK == 0
-        {
-            wait_starts(prev, now);
-        }
+/// `task_struct` field of a task pointer, at an offset from BTF.
+#[inline(always)]
+fn task_u32(task: u64, off: &u32) -> Option<u32> {
+    if task == 0 {
+        return None;
     }
+    let p = (task + u64::from(global(off))) as *const u32;
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault gives Err.
+    unsafe { bpf_probe_read_kernel(p).ok() }
+}
 
-    // The task coming in: its wait ends now.
-    if let Some(next) = read_u32(&ctx, &OFF_SWITCH_NEXT_PID)
-        && next != 0
-        && let Some(start) = WAIT_START.get_ptr(next)
-    {
-        // SAFETY: a value pointer from a map lookup, read at once.
-        let start = unsafe { *start };
-        let _ = WAIT_START.remove(next);
-        let waited = now.saturating_sub(start);
-        bump(counter::RUNQ_SAMPLES);
-        if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
-            hist_add(h, waited);
-        }
-        if PENDING.insert(next, waited, 0).is_err() {
-            bump(counter::START_MAP_FULL);
-        }
+/// Raw-tracepoint variant (BTF kernels): `TP_PROTO(bool preempt, struct
+/// task_struct *prev, struct task_struct *next, ...)`, the same first three
+/// arguments on every kernel since 4.x. No trace record is built, which is
+/// what makes it cheaper than the classic tracepoint.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    bump(counter::SCHED_SWITCH);
+    announce(&ctx);
+    if global(&CONFIGURED) == 0 {
+        return 0;
     }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let prev_task: u64 = ctx.arg(1);
+    let next_task: u64 = ctx.arg(2);
+    let prev = task_u32(prev_task, &OFF_TASK_PID).unwrap_or(0);
+    let next = task_u32(next_task, &OFF_TASK_PID).unwrap_or(0);
+    // TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
+    let runnable = preempt & 1 == 1 || task_u32(prev_task, &OFF_TASK_STATE) == Some(0);
+    on_switch(prev, runnable, next, now);
+    0
+}
+
+/// Raw `sched_wakeup` / `sched_wakeup_new`: `TP_PROTO(struct task_struct *p)`.
+#[inline(always)]
+fn on_wakeup_raw(ctx: &RawTracePointContext) {
+    bump(counter::SCHED_WAKEUP);
+    if global(&CONFIGURED) == 0 {
+        return;
+    }
+    let task: u64 = ctx.arg(0);
+    if let Some(pid) = task_u32(task, &OFF_TASK_PID) {
+        // SAFETY: no preconditions.
+        wait_starts(pid, unsafe { bpf_ktime_get_ns() });
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
+    on_wakeup_raw(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
+    on_wakeup_raw(&ctx);
     0
 }
 

@@ -13,7 +13,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuArray, PerCpuHashMap},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use governor_common::{
     counter, globals,
@@ -28,6 +28,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Names of every program in [`OBJECT`]; used to find leftovers.
 pub const PROGRAM_NAMES: &[&str] = &[
     names::PROG_SCHED_SWITCH,
+    names::PROG_SCHED_SWITCH_RAW,
+    names::PROG_SCHED_WAKEUP_RAW,
+    names::PROG_SCHED_WAKEUP_NEW_RAW,
     names::PROG_SCHED_WAKEUP,
     names::PROG_SCHED_WAKEUP_NEW,
     names::PROG_SOCK_STATE,
@@ -126,6 +129,25 @@ pub struct Probes {
     missing: Vec<String>,
     /// Probes whose offsets were found (and may be attached).
     usable: Vec<&'static str>,
+    /// The scheduler probes can use raw tracepoints (BTF offsets resolved).
+    sched_raw: bool,
+}
+
+/// Raw-tracepoint scheduler probes: (program, tracepoint).
+const SCHED_RAW: &[(&str, &str)] = &[
+    (names::PROG_SCHED_SWITCH_RAW, "sched_switch"),
+    (names::PROG_SCHED_WAKEUP_RAW, "sched_wakeup"),
+    (names::PROG_SCHED_WAKEUP_NEW_RAW, "sched_wakeup_new"),
+];
+
+/// Is `program` one of the classic scheduler tracepoint programs?
+fn is_classic_sched(program: &str) -> bool {
+    [
+        names::PROG_SCHED_SWITCH,
+        names::PROG_SCHED_WAKEUP,
+        names::PROG_SCHED_WAKEUP_NEW,
+    ]
+    .contains(&program)
 }
 
 /// Cumulative figures read from the maps (since load).
@@ -174,6 +196,24 @@ impl Probes {
                 }
             }
         }
+        // The cheaper raw tracepoints need task_struct offsets from BTF.
+        let btf = crate::btf::KernelBtf::open(Path::new(crate::btf::VMLINUX)).and_then(|b| {
+            Ok((
+                b.member_offset("task_struct", &["pid"])?,
+                b.member_offset("task_struct", &["__state", "state"])?,
+            ))
+        });
+        let sched_raw = match btf {
+            Ok((pid, state)) => {
+                offsets.push((globals::TASK_PID, pid));
+                offsets.push((globals::TASK_STATE, state));
+                true
+            }
+            Err(e) => {
+                tracing::info!("{e}: the scheduler probes use classic tracepoints (costlier)");
+                false
+            }
+        };
         let mut loader = EbpfLoader::new();
         for (name, off) in &offsets {
             loader.override_global(name, off, true);
@@ -184,6 +224,7 @@ impl Probes {
             ebpf,
             missing,
             usable,
+            sched_raw,
         })
     }
 
@@ -223,8 +264,21 @@ impl Probes {
     pub fn attach_all(&mut self) -> Result<(), ProbeError> {
         let mut attached = 0;
         let mut last_err = None;
+        if self.sched_raw {
+            for (program, event) in SCHED_RAW {
+                if let Err(e) = self.attach_raw(program, event) {
+                    // Fall back to the classic scheduler tracepoints.
+                    tracing::warn!("{e}: falling back to classic scheduler tracepoints");
+                    self.sched_raw = false;
+                    break;
+                }
+                attached += 1;
+            }
+        }
         for tp in TRACEPOINTS {
-            if !self.usable.contains(&tp.program) {
+            if !self.usable.contains(&tp.program)
+                || (self.sched_raw && is_classic_sched(tp.program))
+            {
                 continue;
             }
             match self.attach_tracepoint(tp.program, tp.category, tp.event) {
@@ -262,6 +316,28 @@ impl Probes {
             .map_err(|source| ProbeError::Program { name, source })?;
         tracing::debug!(program = name, "attached to {category}:{event}");
         Ok(())
+    }
+
+    fn attach_raw(&mut self, name: &'static str, event: &str) -> Result<(), ProbeError> {
+        let program: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program
+            .attach(event)
+            .map_err(|source| ProbeError::Program { name, source })?;
+        tracing::debug!(program = name, "attached to raw tracepoint {event}");
+        Ok(())
+    }
+
+    /// True if the scheduler probes run on raw tracepoints (BTF offsets).
+    pub fn sched_raw(&self) -> bool {
+        self.sched_raw
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
@@ -386,9 +462,10 @@ pub fn loaded_program_names() -> Vec<(u32, String)> {
         .filter_map(Result::ok)
         .filter_map(|info| {
             let name = info.name_as_str()?.to_owned();
+            // The kernel keeps 15 bytes of a program's name.
             PROGRAM_NAMES
                 .iter()
-                .any(|ours| name == *ours)
+                .any(|ours| ours.get(..15).unwrap_or(ours) == name)
                 .then(|| (info.id(), name))
         })
         .collect()

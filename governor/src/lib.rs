@@ -6,6 +6,7 @@
 //!   it into one [`snapshot::Snapshot`] per interval;
 //! - [`show`] explains: `observe` output and `/metrics`.
 
+pub mod btf;
 pub mod ebpf;
 pub mod runq;
 pub mod sense;

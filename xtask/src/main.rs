@@ -1,5 +1,6 @@
 //! governor's developer tasks. `cargo xtask --help` lists them.
 
+mod bench;
 mod ebpf_toolchain;
 mod run;
 mod setup;
@@ -33,6 +34,8 @@ enum Command {
     /// Setup, fmt check, clippy, unit tests, root integration tests; ends with
     /// a `N passed, N failed` line and a non-zero exit on any failure.
     Test(test::TestArgs),
+    /// Benchmarks, each beside its peers in the same run (medians, ratios).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::setup().map(|_| ExitCode::SUCCESS),
         Command::Run { args } => run::run(&args),
         Command::Test(args) => test::test(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,277 @@
+//! `cargo xtask bench`: performance figures, always beside their peers in
+//! the same invocation, alternating, medians, reported as ratios.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, ExitCode, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+
+use crate::{
+    setup,
+    util::{is_root, run as run_cmd, say, workspace_root},
+};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark [default: all].
+    #[arg(value_enum)]
+    which: Option<Which>,
+    /// Rounds; each runs every variant once, in a rotating order.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Messages per `perf bench sched pipe` run (probes).
+    #[arg(long, default_value_t = 300_000)]
+    loops: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// Overhead of governor's probes on a context-switch-heavy workload,
+    /// against bpftrace's runqlat.bt and against nothing.
+    Probes,
+}
+
+/// Runs the chosen benchmarks.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs: run them as root");
+    }
+    if args.rounds < 1 {
+        bail!("--rounds must be at least 1");
+    }
+    setup::setup()?;
+    let root = workspace_root();
+    say("building governor (release)");
+    run_cmd(
+        Command::new("cargo")
+            .args(["build", "--release", "--package", "governor"])
+            .current_dir(&root),
+    )?;
+    match args.which {
+        None | Some(Which::Probes) => probes(args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Bare,
+    Runqlat,
+    Governor,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare (no probes)",
+            Variant::Runqlat => "bpftrace runqlat.bt",
+            Variant::Governor => "governor (all probes + observe)",
+        }
+    }
+}
+
+/// A background tracer, ended by pid with SIGINT when dropped.
+struct Tracer(Child);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signalling a child we started, by its pid.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and waits until one of its output lines contains `ready`.
+fn start_tracer(
+    mut cmd: Command,
+    ready: &'static str,
+    from_stderr: bool,
+) -> anyhow::Result<Tracer> {
+    cmd.stdin(Stdio::null());
+    if from_stderr {
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let pipe: Box<dyn std::io::Read + Send> = if from_stderr {
+        Box::new(child.stderr.take().context("stderr")?)
+    } else {
+        Box::new(child.stdout.take().context("stdout")?)
+    };
+    let tracer = Tracer(child);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut sent = false;
+        // Keep draining so the tracer never blocks on a full pipe.
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if !sent && line.contains(ready) {
+                let _ = tx.send(());
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .with_context(|| format!("{cmd:?} did not say {ready:?} within 30 s"))?;
+    Ok(tracer)
+}
+
+/// One `perf bench sched pipe` on CPU 0: microseconds per message.
+fn sched_pipe(loops: u64) -> anyhow::Result<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "0", "perf", "bench", "sched", "pipe", "-l"])
+        .arg(loops.to_string())
+        .output()
+        .context("running perf bench sched pipe (linux-perf)")?;
+    if !out.status.success() {
+        bail!(
+            "perf bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_suffix("usecs/op")
+                .map(|v| v.trim().parse::<f64>())
+        })
+        .context("no usecs/op in perf's output")?
+        .context("usecs/op is not a number")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn probes(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let governor = root.join("target/release/governor");
+    let runqlat = "/usr/sbin/runqlat.bt";
+    if !std::path::Path::new(runqlat).is_file() {
+        bail!("{runqlat} is missing (package bpftrace; `cargo xtask setup` installs it)");
+    }
+    // Debian's bpftrace 0.17 cannot parse <linux/sched.h> on this userland
+    // (`__aligned_u64` unknown), and the script needs only TASK_RUNNING from
+    // it: run the installed script with that include replaced by its value.
+    let script = fs::read_to_string(runqlat).with_context(|| format!("reading {runqlat}"))?;
+    let script = script.replace("#include <linux/sched.h>", "#define TASK_RUNNING 0");
+    let bench_dir = root.join("target/bench");
+    fs::create_dir_all(&bench_dir)?;
+    let runqlat_script = bench_dir.join("runqlat-no-include.bt");
+    fs::write(&runqlat_script, script)?;
+    say(format!(
+        "bench probes: `taskset -c 0 perf bench sched pipe -l {}` under nothing, runqlat.bt and governor; {} rounds, rotating order",
+        args.loops, args.rounds
+    ));
+    let variants = [Variant::Bare, Variant::Runqlat, Variant::Governor];
+    let mut results: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    for round in 0..args.rounds {
+        for k in 0..variants.len() {
+            let v = variants[(round + k) % variants.len()];
+            let _tracer = match v {
+                Variant::Bare => None,
+                Variant::Runqlat => {
+                    let mut c = Command::new("bpftrace");
+                    c.args(["-B", "none"]).arg(&runqlat_script);
+                    Some(start_tracer(c, "Tracing CPU scheduler", false)?)
+                }
+                Variant::Governor => {
+                    let mut c = Command::new(&governor);
+                    c.args(["observe", "--interval", "1s", "--format", "json"])
+                        .env("GOVERNOR_LOG", "info");
+                    Some(start_tracer(c, "metrics on", true)?)
+                }
+            };
+            let us = sched_pipe(args.loops)?;
+            eprintln!("  round {}  {:<34} {us:.3} µs/msg", round + 1, v.name());
+            if let Some((_, r)) = results.iter_mut().find(|(x, _)| *x == v) {
+                r.push(us);
+            }
+        }
+    }
+    let mut medians: Vec<(Variant, f64)> =
+        results.iter_mut().map(|(v, r)| (*v, median(r))).collect();
+    let bare = medians
+        .iter()
+        .find(|(v, _)| *v == Variant::Bare)
+        .map(|(_, m)| *m)
+        .context("no bare runs")?;
+    println!();
+    println!(
+        "| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |"
+    );
+    println!("|---|---|---|---|");
+    let mut variants_json = serde_json::Map::new();
+    for (v, m) in &mut medians {
+        let ratio = *m / bare;
+        println!(
+            "| {} | {m:.3} | {ratio:.3} | {:+.1}% |",
+            v.name(),
+            (ratio - 1.0) * 100.0
+        );
+        variants_json.insert(
+            v.name().to_owned(),
+            serde_json::json!({ "median_us_per_msg": *m, "ratio_to_bare": ratio }),
+        );
+    }
+    let ours = medians
+        .iter()
+        .find(|(v, _)| *v == Variant::Governor)
+        .map(|(_, m)| *m / bare)
+        .unwrap_or(f64::NAN);
+    let theirs = medians
+        .iter()
+        .find(|(v, _)| *v == Variant::Runqlat)
+        .map(|(_, m)| *m / bare)
+        .unwrap_or(f64::NAN);
+    println!();
+    println!(
+        "governor's sensing costs {:+.1}% over bare; runqlat.bt alone {:+.1}%. Targets: under +5%, and below runqlat.bt: {}",
+        (ours - 1.0) * 100.0,
+        (theirs - 1.0) * 100.0,
+        if ours < 1.05 && ours < theirs {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({
+        "benchmark": "probes",
+        "workload": format!("taskset -c 0 perf bench sched pipe -l {}", args.loops),
+        "rounds": args.rounds,
+        "variants": variants_json,
+    });
+    fs::write(
+        dir.join("probes.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    eprintln!("wrote {}", dir.join("probes.json").display());
+    Ok(())
+}
