@@ -4,6 +4,8 @@
 //! - [`ebpf`] loads the embedded kernel programs and reads their maps;
 //! - [`snapshot`] is what one interval looked like, the input of `decide`.
 
+pub mod config;
+pub mod decide;
 pub mod ebpf;
 pub mod snapshot;
 pub mod tracefs;

@@ -18,7 +18,9 @@ pub struct CgroupPath(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CgroupPathError {
     /// The path does not start with `/`.
-    #[error("cgroup path {0:?} must start with '/' (it is relative to the cgroup2 mount, e.g. \"/workload/api\")")]
+    #[error(
+        "cgroup path {0:?} must start with '/' (it is relative to the cgroup2 mount, e.g. \"/workload/api\")"
+    )]
     NotAbsolute(String),
     /// The path has `.` or `..` components.
     #[error("cgroup path {0:?} must not contain '.' or '..' components")]
@@ -206,6 +208,7 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -213,8 +216,14 @@ mod tests {
         assert_eq!(CgroupPath::new("//a/b/").unwrap().as_str(), "/a/b");
         assert_eq!(CgroupPath::new("/").unwrap().as_str(), "/");
         assert_eq!(CgroupPath::new("/a").unwrap().relative(), "a");
-        assert!(matches!(CgroupPath::new("a/b"), Err(CgroupPathError::NotAbsolute(_))));
-        assert!(matches!(CgroupPath::new("/a/../b"), Err(CgroupPathError::DotComponent(_))));
+        assert!(matches!(
+            CgroupPath::new("a/b"),
+            Err(CgroupPathError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            CgroupPath::new("/a/../b"),
+            Err(CgroupPathError::DotComponent(_))
+        ));
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub const DEFAULT_ROOT: &str = "/sys/kernel/tracing";
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     /// tracefs is not mounted at the root and mounting it failed.
-    #[error("tracefs is not mounted at {path} and mounting it failed: {source} (try `mount -t tracefs tracefs {path}`)")]
+    #[error(
+        "tracefs is not mounted at {path} and mounting it failed: {source} (try `mount -t tracefs tracefs {path}`)"
+    )]
     Mount {
         /// The mount point.
         path: PathBuf,

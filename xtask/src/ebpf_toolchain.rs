@@ -62,7 +62,11 @@ pub fn nightly_id() -> Result<String, String> {
     let release = field("release:").ok_or("no `release:` in `rustc +nightly -vV`")?;
     let commit = field("commit-hash:").unwrap_or_default();
     let short: String = commit.chars().take(9).collect();
-    Ok(if short.is_empty() { release } else { format!("{release}-{short}") })
+    Ok(if short.is_empty() {
+        release
+    } else {
+        format!("{release}-{short}")
+    })
 }
 
 /// The nightly's sysroot.
@@ -79,7 +83,9 @@ pub fn nightly_sysroot() -> Result<PathBuf, String> {
 
 /// True if the nightly has the `rust-src` component (needed by `-Z build-std`).
 pub fn has_rust_src(sysroot: &Path) -> bool {
-    sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file()
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .is_file()
 }
 
 /// The nightly's own LLVM shared library, which bpf-linker links against.
@@ -111,7 +117,9 @@ pub fn bpf_linker_root(cache: &Path, nightly_id: &str) -> PathBuf {
 
 /// The bpf-linker binary for this nightly, if it is present.
 pub fn bpf_linker_bin(cache: &Path, nightly_id: &str) -> PathBuf {
-    bpf_linker_root(cache, nightly_id).join("bin").join("bpf-linker")
+    bpf_linker_root(cache, nightly_id)
+        .join("bin")
+        .join("bpf-linker")
 }
 
 /// The first `bpf-linker` on `PATH`, if any.
@@ -158,5 +166,7 @@ pub fn preflight() -> Result<Toolchain, String> {
         ));
     };
     let dir = linker.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(Toolchain { bpf_linker_dir: dir })
+    Ok(Toolchain {
+        bpf_linker_dir: dir,
+    })
 }
