@@ -74,6 +74,8 @@ struct Memory {
     /// Re-trips counted by the backoff (each doubles step-down delays by default).
     retrips: u32,
     last_trip: Option<Duration>,
+    /// The current over-`high` episode has been counted as a trip.
+    trip_counted: bool,
     /// The rung whose action was refused as protected (reported once).
     refused: Option<Rung>,
     no_data: bool,
@@ -272,6 +274,7 @@ impl Policy {
             // timers so that only continuous evidence moves the ladder.
             m.no_data = true;
             m.over_since = None;
+            m.trip_counted = false;
             m.clear_since = None;
             m.next_down_at = None;
             return;
@@ -292,8 +295,24 @@ impl Policy {
             m.refused = None;
         }
 
+        if m.over_since.is_none() {
+            m.trip_counted = false;
+        }
         if let Some(since) = m.over_since.filter(|&s| now - s >= c.hold_for) {
             m.next_down_at = None;
+            if !m.trip_counted {
+                // A trip soon after a step down: the load is still there;
+                // release more slowly next time. Counted when the signal
+                // trips, whether or not the step up is allowed (a flap-budget
+                // hold must not reset the backoff).
+                m.trip_counted = true;
+                if m.last_down
+                    .is_some_and(|d| now - d <= c.backoff.retrip_within)
+                {
+                    m.retrips = (m.retrips + 1).min(64);
+                }
+                m.last_trip = Some(now);
+            }
             let settled = m.last_up.is_none_or(|t| now - t >= c.settle);
             if m.rung < c.ladder.len() && settled {
                 self.step_up(v, now - since, now, protected, out);
@@ -374,16 +393,7 @@ impl Policy {
         };
         out.push(decision(kind, reason(Cause::Over)));
 
-        let c = &self.config;
         let m = &mut self.memory;
-        // A trip soon after a step down: the load is still there; release
-        // more slowly next time.
-        if m.last_down
-            .is_some_and(|d| now - d <= c.backoff.retrip_within)
-        {
-            m.retrips = (m.retrips + 1).min(64);
-        }
-        m.last_trip = Some(now);
         m.rung = to;
         m.last_up = Some(now);
         m.transitions.push_back(now);
