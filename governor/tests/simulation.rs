@@ -175,6 +175,7 @@ fn scenario(
         blackout: None,
         actions_help: true,
         seed: 42,
+        accept_queue: false,
     }
 }
 
@@ -483,6 +484,110 @@ fn persistent_load_backs_off() {
         "backoff cuts the cycling"
     );
     assert!(f.per_window <= 6);
+}
+
+/// A shipped example, as the agent would load it.
+fn example(file: &str) -> Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join(file);
+    config::load(Some(&path))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+}
+
+/// `examples/fail-fast.toml` (made live) against a flash crowd on a
+/// listener: the accept queue fills, new connections are throttled and then
+/// reset, the queue drains, and limits are lifted once the crowd is gone.
+#[test]
+fn fail_fast_flash_crowd() {
+    let mut c = example("fail-fast.toml");
+    c.policies[0].dry_run = Some(false);
+    let mut s = scenario("fail_fast", c.clone(), 120, |t| {
+        if (5.0..45.0).contains(&t) {
+            1500.0
+        } else {
+            100.0
+        }
+    });
+    s.accept_queue = true;
+    let trace = sim::run(&s);
+    let f = figures(&trace, &c, 50);
+    let ups = trace
+        .transitions()
+        .iter()
+        .filter(|d| d.change == Change::Impose)
+        .count();
+    summarise(&trace, &f, &format!(" | {ups} step ups"));
+    assert!(f.trip.expect("it trips") <= ticks(c.policies[0].hold_for) + 1);
+    assert_eq!(
+        f.max_rung, 2,
+        "throttling 200/s does not drain a worker that accepts 150/s: it resets all"
+    );
+    let full = trace
+        .rows
+        .iter()
+        .filter(|r| (100..450).contains(&r.tick) && r.signal.is_some_and(|v| v >= 0.99))
+        .count();
+    assert!(
+        full < 60,
+        "the queue does not stay full: {full} ticks at the backlog"
+    );
+    check_common(&s, &trace, &f);
+}
+
+/// `examples/jittered-recovery.toml` on 8 hosts that saw the same herd:
+/// each host's engine has its own seed, so their first step downs spread out.
+#[test]
+fn herd_of_hosts_recovers_spread_out() {
+    let c = example("jittered-recovery.toml");
+    let crawler = CgroupPath::new("/workload/crawler").expect("path");
+    let snap = |tick: u64, rate: f64| {
+        let mut s = snapshot(tick, None);
+        s.cgroups.push(governor::snapshot::CgroupStats {
+            path: crawler.clone(),
+            id: 2,
+            runq: Default::default(),
+            conn_out: (rate / 10.0) as u64,
+            conn_out_per_s: rate,
+            psi: None,
+            throttling: None,
+        });
+        s
+    };
+    let mut first_down = Vec::new();
+    for host in 0..8u64 {
+        let mut state = State::new(&c, Protected::for_config(&c, None), 1000 + host);
+        let down = (0..600u64).find_map(|tick| {
+            let rate = if tick < 100 { 800.0 } else { 50.0 };
+            let d = state.step(&snap(tick, rate), TICK * tick as u32);
+            d.iter().any(|d| d.change == Change::Lift).then_some(tick)
+        });
+        first_down.push(down.expect("each host steps down"));
+    }
+    let (lo, hi) = (
+        first_down.iter().min().expect("hosts"),
+        first_down.iter().max().expect("hosts"),
+    );
+    let mut distinct = first_down.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    println!(
+        "scenario {:<22} 8 hosts cleared at tick 100; first step down at ticks {first_down:?}: spread {} ticks, {} distinct",
+        "herd",
+        hi - lo,
+        distinct.len()
+    );
+    assert!(
+        distinct.len() >= 6,
+        "hosts do not recover in step: {first_down:?}"
+    );
+    // for (1 s) + 10 s × (1 + up to 0.5): every host within that window.
+    assert!(
+        *lo >= 100 + 10 + 100 && *hi <= 100 + 10 + 150 + 1,
+        "{first_down:?}"
+    );
 }
 
 // --- properties over random scenarios --------------------------------------

@@ -10,7 +10,7 @@ use std::{collections::VecDeque, time::Duration};
 use governor::{
     config::{Config, Protected},
     decide::{Change, Decision, DecisionKind, State},
-    snapshot::{CgroupPath, CgroupStats, RunqStats, Snapshot},
+    snapshot::{CgroupPath, CgroupStats, PortStats, RunqStats, Snapshot},
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -83,6 +83,81 @@ impl Plant {
     }
 }
 
+/// A listener on [`PORT`] whose workers accept `service` connections/s.
+///
+/// The ladder of `examples/fail-fast.toml` acts on what is admitted: rung 1
+/// throttles new connections to `throttle` per second (the excess is reset
+/// at once), rung 2 rejects all but the exempt share. Admitted connections
+/// queue in the accept queue (bounded by the backlog); the signal is its fill.
+pub struct AcceptPlant {
+    pub service: f64,
+    pub throttle: f64,
+    pub exempt_share: f64,
+    pub backlog: f64,
+    pub lag: usize,
+    pub noise: f64,
+    queue: f64,
+    in_force: VecDeque<usize>,
+    rng: ChaCha8Rng,
+}
+
+/// The port of the fail-fast scenario.
+pub const PORT: u16 = 8080;
+
+impl AcceptPlant {
+    pub fn new(noise: f64, seed: u64) -> Self {
+        Self {
+            service: 150.0,
+            throttle: 200.0,
+            exempt_share: 0.05,
+            backlog: 128.0,
+            lag: 1,
+            noise,
+            queue: 0.0,
+            in_force: VecDeque::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// One tick; returns the accept queue's depth.
+    pub fn tick(&mut self, offered: f64, rung: usize, dt: f64) -> f64 {
+        self.in_force.push_back(rung);
+        let effective = if self.in_force.len() > self.lag {
+            self.in_force.pop_front().unwrap_or(0)
+        } else {
+            0
+        };
+        let admitted = match effective {
+            0 => offered,
+            1 => offered.min(self.throttle),
+            _ => offered * self.exempt_share,
+        };
+        self.queue = (self.queue + (admitted - self.service) * dt).clamp(0.0, self.backlog);
+        let n = gaussian(&mut self.rng);
+        (self.queue * (1.0 + self.noise * n))
+            .clamp(0.0, self.backlog)
+            .round()
+    }
+}
+
+/// A snapshot in which [`PORT`]'s accept queue holds `depth` of `backlog`.
+pub fn port_snapshot(tick: u64, depth: Option<f64>, backlog: f64) -> Snapshot {
+    let mut s = Snapshot {
+        ts_ms: tick * TICK.as_millis() as u64,
+        interval_ms: TICK.as_millis() as u64,
+        ..Default::default()
+    };
+    if let Some(depth) = depth {
+        s.ports.push(PortStats {
+            port: PORT,
+            accept_queue: depth as u32,
+            accept_queue_max: backlog as u32,
+            ..Default::default()
+        });
+    }
+    s
+}
+
 /// A standard normal draw (Box–Muller).
 pub fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = rng.random::<f64>().max(1e-12);
@@ -136,6 +211,9 @@ pub struct Scenario {
     pub actions_help: bool,
     /// Seeds the plant's noise and the engine's jitter.
     pub seed: u64,
+    /// True: the fail-fast plant ([`AcceptPlant`], accept-queue fill);
+    /// false: the CPU plant ([`Plant`], run-queue p99).
+    pub accept_queue: bool,
 }
 
 /// One tick of a run.
@@ -157,6 +235,8 @@ pub struct Trace {
     pub decisions: Vec<Decision>,
     pub high: f64,
     pub low: f64,
+    /// How the signal is plotted.
+    pub unit: &'static str,
 }
 
 impl Trace {
@@ -222,6 +302,7 @@ pub fn run(s: &Scenario) -> Trace {
     let protected = Protected::for_config(&s.config, None);
     let mut state = State::new(&s.config, protected, s.seed);
     let mut plant = Plant::new(s.actions_help, s.noise, s.seed ^ 0x5eed);
+    let mut accept = AcceptPlant::new(s.noise, s.seed ^ 0x5eed);
     let policy = &s.config.policies[0];
     let mut in_force = 0usize;
     let mut rows = Vec::with_capacity(s.ticks as usize);
@@ -230,11 +311,23 @@ pub fn run(s: &Scenario) -> Trace {
     for tick in 0..s.ticks {
         let t = tick as f64 * dt;
         let offered = (s.load)(t);
-        let measured = plant.tick(offered, in_force, dt);
+        let measured = if s.accept_queue {
+            accept.tick(offered, in_force, dt)
+        } else {
+            plant.tick(offered, in_force, dt)
+        };
         let dark = s.blackout.is_some_and(|(a, b)| (a..b).contains(&tick));
-        let signal = (!dark).then_some(measured);
+        let reading = (!dark).then_some(measured);
         let now = TICK * tick as u32;
-        for d in state.step(&snapshot(tick, signal), now) {
+        let (snap, signal) = if s.accept_queue {
+            (
+                port_snapshot(tick, reading, accept.backlog),
+                reading.map(|d| d / accept.backlog),
+            )
+        } else {
+            (snapshot(tick, reading), reading)
+        };
+        for d in state.step(&snap, now) {
             // The actuators: only applied and reverted decisions change the plant.
             if d.policy == policy.name
                 && matches!(d.kind, DecisionKind::Applied | DecisionKind::Reverted)
@@ -258,5 +351,6 @@ pub fn run(s: &Scenario) -> Trace {
         decisions,
         high: policy.watermarks.high.value,
         low: policy.watermarks.low.value,
+        unit: if s.accept_queue { "fill ratio" } else { "µs" },
     }
 }

@@ -24,18 +24,17 @@ pub fn write(trace: &Trace) -> (PathBuf, PathBuf) {
 }
 
 fn csv(trace: &Trace) -> String {
-    let mut out =
-        String::from("t_s,offered_per_s,signal_us,high_us,low_us,rung,in_force,decisions\n");
+    let mut out = String::from("t_s,offered_per_s,signal,high,low,rung,in_force,decisions\n");
     let mut decisions = trace.decisions.iter().peekable();
     for r in &trace.rows {
         let mut here = Vec::new();
         while let Some(d) = decisions.next_if(|d| super::tick_of(d.at) == r.tick) {
             here.push(d.to_string().replace('"', "'"));
         }
-        let signal = r.signal.map_or(String::new(), |v| format!("{v:.0}"));
+        let signal = r.signal.map_or(String::new(), |v| format!("{v:.3}"));
         let _ = writeln!(
             out,
-            "{:.1},{:.0},{signal},{:.0},{:.0},{},{},\"{}\"",
+            "{:.1},{:.0},{signal},{},{},{},{},\"{}\"",
             r.tick as f64 * TICK.as_secs_f64(),
             r.offered,
             trace.high,
@@ -52,11 +51,11 @@ fn csv(trace: &Trace) -> String {
 /// left axis, the rung as a step line on the right axis, gaps where there
 /// was no data.
 fn svg(trace: &Trace) -> String {
-    let (w, h, pad) = (1000.0, 420.0, 50.0);
+    let (w, h, pad, right) = (1000.0, 420.0, 50.0, 90.0);
     let n = trace.rows.len().max(2) as f64;
     let y_max = trace.high * 3.0;
     let rung_max = trace.rows.iter().map(|r| r.rung).max().unwrap_or(0).max(2) as f64;
-    let x = |tick: u64| pad + (tick as f64) / (n - 1.0) * (w - 2.0 * pad);
+    let x = |tick: u64| pad + (tick as f64) / (n - 1.0) * (w - pad - right);
     let y = |v: f64| h - pad - (v.min(y_max) / y_max) * (h - 2.0 * pad);
     let yr = |r: usize| h - pad - (r as f64 / rung_max) * (h - 2.0 * pad) * 0.9;
 
@@ -68,15 +67,15 @@ fn svg(trace: &Trace) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{pad}" y="20" font-size="14">{}: signal (µs, clipped at 3× high), watermarks, rung</text>"#,
-        trace.name
+        r#"<text x="{pad}" y="20" font-size="14">{}: signal ({}, clipped at 3× high), watermarks, rung</text>"#,
+        trace.name, trace.unit
     );
     // Axes.
     let _ = writeln!(
         s,
         r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
         h - pad,
-        w - pad,
+        w - right,
         h - pad
     );
     let _ = writeln!(
@@ -91,13 +90,13 @@ fn svg(trace: &Trace) -> String {
     let _ = writeln!(
         s,
         r#"<text x="{}" y="{}" text-anchor="end">{secs:.0} s</text>"#,
-        w - pad,
+        w - right,
         h - pad + 20.0
     );
     let _ = writeln!(s, r#"<text x="{pad}" y="{}">0 s</text>"#, h - pad + 20.0);
     let _ = writeln!(
         s,
-        r#"<text x="5" y="{}">{:.0}</text>"#,
+        r#"<text x="5" y="{}">{:.3}</text>"#,
         y(y_max) + 4.0,
         y_max
     );
@@ -108,10 +107,10 @@ fn svg(trace: &Trace) -> String {
     ] {
         let _ = writeln!(
             s,
-            r#"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="{color}" stroke-dasharray="6 4"/><text x="{2}" y="{3}" fill="{color}">{name} {v:.0}</text>"#,
+            r#"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="{color}" stroke-dasharray="6 4"/><text x="{2}" y="{3}" fill="{color}">{name} {v:.3}</text>"#,
             y(v),
-            w - pad,
-            w - pad + 2.0,
+            w - right,
+            w - right + 2.0,
             y(v) + 4.0
         );
     }
@@ -175,7 +174,7 @@ fn svg(trace: &Trace) -> String {
         let _ = writeln!(
             s,
             r#"<text x="{}" y="{ly}" fill="{color}" text-anchor="end">{label} (right axis, 0–{rung_max})</text>"#,
-            w - pad
+            w - right
         );
     }
     s.push_str("</svg>\n");
