@@ -559,10 +559,10 @@ fn herd_of_hosts_recovers_spread_out() {
     let mut first_down = Vec::new();
     for host in 0..8u64 {
         let mut state = State::new(&c, Protected::for_config(&c, None), 1000 + host);
-        let down = (0..600u64).find_map(|tick| {
+        let down = (0..600u64).find(|&tick| {
             let rate = if tick < 100 { 800.0 } else { 50.0 };
             let d = state.step(&snap(tick, rate), TICK * tick as u32);
-            d.iter().any(|d| d.change == Change::Lift).then_some(tick)
+            d.iter().any(|d| d.change == Change::Lift)
         });
         first_down.push(down.expect("each host steps down"));
     }
