@@ -9,6 +9,8 @@
 //! file and returns every error, each located at `file:line:col` with what is
 //! wrong and how to fix it. `governor check` is [`check_command`].
 
+#![warn(missing_docs)]
+
 mod error;
 mod parse;
 pub mod units;

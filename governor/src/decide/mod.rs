@@ -18,6 +18,8 @@
 //! - no data is not zero: the policy holds, and the `for` timers restart;
 //! - in dry-run every change is a `would` decision, nothing is applied.
 
+#![warn(missing_docs)]
+
 mod decision;
 pub mod signal;
 
