@@ -7,6 +7,8 @@
 //! - [`show`] explains: `observe` output and `/metrics`.
 
 pub mod btf;
+pub mod config;
+pub mod decide;
 pub mod ebpf;
 pub mod runq;
 pub mod sense;

@@ -103,8 +103,16 @@ fn main() -> ExitCode {
             format,
             cgroups,
         } => observe(interval, count, format, &cgroups),
-        Command::Check { .. } | Command::Status { .. } => Err(anyhow::anyhow!(
-            "this command is not built yet in this version"
+        Command::Check { config } => {
+            let code = governor::config::check_command(
+                config.as_deref(),
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        Command::Status { .. } => Err(anyhow::anyhow!(
+            "`governor status` needs the running agent's status socket, which is not built yet"
         )),
     };
     match result {

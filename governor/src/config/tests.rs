@@ -1,0 +1,383 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::*;
+
+const DESIGN_EXAMPLE: &str = r#"
+[agent]
+tick = "100ms"
+metrics_addr = "127.0.0.1:9929"
+status_socket = "/run/governor/governor.sock"
+dry_run = false
+protect = ["/init.scope", "/system.slice/ssh.service"]   # added to the built-in list
+
+[[policy]]
+name = "api-over-batch"
+signal = { kind = "runq_p99", cgroup = "/workload/api" }
+high = "2ms"
+low = "500us"
+for = "1s"
+settle = "2s"
+recover_every = "3s"
+jitter = 0.3
+ladder = [
+  { action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" },
+  { action = "cpu_limit", cgroup = "/workload/batch", cpus = 0.25 },
+]
+
+[[policy]]
+name = "shed-on-accept-queue"
+signal = { kind = "accept_queue_fill", port = 8080 }
+high = 0.8
+low = 0.2
+for = "300ms"
+dry_run = true
+ladder = [
+  { action = "throttle_connections", port = 8080, rate = "200/s", burst = 50, mode = "reset" },
+  { action = "reject_connections", port = 8080, mode = "reset", exempt = ["10.0.0.0/8"] },
+]
+"#;
+
+fn cg(s: &str) -> CgroupPath {
+    CgroupPath::new(s).unwrap()
+}
+
+fn errors_of(src: &str) -> ConfigErrors {
+    from_str(src, "test.toml").expect_err("the config should be refused")
+}
+
+#[test]
+fn the_design_example_loads_with_its_values() {
+    let c = from_str(DESIGN_EXAMPLE, "design.toml").unwrap();
+    assert_eq!(c.agent.tick, Duration::from_millis(100));
+    assert!(!c.agent.dry_run);
+    assert_eq!(c.policies.len(), 2);
+    let api = &c.policies[0];
+    assert_eq!(
+        api.signal,
+        SignalSpec {
+            kind: SignalKind::RunqP99,
+            scope: Scope::Cgroup(cg("/workload/api"))
+        }
+    );
+    assert_eq!(api.watermarks.high.value, 2000.0);
+    assert_eq!(api.watermarks.low.value, 500.0);
+    assert_eq!(api.hold_for, Duration::from_secs(1));
+    assert_eq!(api.jitter.get(), 0.3);
+    assert_eq!(
+        api.ladder.rungs[0],
+        Action::CpuWeight {
+            cgroup: cg("/workload/batch"),
+            weight: CpuWeight::Idle
+        }
+    );
+    assert_eq!(
+        api.ladder.rungs[1],
+        Action::CpuLimit {
+            cgroup: cg("/workload/batch"),
+            cpus: Cpus::new(0.25).unwrap()
+        }
+    );
+    assert!(!api.is_dry_run(&c.agent));
+
+    let shed = &c.policies[1];
+    assert!(shed.is_dry_run(&c.agent));
+    assert_eq!(shed.settle, DEFAULT_SETTLE, "settle defaults");
+    assert_eq!(shed.recover_every, DEFAULT_RECOVER_EVERY);
+    match &shed.ladder.rungs[0] {
+        Action::ThrottleConnections {
+            target,
+            rate,
+            burst,
+            mode,
+            ..
+        } => {
+            assert_eq!(*target, Target::Port(8080));
+            assert_eq!(rate.as_per_second(), 200.0);
+            assert_eq!(*burst, 50);
+            assert_eq!(*mode, RejectMode::Reset);
+        }
+        other => panic!("unexpected rung {other:?}"),
+    }
+    match &shed.ladder.rungs[1] {
+        Action::RejectConnections { exempt, .. } => assert_eq!(exempt[0].to_string(), "10.0.0.0/8"),
+        other => panic!("unexpected rung {other:?}"),
+    }
+}
+
+#[test]
+fn a_minimal_policy_gets_every_default() {
+    let c = from_str(
+        r#"
+[[policy]]
+name = "p"
+signal = { kind = "accepted_rate", port = 80 }
+high = "1000/s"
+low = "100/s"
+ladder = [{ action = "throttle_connections", port = 80, rate = "500/s" }]
+"#,
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.agent, AgentConfig::default());
+    let p = &c.policies[0];
+    assert_eq!(p.hold_for, DEFAULT_FOR);
+    assert_eq!(p.flap_budget, FlapBudget::default());
+    assert_eq!(p.backoff, Backoff::default());
+    assert_eq!(p.dry_run, None);
+    match &p.ladder.rungs[0] {
+        Action::ThrottleConnections { burst, mode, .. } => {
+            assert_eq!(*burst, 500, "burst defaults to one second of rate");
+            assert_eq!(*mode, RejectMode::Reset);
+        }
+        other => panic!("unexpected rung {other:?}"),
+    }
+}
+
+/// One file with every kind of error the issue lists: all are reported at
+/// once, each at its line and column, each with a help line.
+#[test]
+fn every_error_of_a_file_is_reported_at_its_place() {
+    let src = r#"[agent]
+tikc = "100ms"
+
+[[policy]]
+name = "a"
+signal = { kind = "runq_p99", cgroup = "/workload/api" }
+high = "2ms"
+low = "2ms"
+for = 2
+ladder = []
+
+[[policy]]
+name = "a"
+signal = { kind = "accept_queue_fill", port = 70000 }
+high = 0.8
+low = 0.2
+ladder = [{ action = "cpu_limit", cgroup = "/system.slice/ssh.service", cpus = 0.5 }]
+
+[[policy]]
+name = "self"
+signal = { kind = "runq_p99", cgroup = "/workload/api" }
+high = "2ms"
+low = "1ms"
+ladder = [{ action = "cpu_limit", cgroup = "/workload", cpus = 0.5 }]
+
+[[policy]]
+name = "a"
+signal = { kind = "accepted_rate", port = 80 }
+high = "100/s"
+low = "10/s"
+ladder = [{ action = "throttle_connections", port = 80, rate = "5/s" }]
+"#;
+    let e = errors_of(src);
+    let text = e.to_string();
+    let expect = [
+        (
+            "test.toml:2:1: error: unknown key `tikc` in [agent]",
+            "did you mean `tick`?",
+        ),
+        (
+            "test.toml:8:7: error: in policy \"a\", low (2ms) must be below high (2ms)",
+            "lower `low`",
+        ),
+        (
+            "test.toml:9:7: error: `for` in policy \"a\": duration 2 has no unit",
+            "\"2ms\"",
+        ),
+        (
+            "test.toml:10:10: error: the ladder of policy \"a\" is empty",
+            "add at least one action",
+        ),
+        (
+            "test.toml:13:8: error: policy name \"a\" is already used by policy #1",
+            "its own name",
+        ),
+        (
+            "test.toml:14:47: error: `port` in the signal of policy \"a\": port 70000 is out of range",
+            "1 to 65535",
+        ),
+        (
+            "test.toml:17:44: error: rung 1 of policy \"a\" acts on a protected target: cgroup /system.slice/ssh.service is protected (sshd)",
+            "never acted on",
+        ),
+        (
+            "test.toml:24:44: error: rung 1 of policy \"self\" limits cgroup /workload, which runq_p99 of cgroup /workload/api measures",
+            "measure the cgroup",
+        ),
+        (
+            "test.toml:27:8: error: policy name \"a\" is already used by policy #1",
+            "its own name",
+        ),
+    ];
+    for (line, help) in expect {
+        let at = text
+            .find(line)
+            .unwrap_or_else(|| panic!("missing {line:?} in:\n{text}"));
+        let help_line = text[at..].lines().nth(1).unwrap();
+        assert!(
+            help_line.starts_with("  help: ") && help_line.contains(help),
+            "bad help for {line:?}: {help_line:?}"
+        );
+    }
+    assert_eq!(e.errors.len(), expect.len(), "unexpected errors:\n{text}");
+}
+
+#[test]
+fn wrong_units_are_named_with_the_right_one() {
+    let src = r#"
+[[policy]]
+name = "p"
+signal = { kind = "connect_rate", cgroup = "/c" }
+high = "500"
+low = "2ms"
+jitter = 1.5
+ladder = [
+  { action = "memory_high", cgroup = "/b", bytes = "512MB" },
+  { action = "throttle_connections", cgroup = "/b", rate = "5/s", exempt = ["ten.0.0.0/8"] },
+  { action = "cpu_weight", cgroup = "/b", weight = 0 },
+  { action = "nice", cgroup = "/b" },
+]
+"#;
+    let text = errors_of(src).to_string();
+    for needle in [
+        "rate \"500\" has no unit",
+        "\"2ms\" is not a rate",
+        "ratio 1.5 is outside 0..1",
+        "\"MB\" in \"512MB\" is ambiguous",
+        "\"ten.0.0.0/8\" is not an address or CIDR",
+        "weight 0 is outside 1–10000",
+        "unknown action \"nice\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn missing_required_keys_and_bad_scopes() {
+    let src = r#"
+[[policy]]
+signal = { kind = "accept_queue_fill", cgroup = "/a" }
+ladder = [{ action = "reject_connections" }]
+
+[[policy]]
+name = "q"
+signal = { kind = "runq_p42" }
+high = "2ms"
+low = "1ms"
+ladder = [{ action = "cpu_weight", cgroup = "/b", weight = 10, cpus = 1 }]
+"#;
+    let text = errors_of(src).to_string();
+    for needle in [
+        "has no `name`",
+        "accept_queue_fill is measured on a port",
+        "has no `high`",
+        "has no `low`",
+        "has no target",
+        "unknown signal kind \"runq_p42\"",
+        "unknown key `cpus` in rung 1 of policy \"q\" (cpu_weight)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_syntax_error_is_located() {
+    let e = errors_of("[agent]\ntick = \"100ms\n");
+    assert_eq!(e.errors.len(), 1);
+    assert!(e.to_string().starts_with("test.toml:2:"), "{e}");
+}
+
+#[test]
+fn the_agent_cgroup_and_protect_list_are_protected() {
+    let src = r#"
+[agent]
+protect = ["/db", 5432]
+[[policy]]
+name = "p"
+signal = { kind = "accepted_rate", port = 80 }
+high = "100/s"
+low = "10/s"
+ladder = [
+  { action = "cpu_weight", cgroup = "/db/main", weight = 1 },
+  { action = "reject_connections", port = 5432 },
+  { action = "cpu_weight", cgroup = "/governor", weight = 1 },
+]
+"#;
+    let opts = LoadOptions {
+        agent_cgroup: Some(cg("/governor")),
+    };
+    let e = from_str_with(src, "t", &opts).unwrap_err();
+    assert_eq!(e.errors.len(), 3, "{e}");
+    assert!(e.to_string().contains("the agent's own cgroup"), "{e}");
+    // Without the agent's cgroup, only the two listed targets are refused.
+    assert_eq!(from_str(src, "t").unwrap_err().errors.len(), 2);
+
+    let p = Protected::builtin(None);
+    assert!(
+        p.covers(&Target::Cgroup(cg("/system.slice"))).is_some(),
+        "a parent of sshd is protected"
+    );
+    assert!(p.covers(&Target::Cgroup(cg("/init.scope/x"))).is_some());
+    assert!(p.covers(&Target::Port(22)).is_some());
+    assert!(p.covers(&Target::Cgroup(cg("/workload/batch"))).is_none());
+}
+
+#[test]
+fn shipped_configs_load_and_the_default_is_dry_run() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for file in [
+        "examples/fail-fast.toml",
+        "examples/jittered-recovery.toml",
+        "examples/watermark-quotas.toml",
+    ] {
+        let path = std::path::PathBuf::from(root).join(file);
+        let (c, _) = load(Some(&path)).unwrap_or_else(|e| panic!("{file}:\n{e}"));
+        assert!(!c.policies.is_empty(), "{file} has policies");
+    }
+    let c = from_str(EMBEDDED_DEFAULT, EMBEDDED_NAME).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.agent.dry_run, "the embedded default must be dry-run");
+    assert!(c.policies.iter().all(|p| p.is_dry_run(&c.agent)));
+    let protected = Protected::for_config(&c, None);
+    for p in &c.policies {
+        for a in &p.ladder.rungs {
+            assert!(protected.covers(&a.target()).is_none());
+        }
+    }
+}
+
+#[test]
+fn check_command_prints_a_summary_or_every_error() {
+    let dir = std::env::temp_dir().join(format!("governor-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, DESIGN_EXAMPLE).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(check_command(Some(&good), &mut out, &mut err), 0);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("good.toml: ok: 2 policies, live"), "{out}");
+    assert!(out.contains("shed-on-accept-queue (dry-run)"), "{out}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[agent]\ndry_run = \"yes\"\ntick = 1\n").unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(check_command(Some(&bad), &mut out, &mut err), 2);
+    let err = String::from_utf8(err).unwrap();
+    assert!(
+        err.contains("bad.toml:2:11: error: `dry_run` in [agent]: expected true or false"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:3:8: error: `tick` in [agent]: duration 1 has no unit"),
+        "{err}"
+    );
+    assert!(err.contains("2 errors found"), "{err}");
+
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        check_command(Some(&dir.join("absent.toml")), &mut out, &mut err),
+        2
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,513 @@
+//! The decision engine: watermark feedback loops, pure and deterministic.
+//!
+//! [`step`] takes the engine's [`State`], one [`Snapshot`] and the time since
+//! the agent started, and returns the new state and the [`Decision`]s of that
+//! tick. It reads no clock, does no I/O, and draws randomness (recovery
+//! jitter) only from the seeded generator inside the state, so a run replays
+//! exactly from its seed and its snapshots.
+//!
+//! Per policy (see `design.md`, "Policy semantics"):
+//! - at or over `high` for `for` → one rung up, then wait `settle` before the next;
+//! - under `low` for `for` → one rung down every `recover_every`, each delay
+//!   stretched by up to `jitter` of itself;
+//! - between the watermarks nothing changes (hysteresis);
+//! - a trip within `retrip_within` of a step down multiplies later step-down
+//!   delays by `backoff` (up to `backoff_max`), forgotten after `backoff_reset`;
+//! - at most `flap_budget` rung changes per `flap_window`, else hold;
+//! - a protected target is never acted on: the step is refused and the policy holds;
+//! - no data is not zero: the policy holds, and the `for` timers restart;
+//! - in dry-run every change is a `would` decision, nothing is applied.
+
+#![warn(missing_docs)]
+
+mod decision;
+pub mod signal;
+
+use std::{collections::VecDeque, time::Duration};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+pub use self::decision::{Cause, Change, Decision, DecisionKind, Edge, Reason};
+use crate::{
+    config::{AgentConfig, Config, Level, PolicyConfig, Protected},
+    snapshot::Snapshot,
+};
+
+/// A rung of a ladder: 0 is "nothing applied", `n` is "rungs 1..=n in force".
+pub type Rung = usize;
+
+/// The engine's state: every policy's memory, the protected targets and the
+/// random source of jitter.
+#[derive(Debug, Clone)]
+pub struct State {
+    agent: AgentConfig,
+    policies: Vec<Policy>,
+    protected: Protected,
+    rng: ChaCha8Rng,
+}
+
+/// One policy: its config and what it remembers between ticks.
+#[derive(Debug, Clone)]
+struct Policy {
+    config: PolicyConfig,
+    dry_run: bool,
+    memory: Memory,
+}
+
+/// What a policy remembers between ticks.
+#[derive(Debug, Clone, Default)]
+struct Memory {
+    rung: Rung,
+    /// Since when the signal has been at or over `high` (continuously, with data).
+    over_since: Option<Duration>,
+    /// Since when the signal has been under `low` (continuously, with data).
+    clear_since: Option<Duration>,
+    last_value: Option<f64>,
+    last_up: Option<Duration>,
+    last_down: Option<Duration>,
+    /// When the next step down is due, once recovery has started.
+    next_down_at: Option<Duration>,
+    /// Times of the rung changes inside the flap window.
+    transitions: VecDeque<Duration>,
+    /// The flap budget is spent: no change until old ones age out.
+    held: bool,
+    /// Re-trips counted by the backoff (each doubles step-down delays by default).
+    retrips: u32,
+    last_trip: Option<Duration>,
+    /// The current over-`high` episode has been counted as a trip.
+    trip_counted: bool,
+    /// The rung whose action was refused as protected (reported once).
+    refused: Option<Rung>,
+    no_data: bool,
+}
+
+/// What `status` and metrics show of a policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyStatus {
+    /// The policy's name.
+    pub name: String,
+    /// Its rung now (in dry-run: the rung it would be at).
+    pub rung: Rung,
+    /// Its ladder's length.
+    pub rungs: usize,
+    /// True if it only reports.
+    pub dry_run: bool,
+    /// The last value of its signal, `None` if the last snapshot had no data.
+    pub value: Option<Level>,
+    /// True if the flap budget is spent and the policy holds its rung.
+    pub flap_held: bool,
+    /// True if the last snapshot had no data for its signal (it holds).
+    pub no_data: bool,
+    /// Re-trips the backoff counts now (0: no backoff).
+    pub retrips: u32,
+    /// When the next step down is due, if recovery is under way.
+    pub next_step_down: Option<Duration>,
+}
+
+impl State {
+    /// A fresh state for `config`, every policy at rung 0. `seed` seeds the
+    /// jitter: use `config.agent.seed` if set, else something per host (so
+    /// that hosts do not step down in step).
+    pub fn new(config: &Config, protected: Protected, seed: u64) -> Self {
+        Self {
+            policies: config
+                .policies
+                .iter()
+                .map(|p| Policy::new(p, &config.agent))
+                .collect(),
+            agent: config.agent.clone(),
+            protected,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Runs one tick: see [`step`].
+    pub fn step(&mut self, snapshot: &Snapshot, now: Duration) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for p in &mut self.policies {
+            let value = signal::read(&p.config.signal, snapshot);
+            p.step(value, now, &self.protected, &mut self.rng, &mut out);
+        }
+        out
+    }
+
+    /// Adopts a reloaded config. A policy whose signal, ladder and mode are
+    /// unchanged keeps its state (rung, timers, backoff) and takes its new
+    /// watermarks and timings; a changed one lifts its rungs and restarts at
+    /// 0; a removed one lifts its rungs. The lifts are the returned decisions.
+    pub fn reconcile(
+        mut self,
+        config: &Config,
+        protected: Protected,
+        now: Duration,
+    ) -> (Self, Vec<Decision>) {
+        let mut out = Vec::new();
+        let mut old: Vec<Policy> = std::mem::take(&mut self.policies);
+        let mut policies = Vec::with_capacity(config.policies.len());
+        for new in &config.policies {
+            let dry_run = new.is_dry_run(&config.agent);
+            match old.iter().position(|p| p.config.name == new.name) {
+                Some(i) => {
+                    let mut p = old.remove(i);
+                    if p.config.signal == new.signal
+                        && p.config.ladder == new.ladder
+                        && p.dry_run == dry_run
+                    {
+                        p.config = new.clone();
+                        policies.push(p);
+                    } else {
+                        p.release(now, Cause::PolicyChanged, &mut out);
+                        policies.push(Policy::new(new, &config.agent));
+                    }
+                }
+                None => policies.push(Policy::new(new, &config.agent)),
+            }
+        }
+        for mut p in old {
+            p.release(now, Cause::PolicyRemoved, &mut out);
+        }
+        self.policies = policies;
+        self.agent = config.agent.clone();
+        self.protected = protected;
+        (self, out)
+    }
+
+    /// Lifts every rung in force, top first, e.g. when the agent stops.
+    pub fn release_all(&mut self, now: Duration) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for p in &mut self.policies {
+            p.release(now, Cause::Shutdown, &mut out);
+        }
+        out
+    }
+
+    /// Every policy's status, in config order.
+    pub fn status(&self) -> Vec<PolicyStatus> {
+        self.policies.iter().map(Policy::status).collect()
+    }
+
+    /// The agent settings this state was built with.
+    pub fn agent(&self) -> &AgentConfig {
+        &self.agent
+    }
+}
+
+/// One tick of the engine: `(state, snapshot, now) → (state, decisions)`.
+/// `now` is the time since the agent started (monotonic).
+pub fn step(mut state: State, snapshot: &Snapshot, now: Duration) -> (State, Vec<Decision>) {
+    let decisions = state.step(snapshot, now);
+    (state, decisions)
+}
+
+/// [`State::reconcile`] as a function.
+pub fn reconcile(
+    state: State,
+    config: &Config,
+    protected: Protected,
+    now: Duration,
+) -> (State, Vec<Decision>) {
+    state.reconcile(config, protected, now)
+}
+
+impl Policy {
+    fn new(config: &PolicyConfig, agent: &AgentConfig) -> Self {
+        Self {
+            config: config.clone(),
+            dry_run: config.is_dry_run(agent),
+            memory: Memory::default(),
+        }
+    }
+
+    fn status(&self) -> PolicyStatus {
+        let m = &self.memory;
+        PolicyStatus {
+            name: self.config.name.clone(),
+            rung: m.rung,
+            rungs: self.config.ladder.len(),
+            dry_run: self.dry_run,
+            value: m.last_value.map(|v| self.level(v)),
+            flap_held: m.held,
+            no_data: m.no_data,
+            retrips: m.retrips,
+            next_step_down: m.next_down_at,
+        }
+    }
+
+    fn level(&self, value: f64) -> Level {
+        Level {
+            unit: self.config.signal.kind.unit(),
+            value,
+        }
+    }
+
+    fn step(
+        &mut self,
+        value: Option<f64>,
+        now: Duration,
+        protected: &Protected,
+        rng: &mut ChaCha8Rng,
+        out: &mut Vec<Decision>,
+    ) {
+        let c = &self.config;
+        let m = &mut self.memory;
+
+        while m
+            .transitions
+            .front()
+            .is_some_and(|&t| now.saturating_sub(t) >= c.flap_budget.window)
+        {
+            m.transitions.pop_front();
+        }
+        if m.held && m.transitions.len() < c.flap_budget.transitions as usize {
+            m.held = false;
+        }
+        if m.retrips > 0
+            && m.last_trip
+                .is_none_or(|t| now.saturating_sub(t) >= c.backoff.forget_after)
+        {
+            m.retrips = 0;
+        }
+
+        m.last_value = value;
+        let Some(v) = value else {
+            // No data is not zero: hold the rung, and restart the `for`
+            // timers so that only continuous evidence moves the ladder.
+            m.no_data = true;
+            m.over_since = None;
+            m.trip_counted = false;
+            m.clear_since = None;
+            m.next_down_at = None;
+            return;
+        };
+        m.no_data = false;
+        if v >= c.watermarks.high.value {
+            m.over_since.get_or_insert(now);
+            m.clear_since = None;
+        } else if v < c.watermarks.low.value {
+            m.clear_since.get_or_insert(now);
+            m.over_since = None;
+        } else {
+            // Between the watermarks: nothing changes, and a pending step
+            // down waits for the signal to clear again.
+            m.over_since = None;
+            m.clear_since = None;
+            m.next_down_at = None;
+            m.refused = None;
+        }
+
+        if m.over_since.is_none() {
+            m.trip_counted = false;
+        }
+        if let Some(since) = m.over_since.filter(|&s| now - s >= c.hold_for) {
+            m.next_down_at = None;
+            if !m.trip_counted {
+                // A trip soon after a step down: the load is still there;
+                // release more slowly next time. Counted when the signal
+                // trips, whether or not the step up is allowed (a flap-budget
+                // hold must not reset the backoff).
+                m.trip_counted = true;
+                if m.last_down
+                    .is_some_and(|d| now - d <= c.backoff.retrip_within)
+                {
+                    m.retrips = (m.retrips + 1).min(64);
+                }
+                m.last_trip = Some(now);
+            }
+            let settled = m.last_up.is_none_or(|t| now - t >= c.settle);
+            if m.rung < c.ladder.len() && settled {
+                self.step_up(v, now - since, now, protected, out);
+            }
+        } else if let Some(since) = m.clear_since.filter(|&s| now - s >= c.hold_for) {
+            if m.rung == 0 {
+                m.refused = None;
+                return;
+            }
+            let due = match m.next_down_at {
+                Some(at) => at,
+                None => {
+                    let delay = step_down_delay(c, m.retrips, rng);
+                    // Never step down before the last step up has settled.
+                    let at = (now + delay).max(m.last_up.map_or(now, |t| t + c.settle));
+                    *m.next_down_at.insert(at)
+                }
+            };
+            if now >= due {
+                self.step_down(v, now - since, now, rng, out);
+            }
+        }
+    }
+
+    fn step_up(
+        &mut self,
+        v: f64,
+        held_for: Duration,
+        now: Duration,
+        protected: &Protected,
+        out: &mut Vec<Decision>,
+    ) {
+        let (from, to) = (self.memory.rung, self.memory.rung + 1);
+        let Some(action) = self.config.ladder.action(to).cloned() else {
+            return;
+        };
+        let value = Some(self.level(v));
+        let reason = |cause| Reason {
+            signal: self.config.signal.clone(),
+            value,
+            watermark: Some((Edge::High, self.config.watermarks.high)),
+            held_for,
+            cause,
+        };
+        let decision = |kind, reason| Decision {
+            at: now,
+            policy: self.config.name.clone(),
+            kind,
+            change: Change::Impose,
+            target: action.target(),
+            action: action.clone(),
+            from_rung: from,
+            to_rung: to,
+            reason,
+        };
+        if let Some(why) = protected.covers(&action.target()) {
+            // Never act on it; say so once, and hold.
+            if self.memory.refused != Some(to) {
+                out.push(decision(
+                    DecisionKind::Refused,
+                    reason(Cause::Protected(why)),
+                ));
+                self.memory.refused = Some(to);
+            }
+            return;
+        }
+        if self.budget_spent() {
+            if !self.memory.held {
+                out.push(decision(DecisionKind::Refused, reason(self.budget_cause())));
+                self.memory.held = true;
+            }
+            return;
+        }
+        let kind = if self.dry_run {
+            DecisionKind::Would
+        } else {
+            DecisionKind::Applied
+        };
+        out.push(decision(kind, reason(Cause::Over)));
+
+        let m = &mut self.memory;
+        m.rung = to;
+        m.last_up = Some(now);
+        m.transitions.push_back(now);
+    }
+
+    fn step_down(
+        &mut self,
+        v: f64,
+        held_for: Duration,
+        now: Duration,
+        rng: &mut ChaCha8Rng,
+        out: &mut Vec<Decision>,
+    ) {
+        let (from, to) = (self.memory.rung, self.memory.rung - 1);
+        let Some(action) = self.config.ladder.action(from).cloned() else {
+            return;
+        };
+        let value = Some(self.level(v));
+        let reason = |cause| Reason {
+            signal: self.config.signal.clone(),
+            value,
+            watermark: Some((Edge::Low, self.config.watermarks.low)),
+            held_for,
+            cause,
+        };
+        let decision = |kind, reason| Decision {
+            at: now,
+            policy: self.config.name.clone(),
+            kind,
+            change: Change::Lift,
+            target: action.target(),
+            action: action.clone(),
+            from_rung: from,
+            to_rung: to,
+            reason,
+        };
+        if self.budget_spent() {
+            if !self.memory.held {
+                out.push(decision(DecisionKind::Refused, reason(self.budget_cause())));
+                self.memory.held = true;
+            }
+            return;
+        }
+        let kind = if self.dry_run {
+            DecisionKind::Would
+        } else {
+            DecisionKind::Reverted
+        };
+        out.push(decision(kind, reason(Cause::Clear)));
+        let c = &self.config;
+        let m = &mut self.memory;
+        m.rung = to;
+        m.last_down = Some(now);
+        m.transitions.push_back(now);
+        m.refused = None;
+        m.next_down_at = (to > 0).then(|| now + step_down_delay(c, m.retrips, rng));
+    }
+
+    fn budget_spent(&self) -> bool {
+        self.memory.transitions.len() >= self.config.flap_budget.transitions as usize
+    }
+
+    fn budget_cause(&self) -> Cause {
+        Cause::FlapBudget {
+            transitions: self.config.flap_budget.transitions,
+            window: self.config.flap_budget.window,
+        }
+    }
+
+    /// Lifts every rung in force, top first (reload, shutdown), and forgets
+    /// the policy's memory.
+    fn release(&mut self, now: Duration, cause: Cause, out: &mut Vec<Decision>) {
+        let value = self.memory.last_value.map(|v| self.level(v));
+        for from in (1..=self.memory.rung).rev() {
+            let Some(action) = self.config.ladder.action(from) else {
+                continue;
+            };
+            out.push(Decision {
+                at: now,
+                policy: self.config.name.clone(),
+                kind: if self.dry_run {
+                    DecisionKind::Would
+                } else {
+                    DecisionKind::Reverted
+                },
+                change: Change::Lift,
+                target: action.target(),
+                action: action.clone(),
+                from_rung: from,
+                to_rung: from - 1,
+                reason: Reason {
+                    signal: self.config.signal.clone(),
+                    value,
+                    watermark: None,
+                    held_for: Duration::ZERO,
+                    cause: cause.clone(),
+                },
+            });
+        }
+        self.memory = Memory::default();
+    }
+}
+
+/// The delay before the next step down: `recover_every` times the backoff
+/// (capped at `backoff_max`), stretched by a random fraction up to `jitter`.
+fn step_down_delay(c: &PolicyConfig, retrips: u32, rng: &mut ChaCha8Rng) -> Duration {
+    let every = c.recover_every.as_secs_f64();
+    let base =
+        (every * c.backoff.factor.powi(retrips as i32)).min(c.backoff.max.as_secs_f64().max(every));
+    let stretch = c.jitter.get() * rng.random::<f64>();
+    Duration::from_secs_f64(base * (1.0 + stretch))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! Reading a policy's signal out of a [`Snapshot`].
+
+use crate::{
+    config::{Scope, SignalKind, SignalSpec},
+    snapshot::{CgroupStats, Psi, Snapshot},
+};
+
+/// The value of `spec` in `snapshot`, in its unit's base (microseconds,
+/// fraction, events per second), or `None` if there is no data.
+///
+/// No data is not zero: a cgroup or port that was not seen, a probe that is
+/// missing, a run queue with no wait measured in the interval, a port with
+/// no listener (no backlog) all give `None`, and the policy holds.
+pub fn read(spec: &SignalSpec, snapshot: &Snapshot) -> Option<f64> {
+    let cgroup = |s: &Scope| -> Option<Option<&CgroupStats>> {
+        match s {
+            Scope::Host => Some(None),
+            Scope::Cgroup(c) => snapshot.cgroup(c).map(Some),
+            Scope::Port(_) => None,
+        }
+    };
+    let port = |s: &Scope| match s {
+        Scope::Port(p) => snapshot.port(*p),
+        _ => None,
+    };
+    let psi = |pick: fn(&Psi) -> f64| -> Option<f64> {
+        let psi = match cgroup(&spec.scope)? {
+            None => snapshot.host.psi?,
+            Some(c) => c.psi?,
+        };
+        // PSI is in percent; watermarks are fractions.
+        Some(pick(&psi) / 100.0)
+    };
+    let value = match spec.kind {
+        SignalKind::RunqP99 | SignalKind::RunqP50 => {
+            let runq = match cgroup(&spec.scope)? {
+                None => snapshot.host.runq?,
+                Some(c) => c.runq,
+            };
+            if runq.count == 0 {
+                return None;
+            }
+            (if spec.kind == SignalKind::RunqP99 {
+                runq.p99_us
+            } else {
+                runq.p50_us
+            }) as f64
+        }
+        SignalKind::AcceptQueueFill => {
+            let p = port(&spec.scope)?;
+            if p.accept_queue_max == 0 {
+                return None;
+            }
+            f64::from(p.accept_queue) / f64::from(p.accept_queue_max)
+        }
+        SignalKind::AcceptedRate => port(&spec.scope)?.accepted_per_s,
+        SignalKind::ConnectRate => cgroup(&spec.scope)??.conn_out_per_s,
+        SignalKind::PsiCpuSome => psi(|p| p.cpu_some_avg10)?,
+        SignalKind::PsiMemorySome => psi(|p| p.memory_some_avg10)?,
+        SignalKind::PsiIoSome => psi(|p| p.io_some_avg10)?,
+    };
+    value.is_finite().then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::snapshot::{CgroupPath, PortStats, RunqStats};
+
+    fn spec(kind: SignalKind, scope: Scope) -> SignalSpec {
+        SignalSpec { kind, scope }
+    }
+
+    #[test]
+    fn no_data_is_not_zero() {
+        let api = CgroupPath::new("/api").unwrap();
+        let mut s = Snapshot::default();
+        let runq = spec(SignalKind::RunqP99, Scope::Cgroup(api.clone()));
+        assert_eq!(read(&runq, &s), None, "cgroup not seen");
+        s.cgroups.push(CgroupStats {
+            path: api,
+            id: 1,
+            runq: RunqStats::default(),
+            conn_out: 0,
+            conn_out_per_s: 0.0,
+            psi: None,
+            throttling: None,
+        });
+        assert_eq!(read(&runq, &s), None, "no wait measured");
+        s.cgroups[0].runq = RunqStats {
+            count: 10,
+            p50_us: 20,
+            p99_us: 900,
+            max_us: 1000,
+        };
+        assert_eq!(read(&runq, &s), Some(900.0));
+        assert_eq!(
+            read(&spec(SignalKind::PsiCpuSome, Scope::Host), &s),
+            None,
+            "no host PSI"
+        );
+
+        let fill = spec(SignalKind::AcceptQueueFill, Scope::Port(80));
+        s.ports.push(PortStats {
+            port: 80,
+            ..Default::default()
+        });
+        assert_eq!(read(&fill, &s), None, "no listener");
+        s.ports[0].accept_queue = 32;
+        s.ports[0].accept_queue_max = 128;
+        assert_eq!(read(&fill, &s), Some(0.25));
+    }
+}

@@ -1,0 +1,320 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    config::{self, Protected},
+    snapshot::{CgroupPath, CgroupStats, RunqStats},
+};
+
+const TICK: Duration = Duration::from_millis(100);
+
+fn config(extra: &str) -> Config {
+    let base = "for = \"1s\"\nsettle = \"2s\"\nrecover_every = \"3s\"\njitter = 0.3";
+    // Keys given in `extra` replace the base ones.
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+    let overridden: Vec<String> = extra.lines().map(key).collect();
+    let kept: Vec<&str> = base
+        .lines()
+        .filter(|l| !overridden.contains(&key(l)))
+        .collect();
+    let src = format!(
+        r#"
+[[policy]]
+name = "api"
+signal = {{ kind = "runq_p99", cgroup = "/api" }}
+high = "2ms"
+low = "500us"
+{}
+{extra}
+ladder = [
+  {{ action = "cpu_weight", cgroup = "/batch", weight = "idle" }},
+  {{ action = "cpu_limit", cgroup = "/batch", cpus = 0.25 }},
+]
+"#,
+        kept.join("\n")
+    );
+    config::from_str(&src, "test").unwrap()
+}
+
+/// A snapshot where `/api` has run-queue p99 `p99_us`, or no data at all.
+fn snap(p99_us: Option<u64>) -> Snapshot {
+    let mut s = Snapshot {
+        interval_ms: 100,
+        ..Default::default()
+    };
+    if let Some(p99) = p99_us {
+        s.cgroups.push(CgroupStats {
+            path: CgroupPath::new("/api").unwrap(),
+            id: 1,
+            runq: RunqStats {
+                count: 100,
+                p50_us: p99 / 4,
+                p99_us: p99,
+                max_us: p99 * 2,
+            },
+            conn_out: 0,
+            conn_out_per_s: 0.0,
+            psi: None,
+            throttling: None,
+        });
+    }
+    s
+}
+
+/// Runs `ticks` ticks of the same reading from `*t`; returns the decisions.
+fn run(state: &mut State, t: &mut Duration, ticks: u32, p99_us: Option<u64>) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for _ in 0..ticks {
+        out.extend(state.step(&snap(p99_us), *t));
+        *t += TICK;
+    }
+    out
+}
+
+fn rung(state: &State) -> Rung {
+    state.status()[0].rung
+}
+
+#[test]
+fn trips_after_for_then_settles_between_rungs() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    // `for` is 1 s: readings at 0.0 … 0.9 s are not enough.
+    assert!(run(&mut s, &mut t, 10, Some(3000)).is_empty());
+    let d = run(&mut s, &mut t, 1, Some(3000));
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].kind, d[0].from_rung, d[0].to_rung),
+        (DecisionKind::Applied, 0, 1)
+    );
+    assert_eq!(d[0].reason.held_for, Duration::from_secs(1));
+    let line = d[0].to_string();
+    assert!(
+        line.contains("policy api: applied cpu_weight idle on cgroup /batch (rung 0 → 1): runq_p99 of cgroup /api is 3ms, at or over high 2ms for 1s"),
+        "{line}"
+    );
+    // `settle` is 2 s: the next rung waits for it.
+    assert!(run(&mut s, &mut t, 19, Some(3000)).is_empty());
+    let d = run(&mut s, &mut t, 1, Some(3000));
+    assert_eq!((d[0].from_rung, d[0].to_rung), (1, 2));
+    // Top of the ladder: nothing more.
+    assert!(run(&mut s, &mut t, 50, Some(3000)).is_empty());
+    assert_eq!(rung(&s), 2);
+}
+
+#[test]
+fn between_the_watermarks_nothing_changes() {
+    let mut s = State::new(&config(""), Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 11, Some(3000));
+    assert_eq!(rung(&s), 1);
+    assert!(
+        run(&mut s, &mut t, 600, Some(1000)).is_empty(),
+        "1ms is between 500us and 2ms"
+    );
+    assert_eq!(rung(&s), 1);
+}
+
+#[test]
+fn recovers_one_rung_at_a_time_with_jittered_delays() {
+    let mut s = State::new(&config(""), Protected::builtin(None), 7);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 40, Some(3000));
+    assert_eq!(rung(&s), 2);
+    let cleared = t;
+    let d = run(&mut s, &mut t, 200, Some(100));
+    assert_eq!(d.len(), 2);
+    assert!(
+        d.iter()
+            .all(|d| d.kind == DecisionKind::Reverted && d.change == Change::Lift)
+    );
+    assert_eq!((d[0].from_rung, d[1].to_rung), (2, 0));
+    // First step: for (1 s) + 3 s × (1 + up to 0.3).
+    let first = d[0].at - cleared;
+    assert!(
+        first >= Duration::from_secs(4) && first <= Duration::from_millis(4_900),
+        "{first:?}"
+    );
+    let second = d[1].at - d[0].at;
+    assert!(
+        second >= Duration::from_secs(3) && second <= Duration::from_millis(3_900),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn no_data_holds_and_restarts_the_timers() {
+    let mut s = State::new(&config(""), Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 11, Some(3000));
+    assert_eq!(rung(&s), 1);
+    assert!(
+        run(&mut s, &mut t, 600, None).is_empty(),
+        "no data: no recovery"
+    );
+    assert_eq!(rung(&s), 1);
+    assert!(s.status()[0].no_data);
+    // Data again, over high: `for` counts from the first reading after the gap.
+    assert!(run(&mut s, &mut t, 10, Some(3000)).is_empty());
+    assert_eq!(run(&mut s, &mut t, 1, Some(3000)).len(), 1);
+}
+
+#[test]
+fn dry_run_reports_would_and_applies_nothing() {
+    let mut s = State::new(&config("dry_run = true"), Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    let mut d = run(&mut s, &mut t, 40, Some(3000));
+    d.extend(run(&mut s, &mut t, 200, Some(100)));
+    assert_eq!(d.len(), 4);
+    assert!(d.iter().all(|d| d.kind == DecisionKind::Would), "{d:?}");
+    assert!(d[3].to_string().contains("would lift"), "{}", d[3]);
+}
+
+#[test]
+fn a_protected_target_is_refused_once_and_held() {
+    let c = config("");
+    // The agent runs in /batch here: the engine refuses even if the config passed.
+    let protected = Protected::builtin(Some(&CgroupPath::new("/batch").unwrap()));
+    let mut s = State::new(&c, protected, 1);
+    let mut t = Duration::ZERO;
+    let d = run(&mut s, &mut t, 200, Some(3000));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, DecisionKind::Refused);
+    assert!(matches!(d[0].reason.cause, Cause::Protected(_)));
+    assert_eq!(rung(&s), 0);
+}
+
+#[test]
+fn the_flap_budget_holds_the_rung() {
+    // 2 changes per minute; recovery is fast so the loop would cycle.
+    let mut s = State::new(
+        &config(
+            "flap_budget = 2\nflap_window = \"60s\"\nsettle = \"100ms\"\nrecover_every = \"100ms\"\nbackoff = 1.0",
+        ),
+        Protected::builtin(None),
+        1,
+    );
+    let mut t = Duration::ZERO;
+    let mut d = run(&mut s, &mut t, 15, Some(3000));
+    d.extend(run(&mut s, &mut t, 30, Some(100)));
+    let changes = d.iter().filter(|d| d.kind != DecisionKind::Refused).count();
+    assert_eq!(changes, 2, "{d:#?}");
+    assert!(
+        d.iter()
+            .any(|d| matches!(d.reason.cause, Cause::FlapBudget { .. }))
+    );
+    assert!(s.status()[0].flap_held);
+    // A minute after the first change, the budget frees and recovery resumes.
+    let d = run(&mut s, &mut t, 600, Some(100));
+    assert_eq!(rung(&s), 0, "{d:#?}");
+}
+
+#[test]
+fn backoff_grows_step_down_delays_on_re_trips_and_is_forgotten() {
+    let c = config(
+        "jitter = 0.0\nbackoff = 2.0\nbackoff_max = \"20s\"\nretrip_within = \"10s\"\nbackoff_reset = \"2m\"\nflap_budget = 100",
+    );
+    // A load that returns whenever rung 1 is lifted: over at rung 0, clear at rung 1.
+    // Time from clearing to the step down: for + delay, the delay doubling up to 20 s.
+    let mut waits: Vec<f64> = Vec::new();
+    let mut last_up = Duration::ZERO;
+    let mut t2 = Duration::ZERO;
+    let mut s2 = State::new(&c, Protected::builtin(None), 1);
+    for _ in 0..1200 {
+        let reading = if rung(&s2) == 0 { 3000 } else { 100 };
+        for d in s2.step(&snap(Some(reading)), t2) {
+            match d.change {
+                Change::Impose => last_up = d.at,
+                Change::Lift => waits.push((d.at - last_up).as_secs_f64()),
+            }
+        }
+        t2 += TICK;
+    }
+    assert!(waits.len() >= 4, "{waits:?}");
+    // One tick to see the drop, `for` (1 s), then the delay: 3 s, 6 s, 12 s, capped at 20 s.
+    assert!((waits[0] - 4.1).abs() < 0.05, "{waits:?}");
+    assert!((waits[1] - 7.1).abs() < 0.05, "{waits:?}");
+    assert!((waits[2] - 13.1).abs() < 0.05, "{waits:?}");
+    assert!(
+        waits[3..].iter().all(|w| (w - 21.1).abs() < 0.05),
+        "{waits:?}"
+    );
+    assert!(s2.status()[0].retrips >= 3);
+
+    // Quiet for longer than backoff_reset: forgotten.
+    run(&mut s2, &mut t2, 1300, Some(100));
+    run(&mut s2, &mut t2, 11, Some(3000));
+    assert_eq!(s2.status()[0].retrips, 0);
+}
+
+#[test]
+fn same_seed_same_run() {
+    let c = config("");
+    let go = |seed| {
+        let mut s = State::new(&c, Protected::builtin(None), seed);
+        let mut t = Duration::ZERO;
+        let mut d = run(&mut s, &mut t, 40, Some(3000));
+        d.extend(run(&mut s, &mut t, 200, Some(100)));
+        d.iter().map(|d| d.at).collect::<Vec<_>>()
+    };
+    assert_eq!(go(5), go(5));
+    assert_ne!(go(5), go(6), "jitter depends on the seed");
+}
+
+#[test]
+fn reconcile_keeps_unchanged_policies_and_lifts_removed_ones() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 40, Some(3000));
+    assert_eq!(rung(&s), 2);
+
+    // Same signal and ladder, new watermarks: the rung is kept.
+    let mut c2 = c.clone();
+    c2.policies[0].watermarks.high.value = 2500.0;
+    let (s, d) = reconcile(s, &c2, Protected::builtin(None), t);
+    assert!(d.is_empty());
+    assert_eq!(rung(&s), 2);
+
+    // Removed: both rungs lifted, top first.
+    let c3 = Config {
+        agent: c.agent.clone(),
+        policies: vec![],
+    };
+    let (s, d) = reconcile(s, &c3, Protected::builtin(None), t);
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.from_rung, d.to_rung))
+            .collect::<Vec<_>>(),
+        vec![(2, 1), (1, 0)]
+    );
+    assert!(
+        d.iter()
+            .all(|d| d.kind == DecisionKind::Reverted && d.reason.cause == Cause::PolicyRemoved)
+    );
+    assert!(s.status().is_empty());
+}
+
+#[test]
+fn changed_ladder_restarts_and_release_all_lifts_everything() {
+    let c = config("");
+    let (mut s, mut t) = (State::new(&c, Protected::builtin(None), 1), Duration::ZERO);
+    run(&mut s, &mut t, 11, Some(3000));
+    let mut c2 = c.clone();
+    c2.policies[0].ladder.rungs.pop();
+    let (mut s, d) = s.reconcile(&c2, Protected::builtin(None), t);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].reason.cause, Cause::PolicyChanged);
+    assert_eq!(rung(&s), 0);
+    run(&mut s, &mut t, 11, Some(3000));
+    let d = s.release_all(t);
+    assert_eq!(d.len(), 1);
+    assert!(
+        d[0].to_string().ends_with("the agent is stopping"),
+        "{}",
+        d[0]
+    );
+}
