@@ -114,3 +114,89 @@ pub mod globals {
     /// programs do nothing while it is 0.
     pub const CONFIGURED: &str = "CONFIGURED";
 }
+
+/// Admission control shared by the enforcement programs (`enforce` object).
+pub mod enforce {
+    /// Refused connections get RST (inbound) or `EPERM` (outbound connect).
+    pub const MODE_RESET: u32 = 0;
+    /// Refused SYNs are dropped silently; the peer retries after its timeout.
+    pub const MODE_DROP: u32 = 1;
+    /// `Bucket::flags`: refuse everything (reject_connections).
+    pub const FLAG_REJECT_ALL: u32 = 1;
+
+    /// A token bucket as GCRA: a connection is admitted when
+    /// `now >= tat - tolerance`, and then `tat = max(tat, now) + interval`.
+    /// `interval` is 1/rate; `tolerance` is (burst - 1) intervals.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct Bucket {
+        /// Nanoseconds per admitted connection (1 / rate).
+        pub interval_ns: u64,
+        /// How far ahead of `now` the bucket may run: (burst - 1) × interval.
+        pub tolerance_ns: u64,
+        /// Theoretical arrival time of the next connection (kernel-updated).
+        pub tat_ns: u64,
+        /// [`MODE_RESET`] or [`MODE_DROP`].
+        pub mode: u32,
+        /// [`FLAG_REJECT_ALL`] or 0.
+        pub flags: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), 3 × u64 + 2 × u32, no padding.
+    unsafe impl aya::Pod for Bucket {}
+
+    /// Admitted and refused connections of one target.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct Verdicts {
+        /// Admitted (including exempt peers).
+        pub admitted: u64,
+        /// Refused.
+        pub refused: u64,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), two u64.
+    unsafe impl aya::Pod for Verdicts {}
+
+    /// Data of an exemption key in the `EXEMPT` LPM trie: an 8-byte scope
+    /// (a port or a cgroup, see [`port_scope`] and [`cgroup_scope`]) then the
+    /// peer's IPv6 address (IPv4 as `::ffff:a.b.c.d`). The prefix length is
+    /// 64 + the address prefix (+96 for IPv4).
+    pub type ExemptData = [u8; 24];
+
+    /// Scope of a port's exemptions.
+    pub const fn port_scope(port: u16) -> [u8; 8] {
+        let p = port.to_be_bytes();
+        [1, 0, 0, 0, 0, 0, p[0], p[1]]
+    }
+
+    /// Scope of a cgroup's exemptions (cgroup ids fit in 56 bits).
+    pub const fn cgroup_scope(id: u64) -> [u8; 8] {
+        let b = id.to_be_bytes();
+        [2, b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+    }
+
+    /// Names of the enforcement programs and maps.
+    pub mod names {
+        /// `sk_lookup` program: inbound SYN admission per local port.
+        pub const PROG_ADMIT: &str = "admit_inbound";
+        /// `cgroup/connect4` program.
+        pub const PROG_CONNECT4: &str = "admit_connect4";
+        /// `cgroup/connect6` program.
+        pub const PROG_CONNECT6: &str = "admit_connect6";
+        /// Hash: local port (`u32`) → [`super::Bucket`].
+        pub const MAP_PORT_BUCKETS: &str = "PORT_BUCKETS";
+        /// Hash: cgroup id (`u64`) → [`super::Bucket`].
+        pub const MAP_CGROUP_BUCKETS: &str = "CGROUP_BUCKETS";
+        /// Per-CPU hash: port → [`super::Verdicts`].
+        pub const MAP_PORT_VERDICTS: &str = "PORT_VERDICTS";
+        /// Per-CPU hash: cgroup id → [`super::Verdicts`].
+        pub const MAP_CGROUP_VERDICTS: &str = "CGROUP_VERDICTS";
+        /// LPM trie of exempt peers.
+        pub const MAP_EXEMPT: &str = "EXEMPT";
+        /// Sock map holding the drop sink (a full listener).
+        pub const MAP_DROP_SINK: &str = "DROP_SINK";
+    }
+}

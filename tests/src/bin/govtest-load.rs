@@ -86,16 +86,35 @@ fn main() -> ExitCode {
                 println!("wakeups={wakeups}");
             }
             "connect" => {
+                // `--count` connects to `--addr`, paced at `--rate` per second
+                // if given, each with `--timeout-ms`; prints how they ended.
                 let addr: SocketAddr = arg(&args, "--addr").ok_or("--addr IP:PORT")?;
                 let count: u64 = arg(&args, "--count").ok_or("--count N")?;
-                let (mut ok, mut err) = (0u64, 0u64);
-                for _ in 0..count.min(100_000) {
-                    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                let rate: f64 = arg(&args, "--rate").unwrap_or(0.0);
+                let timeout = Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(2000));
+                let started = Instant::now();
+                let (mut ok, mut refused, mut eperm, mut timedout, mut other) =
+                    (0u64, 0u64, 0u64, 0u64, 0u64);
+                for i in 0..count.min(100_000) {
+                    if rate > 0.0 {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    match TcpStream::connect_timeout(&addr, timeout) {
                         Ok(_) => ok += 1,
-                        Err(_) => err += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => timedout += 1,
+                        Err(_) => other += 1,
                     }
                 }
-                println!("ok={ok} err={err}");
+                println!(
+                    "ok={ok} refused={refused} eperm={eperm} timeout={timedout} other={other} ms={}",
+                    started.elapsed().as_millis()
+                );
             }
             "churn" => {
                 // Create cgroups one by one, run in each for a moment, leave,

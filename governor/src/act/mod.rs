@@ -1,0 +1,3 @@
+//! act: applying decisions.
+
+pub mod net;

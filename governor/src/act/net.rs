@@ -1,0 +1,477 @@
+//! Connection admission: the `governor-enforce` kernel programs, their
+//! attachments and their token buckets.
+//!
+//! Nothing here needs a journal: the programs are attached through links
+//! that belong to this process and are never pinned, so when the agent exits
+//! or dies, however it dies, the kernel detaches them and every port and
+//! cgroup is back to normal.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::{Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        HashMap as BpfHashMap, MapData, PerCpuHashMap, SockMap,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SkLookup, cgroup_sock_addr::CgroupSockAddrLinkId,
+        sk_lookup::SkLookupLinkId,
+    },
+};
+use governor_common::enforce::{
+    Bucket, ExemptData, FLAG_REJECT_ALL, MODE_DROP, MODE_RESET, Verdicts, cgroup_scope, names,
+    port_scope,
+};
+use ipnet::IpNet;
+
+use crate::config::RejectMode;
+
+/// The object built from `governor-ebpf/src/enforce.rs`.
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor-enforce"));
+
+/// An enforcement failure, naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    /// The object did not load.
+    #[error("loading the enforcement programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map update failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A file (namespace, cgroup) could not be opened, or a socket made.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The object lacks a program or map (build mismatch).
+    #[error("{0} is missing from the enforcement object")]
+    Missing(&'static str),
+}
+
+/// What to admit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Connections per second; `None` refuses everything (reject_connections).
+    pub rate: Option<f64>,
+    /// Bucket size: connections admitted back to back.
+    pub burst: u32,
+    /// How the excess is refused.
+    pub mode: RejectMode,
+    /// Peers that always pass (inbound: sources; outbound: destinations).
+    pub exempt: Vec<IpNet>,
+}
+
+impl Rule {
+    fn bucket(&self, now_tat: u64) -> Bucket {
+        let mode = match self.mode {
+            RejectMode::Reset => MODE_RESET,
+            RejectMode::Drop => MODE_DROP,
+        };
+        match self.rate {
+            Some(r) if r > 0.0 => {
+                let interval = (1e9 / r).max(1.0) as u64;
+                Bucket {
+                    interval_ns: interval,
+                    tolerance_ns: interval.saturating_mul(u64::from(self.burst.max(1) - 1)),
+                    tat_ns: now_tat,
+                    mode,
+                    flags: 0,
+                }
+            }
+            _ => Bucket {
+                mode,
+                flags: FLAG_REJECT_ALL,
+                ..Bucket::default()
+            },
+        }
+    }
+}
+
+/// The exemption keys of `nets` in a scope.
+fn exempt_keys(scope: [u8; 8], nets: &[IpNet]) -> Vec<Key<ExemptData>> {
+    nets.iter()
+        .map(|net| {
+            let (addr, prefix): (Ipv6Addr, u32) = match net {
+                IpNet::V4(v4) => (
+                    v4.network().to_ipv6_mapped(),
+                    96 + u32::from(v4.prefix_len()),
+                ),
+                IpNet::V6(v6) => (v6.network(), u32::from(v6.prefix_len())),
+            };
+            let mut data = [0u8; 24];
+            data[..8].copy_from_slice(&scope);
+            data[8..].copy_from_slice(&addr.octets());
+            Key::new(64 + prefix, data)
+        })
+        .collect()
+}
+
+/// The loaded enforcement programs and what they are attached to.
+pub struct NetEnforcer {
+    ebpf: Ebpf,
+    netns: Option<(PathBuf, SkLookupLinkId)>,
+    cgroups: HashMap<PathBuf, [CgroupSockAddrLinkId; 2]>,
+    exempt_of_port: HashMap<u16, Vec<Key<ExemptData>>>,
+    exempt_of_cgroup: HashMap<u64, Vec<Key<ExemptData>>>,
+    /// The drop sink: a listener with a full accept queue, and the
+    /// connection that fills it.
+    sink: Option<(socket2::Socket, TcpStream)>,
+}
+
+impl NetEnforcer {
+    /// Loads the enforcement object; nothing is attached yet.
+    pub fn load() -> Result<Self, EnforceError> {
+        let ebpf = EbpfLoader::new().load(OBJECT)?;
+        Ok(Self {
+            ebpf,
+            netns: None,
+            cgroups: HashMap::new(),
+            exempt_of_port: HashMap::new(),
+            exempt_of_cgroup: HashMap::new(),
+            sink: None,
+        })
+    }
+
+    /// Attaches inbound admission to the network namespace at `netns`
+    /// (e.g. `/proc/self/ns/net`, `/run/netns/NAME`). Call it from a thread
+    /// inside that namespace: the drop sink is created there.
+    pub fn attach_netns(&mut self, netns: &Path) -> Result<(), EnforceError> {
+        let io = |what: &str| {
+            let what = format!("{what} ({})", netns.display());
+            move |source| EnforceError::Io { what, source }
+        };
+        let file = File::open(netns).map_err(io("opening the network namespace"))?;
+        self.make_sink()
+            .map_err(io("creating the drop sink listener"))?;
+        let prog: &mut SkLookup = self
+            .ebpf
+            .program_mut(names::PROG_ADMIT)
+            .ok_or(EnforceError::Missing(names::PROG_ADMIT))?
+            .try_into()
+            .map_err(|source| EnforceError::Program {
+                what: "sk_lookup program".into(),
+                source,
+            })?;
+        prog.load().map_err(|source| EnforceError::Program {
+            what: "loading sk_lookup".into(),
+            source,
+        })?;
+        let link = prog
+            .attach(file.as_fd())
+            .map_err(|source| EnforceError::Program {
+                what: format!("attaching sk_lookup to {}", netns.display()),
+                source,
+            })?;
+        self.netns = Some((netns.to_path_buf(), link));
+        Ok(())
+    }
+
+    fn make_sink(&mut self) -> std::io::Result<()> {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+        sock.bind(&addr.into())?;
+        // Backlog 0 holds one connection; the one we make fills it, and every
+        // SYN steered here afterwards is dropped as an overflow.
+        sock.listen(0)?;
+        let local = sock
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("sink has no inet address"))?;
+        let filler = TcpStream::connect_timeout(&local, std::time::Duration::from_secs(2))?;
+        let map = self
+            .ebpf
+            .map_mut(names::MAP_DROP_SINK)
+            .ok_or_else(|| std::io::Error::other("DROP_SINK map missing"))?;
+        let mut sockmap: SockMap<&mut MapData> =
+            SockMap::try_from(map).map_err(std::io::Error::other)?;
+        sockmap.set(0, &sock, 0).map_err(std::io::Error::other)?;
+        self.sink = Some((sock, filler));
+        Ok(())
+    }
+
+    /// Attaches outbound admission (`connect4`/`connect6`) to the cgroup
+    /// directory `dir` (cgroup2). Other programs on the cgroup keep running.
+    pub fn attach_cgroup(&mut self, dir: &Path) -> Result<(), EnforceError> {
+        if self.cgroups.contains_key(dir) {
+            return Ok(());
+        }
+        let mut links = Vec::with_capacity(2);
+        for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
+            let file = File::open(dir).map_err(|source| EnforceError::Io {
+                what: format!("opening cgroup {}", dir.display()),
+                source,
+            })?;
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EnforceError::Missing(name))?
+                .try_into()
+                .map_err(|source| EnforceError::Program {
+                    what: name.into(),
+                    source,
+                })?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|source| EnforceError::Program {
+                    what: format!("loading {name}"),
+                    source,
+                })?;
+            }
+            let link = prog
+                // Links (kernel ≥ 5.7) always run beside the cgroup's other
+                // programs; the mode flags are for legacy attachment only.
+                .attach(file.as_fd(), CgroupAttachMode::Single)
+                .map_err(|source| EnforceError::Program {
+                    what: format!("attaching {name} to {}", dir.display()),
+                    source,
+                })?;
+            links.push(link);
+        }
+        let [a, b]: [CgroupSockAddrLinkId; 2] = links
+            .try_into()
+            .map_err(|_| EnforceError::Missing("connect link"))?;
+        self.cgroups.insert(dir.to_path_buf(), [a, b]);
+        Ok(())
+    }
+
+    /// Detaches outbound admission from `dir`.
+    pub fn detach_cgroup(&mut self, dir: &Path) -> Result<(), EnforceError> {
+        let Some([a, b]) = self.cgroups.remove(dir) else {
+            return Ok(());
+        };
+        for (name, link) in [(names::PROG_CONNECT4, a), (names::PROG_CONNECT6, b)] {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EnforceError::Missing(name))?
+                .try_into()
+                .map_err(|source| EnforceError::Program {
+                    what: name.into(),
+                    source,
+                })?;
+            prog.detach(link).map_err(|source| EnforceError::Program {
+                what: format!("detaching {name} from {}", dir.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn buckets(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, EnforceError> {
+        self.ebpf.map_mut(name).ok_or(EnforceError::Missing(name))
+    }
+
+    fn set_exempt(
+        &mut self,
+        old: Vec<Key<ExemptData>>,
+        new: &[Key<ExemptData>],
+    ) -> Result<(), EnforceError> {
+        let map = self.buckets(names::MAP_EXEMPT)?;
+        let mut trie: LpmTrie<&mut MapData, ExemptData, u8> =
+            LpmTrie::try_from(map).map_err(|source| EnforceError::Map {
+                what: "EXEMPT".into(),
+                source,
+            })?;
+        for k in &old {
+            let _ = trie.remove(k);
+        }
+        for k in new {
+            trie.insert(k, 1, 0).map_err(|source| EnforceError::Map {
+                what: "adding an exemption".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Admits new connections to local `port` by `rule` (replacing any rule).
+    pub fn set_port(&mut self, port: u16, rule: &Rule) -> Result<(), EnforceError> {
+        let keys = exempt_keys(port_scope(port), &rule.exempt);
+        let old = self.exempt_of_port.remove(&port).unwrap_or_default();
+        self.set_exempt(old, &keys)?;
+        self.exempt_of_port.insert(port, keys);
+        let map = self.buckets(names::MAP_PORT_BUCKETS)?;
+        let mut buckets: BpfHashMap<&mut MapData, u32, Bucket> = BpfHashMap::try_from(map)
+            .map_err(|source| EnforceError::Map {
+                what: "PORT_BUCKETS".into(),
+                source,
+            })?;
+        buckets
+            .insert(u32::from(port), rule.bucket(0), 0)
+            .map_err(|source| EnforceError::Map {
+                what: format!("setting the rule of port {port}"),
+                source,
+            })
+    }
+
+    /// Removes the rule of `port`: every connection is admitted again.
+    pub fn clear_port(&mut self, port: u16) -> Result<(), EnforceError> {
+        let old = self.exempt_of_port.remove(&port).unwrap_or_default();
+        self.set_exempt(old, &[])?;
+        let map = self.buckets(names::MAP_PORT_BUCKETS)?;
+        let mut buckets: BpfHashMap<&mut MapData, u32, Bucket> = BpfHashMap::try_from(map)
+            .map_err(|source| EnforceError::Map {
+                what: "PORT_BUCKETS".into(),
+                source,
+            })?;
+        match buckets.remove(&u32::from(port)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(EnforceError::Map {
+                what: format!("clearing port {port}"),
+                source,
+            }),
+        }
+    }
+
+    /// Admits outbound connects of cgroup `id` (and below) by `rule`. The
+    /// programs must be attached to that cgroup (or an ancestor).
+    pub fn set_cgroup(&mut self, id: u64, rule: &Rule) -> Result<(), EnforceError> {
+        let keys = exempt_keys(cgroup_scope(id), &rule.exempt);
+        let old = self.exempt_of_cgroup.remove(&id).unwrap_or_default();
+        self.set_exempt(old, &keys)?;
+        self.exempt_of_cgroup.insert(id, keys);
+        let map = self.buckets(names::MAP_CGROUP_BUCKETS)?;
+        let mut buckets: BpfHashMap<&mut MapData, u64, Bucket> = BpfHashMap::try_from(map)
+            .map_err(|source| EnforceError::Map {
+                what: "CGROUP_BUCKETS".into(),
+                source,
+            })?;
+        buckets
+            .insert(id, rule.bucket(0), 0)
+            .map_err(|source| EnforceError::Map {
+                what: format!("setting the rule of cgroup {id}"),
+                source,
+            })
+    }
+
+    /// Removes the rule of cgroup `id`.
+    pub fn clear_cgroup(&mut self, id: u64) -> Result<(), EnforceError> {
+        let old = self.exempt_of_cgroup.remove(&id).unwrap_or_default();
+        self.set_exempt(old, &[])?;
+        let map = self.buckets(names::MAP_CGROUP_BUCKETS)?;
+        let mut buckets: BpfHashMap<&mut MapData, u64, Bucket> = BpfHashMap::try_from(map)
+            .map_err(|source| EnforceError::Map {
+                what: "CGROUP_BUCKETS".into(),
+                source,
+            })?;
+        match buckets.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(EnforceError::Map {
+                what: format!("clearing cgroup {id}"),
+                source,
+            }),
+        }
+    }
+
+    /// Admitted and refused connections per port, summed over CPUs.
+    pub fn port_verdicts(&self) -> Result<HashMap<u16, Verdicts>, EnforceError> {
+        let map = self
+            .ebpf
+            .map(names::MAP_PORT_VERDICTS)
+            .ok_or(EnforceError::Missing(names::MAP_PORT_VERDICTS))?;
+        let m: PerCpuHashMap<&MapData, u32, Verdicts> =
+            PerCpuHashMap::try_from(map).map_err(|source| EnforceError::Map {
+                what: "PORT_VERDICTS".into(),
+                source,
+            })?;
+        Ok(m.iter()
+            .filter_map(Result::ok)
+            .filter_map(|(port, v)| Some((u16::try_from(port).ok()?, sum(v.iter()))))
+            .collect())
+    }
+
+    /// Admitted and refused connects per cgroup id, summed over CPUs.
+    pub fn cgroup_verdicts(&self) -> Result<HashMap<u64, Verdicts>, EnforceError> {
+        let map = self
+            .ebpf
+            .map(names::MAP_CGROUP_VERDICTS)
+            .ok_or(EnforceError::Missing(names::MAP_CGROUP_VERDICTS))?;
+        let m: PerCpuHashMap<&MapData, u64, Verdicts> =
+            PerCpuHashMap::try_from(map).map_err(|source| EnforceError::Map {
+                what: "CGROUP_VERDICTS".into(),
+                source,
+            })?;
+        Ok(m.iter()
+            .filter_map(Result::ok)
+            .map(|(id, v)| (id, sum(v.iter())))
+            .collect())
+    }
+}
+
+fn sum<'a>(values: impl Iterator<Item = &'a Verdicts>) -> Verdicts {
+    values.fold(Verdicts::default(), |a, v| Verdicts {
+        admitted: a.admitted + v.admitted,
+        refused: a.refused + v.refused,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_rate_burst_and_reject() {
+        let r = Rule {
+            rate: Some(200.0),
+            burst: 10,
+            mode: RejectMode::Reset,
+            exempt: vec![],
+        };
+        let b = r.bucket(0);
+        assert_eq!(b.interval_ns, 5_000_000);
+        assert_eq!(b.tolerance_ns, 45_000_000);
+        assert_eq!(b.flags, 0);
+        let reject = Rule {
+            rate: None,
+            burst: 0,
+            mode: RejectMode::Drop,
+            exempt: vec![],
+        }
+        .bucket(0);
+        assert_eq!(reject.flags, FLAG_REJECT_ALL);
+        assert_eq!(reject.mode, MODE_DROP);
+    }
+
+    #[test]
+    fn exemption_keys_map_ipv4_into_ipv6() {
+        let nets: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let keys = exempt_keys(port_scope(8080), &nets);
+        assert_eq!(keys[0].prefix_len(), 64 + 96 + 8);
+        assert_eq!(
+            &keys[0].data()[8..],
+            &Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 0]).octets()
+        );
+        assert_eq!(&keys[0].data()[..8], &[1, 0, 0, 0, 0, 0, 0x1f, 0x90]);
+        assert_eq!(keys[1].prefix_len(), 64 + 32);
+    }
+}

@@ -1,0 +1,302 @@
+//! Connection admission against the real kernel, only in the test's own
+//! network namespaces and cgroups: inbound per-port token buckets (reset and
+//! drop), exemptions, other ports and established connections untouched;
+//! outbound per-cgroup throttling with EPERM, a sibling cgroup untouched.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use governor::{
+    act::net::{NetEnforcer, Rule},
+    config::RejectMode,
+};
+use governor_integration::{Children, TestCgroup, enter_own_netns, field, require_root};
+
+/// A listener on 127.0.0.1 that accepts (and closes) until dropped.
+struct Server {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut kept = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        // Echo one message if one comes, so a test can use an
+                        // established connection; keep a few open.
+                        let _ = s.set_nonblocking(true);
+                        let mut buf = [0u8; 16];
+                        if let Ok(n) = s.read(&mut buf) {
+                            let _ = s.write_all(&buf[..n]);
+                        }
+                        if kept.len() < 4 {
+                            kept.push(s);
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn enforcer_here() -> NetEnforcer {
+    let mut e = NetEnforcer::load().expect("enforcement object loads");
+    e.attach_netns(Path::new("/proc/thread-self/ns/net"))
+        .expect("sk_lookup attaches to our namespace");
+    e
+}
+
+/// Connects from `source` (an address on lo) to `port`.
+fn connect_from(source: [u8; 4], port: u16) -> std::io::Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let from: SocketAddr = (source, 0).into();
+    s.bind(&from.into())?;
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    s.connect_timeout(&to.into(), Duration::from_millis(500))
+}
+
+#[test]
+fn inbound_throttle_admits_the_rate_resets_the_rest_and_spares_others() {
+    require_root();
+    thread::spawn(|| {
+        enter_own_netns();
+        let limited = Server::start();
+        let other = Server::start();
+        // An established connection from before the rule must keep working.
+        let mut established = TcpStream::connect(limited.addr()).expect("connect before the rule");
+        thread::sleep(Duration::from_millis(50));
+
+        let mut e = enforcer_here();
+        let rule = Rule {
+            rate: Some(200.0),
+            burst: 20,
+            mode: RejectMode::Reset,
+            exempt: vec!["127.0.0.2/32".parse().expect("net")],
+        };
+        e.set_port(limited.port, &rule).expect("rule set");
+
+        let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+        let flood = kids.spawn(&[
+            "connect",
+            "--addr",
+            &limited.addr(),
+            "--count",
+            "10000",
+            "--rate",
+            "2000",
+            "--timeout-ms",
+            "1000",
+        ]);
+        let calm = kids.spawn(&[
+            "connect",
+            "--addr",
+            &other.addr(),
+            "--count",
+            "250",
+            "--rate",
+            "50",
+        ]);
+        thread::sleep(Duration::from_secs(1));
+        let exempt_ok = (0..50)
+            .filter(|_| connect_from([127, 0, 0, 2], limited.port).is_ok())
+            .count();
+        established
+            .write_all(b"ping")
+            .expect("established connection writes");
+        let out = kids.wait_output(flood);
+        let calm_out = kids.wait_output(calm);
+        println!("flood: {out}\nother port: {calm_out}\nexempt: {exempt_ok}/50");
+
+        let secs = field(&out, "ms") as f64 / 1000.0;
+        let admitted = field(&out, "ok") as f64;
+        let expected = 200.0 * secs + 20.0;
+        assert!(
+            (admitted - expected).abs() <= 0.10 * expected,
+            "admitted {admitted} in {secs:.2}s, expected {expected:.0} ±10% (200/s + burst 20)"
+        );
+        assert_eq!(
+            field(&out, "refused") + field(&out, "ok"),
+            10_000,
+            "the rest was refused at once (RST): {out}"
+        );
+        assert_eq!(
+            field(&out, "timeout"),
+            0,
+            "reset mode never leaves a client waiting"
+        );
+        assert_eq!(
+            field(&calm_out, "ok"),
+            250,
+            "another port is unaffected: {calm_out}"
+        );
+        assert_eq!(exempt_ok, 50, "an exempt source is unaffected");
+        let v = e.port_verdicts().expect("verdicts");
+        assert!(
+            v[&limited.port].refused >= 8_000,
+            "the kernel counted the refusals: {:?}",
+            v[&limited.port]
+        );
+        e.clear_port(limited.port).expect("rule cleared");
+        assert!(
+            TcpStream::connect(limited.addr()).is_ok(),
+            "after clearing, connects pass again"
+        );
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+fn inbound_drop_mode_makes_clients_time_out_and_retry() {
+    require_root();
+    thread::spawn(|| {
+        enter_own_netns();
+        let server = Server::start();
+        let mut e = enforcer_here();
+        let rule = Rule {
+            rate: Some(1.0),
+            burst: 1,
+            mode: RejectMode::Drop,
+            exempt: vec![],
+        };
+        e.set_port(server.port, &rule).expect("rule set");
+        let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+        // The first connect takes the only token; the next ones find none.
+        let quick = kids.spawn(&[
+            "connect",
+            "--addr",
+            &server.addr(),
+            "--count",
+            "4",
+            "--timeout-ms",
+            "250",
+        ]);
+        let out = kids.wait_output(quick);
+        println!("quick: {out}");
+        assert_eq!(field(&out, "ok"), 1, "one connect fits the bucket: {out}");
+        assert_eq!(field(&out, "refused"), 0, "drop mode sends no RST: {out}");
+        assert_eq!(field(&out, "timeout"), 3, "the others time out: {out}");
+        // A patient client retries its SYN (after ~1 s) and gets in once a
+        // token is back.
+        let started = Instant::now();
+        let patient = TcpStream::connect_timeout(
+            &server.addr().parse().expect("addr"),
+            Duration::from_secs(5),
+        );
+        let waited = started.elapsed();
+        println!("patient: {patient:?} after {waited:?}");
+        assert!(
+            patient.is_ok(),
+            "a retried SYN is admitted when a token is back"
+        );
+        assert!(
+            waited >= Duration::from_millis(800),
+            "it needed a retransmission ({waited:?})"
+        );
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+fn outbound_throttle_refuses_with_eperm_at_once_and_spares_the_sibling() {
+    require_root();
+    let limited = TestCgroup::new("out-limited");
+    let sibling = TestCgroup::new("out-sibling");
+    let server = Server::start();
+    let mut e = NetEnforcer::load().expect("enforcement object loads");
+    e.attach_cgroup(&limited.dir)
+        .expect("connect4/6 attach to the test cgroup");
+    let rule = Rule {
+        rate: Some(50.0),
+        burst: 5,
+        mode: RejectMode::Reset,
+        exempt: vec![],
+    };
+    e.set_cgroup(limited.id(), &rule).expect("rule set");
+
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let lp = limited.procs();
+    let sp = sibling.procs();
+    let a = kids.spawn(&[
+        "connect",
+        "--addr",
+        &server.addr(),
+        "--count",
+        "600",
+        "--rate",
+        "300",
+        "--join",
+        lp.to_str().expect("utf-8"),
+    ]);
+    let b = kids.spawn(&[
+        "connect",
+        "--addr",
+        &server.addr(),
+        "--count",
+        "300",
+        "--rate",
+        "150",
+        "--join",
+        sp.to_str().expect("utf-8"),
+    ]);
+    let out_a = kids.wait_output(a);
+    let out_b = kids.wait_output(b);
+    println!("limited: {out_a}\nsibling: {out_b}");
+    let secs = field(&out_a, "ms") as f64 / 1000.0;
+    let expected = 50.0 * secs + 5.0;
+    let ok = field(&out_a, "ok") as f64;
+    assert!(
+        (ok - expected).abs() <= 0.10 * expected,
+        "admitted {ok} in {secs:.2}s, expected {expected:.0} ±10%"
+    );
+    assert_eq!(
+        field(&out_a, "eperm") + field(&out_a, "ok"),
+        600,
+        "the rest failed with EPERM: {out_a}"
+    );
+    assert_eq!(field(&out_a, "timeout"), 0, "nothing waited");
+    assert_eq!(
+        field(&out_b, "ok"),
+        300,
+        "the sibling cgroup is unaffected: {out_b}"
+    );
+    e.detach_cgroup(&limited.dir).expect("detach");
+}
