@@ -7,10 +7,12 @@
 //! - [`show`] explains: `observe` output and `/metrics`.
 
 pub mod act;
+pub mod agent;
 pub mod btf;
 pub mod config;
 pub mod decide;
 pub mod ebpf;
+pub mod netns;
 pub mod runq;
 pub mod sense;
 pub mod sensor;

@@ -15,7 +15,7 @@ use governor::{
     ebpf::{self, Probes},
     sensor::{Sensor, SensorScope},
     show::{self, metrics::Metrics},
-    snapshot::{CgroupPath, Snapshot},
+    snapshot::CgroupPath,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -36,12 +36,9 @@ enum Command {
         /// Config file [default: /etc/governor/governor.toml, else the embedded default].
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Decide and report, but change nothing.
+        /// Decide and report, but change nothing (overrides the config).
         #[arg(long)]
         dry_run: bool,
-        /// How often to print what the probes see.
-        #[arg(long, value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
-        report_every: Duration,
     },
     /// Check a config file and exit: 0 if valid, 2 with every error if not.
     Check {
@@ -69,6 +66,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The agent's status socket.
+        #[arg(long, value_name = "PATH", default_value = "/run/governor/governor.sock")]
+        socket: PathBuf,
     },
 }
 
@@ -92,11 +92,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run {
-            config: _,
-            dry_run,
-            report_every,
-        } => run(dry_run, report_every),
+        Command::Run { config, dry_run } => {
+            let opts = governor::agent::RunOptions { config, dry_run };
+            match governor::agent::run(opts, cgroup_actuation()) {
+                Ok(()) => Ok(()),
+                Err(governor::agent::AgentError::Config(e)) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+                Err(governor::agent::AgentError::Runtime(e)) => Err(e),
+            }
+        }
         Command::Observe {
             interval,
             count,
@@ -111,9 +117,13 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
-        Command::Status { .. } => Err(anyhow::anyhow!(
-            "`governor status` needs the running agent's status socket, which is not built yet"
-        )),
+        Command::Status { json, socket } => governor::agent::status::fetch(&socket).map(|r| {
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.table());
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +132,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The journaled cgroup-file actuators.
+fn cgroup_actuation() -> Box<dyn governor::agent::actuate::CgroupActuation> {
+    Box::new(governor::agent::actuate::Unavailable)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -216,98 +231,6 @@ fn observe(
     drop(rt);
     report_leftovers();
     Ok(())
-}
-
-/// `governor run`: sense every tick and show it; policies are not wired yet,
-/// so nothing is ever changed (dry-run).
-fn run(dry_run: bool, report_every: Duration) -> anyhow::Result<()> {
-    let rt = runtime()?;
-    rt.block_on(async move {
-        let (mut sensor, forwarder) = start_sensor(SensorScope::default())?;
-        let metrics = Arc::new(Metrics::new());
-        start_metrics(&metrics);
-        tracing::info!(
-            dry_run = true,
-            requested_dry_run = dry_run,
-            "governor running: probes attached; no policy acts in this version (dry-run); Ctrl-C to stop"
-        );
-        sensor.prime()?;
-        let tick = Duration::from_millis(100);
-        let mut ticker = tokio::time::interval(tick);
-        ticker.tick().await;
-        let mut last_report = Instant::now();
-        let mut window: Vec<Snapshot> = Vec::new();
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    let t = Instant::now();
-                    let snap = sensor.sample()?;
-                    metrics.observe(&snap, &[]);
-                    metrics.tick_duration.observe(t.elapsed().as_secs_f64());
-                    window.push(snap);
-                    if last_report.elapsed() >= report_every {
-                        metrics.probe_counters(&sensor.probes().counters()?);
-                        println!("{}", summary_line(&window));
-                        window.clear();
-                        last_report = Instant::now();
-                    }
-                }
-                sig = &mut stop => { tracing::info!("{sig}: stopping"); break; }
-            }
-        }
-        forwarder.abort();
-        drop(sensor);
-        anyhow::Ok(())
-    })?;
-    drop(rt);
-    report_leftovers();
-    Ok(())
-}
-
-/// One live line for `run`: the worst host p99 of the window, the cgroup
-/// with the worst p99, and the busiest port.
-fn summary_line(window: &[Snapshot]) -> String {
-    let Some(last) = window.last() else {
-        return String::new();
-    };
-    let host_p99 = window
-        .iter()
-        .filter_map(|s| s.host.runq.map(|r| r.p99_us))
-        .max()
-        .unwrap_or(0);
-    let waits: u64 = window
-        .iter()
-        .filter_map(|s| s.host.runq.map(|r| r.count))
-        .sum();
-    let worst = window
-        .iter()
-        .flat_map(|s| s.cgroups.iter())
-        .filter(|c| c.runq.count >= 10)
-        .max_by_key(|c| c.runq.p99_us)
-        .map(|c| format!("worst cgroup {} p99 {}µs", c.path, c.runq.p99_us))
-        .unwrap_or_else(|| "no busy cgroup".into());
-    let port = window
-        .iter()
-        .flat_map(|s| s.ports.iter())
-        .max_by_key(|p| p.accepted)
-        .map(|p| {
-            format!(
-                "port {} accepted {} queue {}/{}",
-                p.port, p.accepted, p.accept_queue, p.accept_queue_max
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        "t={:>6.1}s host runq waits {waits} p99 {host_p99}µs | {worst} | {port}{}",
-        last.ts_ms as f64 / 1000.0,
-        if last.missing.is_empty() {
-            String::new()
-        } else {
-            format!(" | missing: {}", last.missing.len())
-        }
-    )
 }
 
 /// Says whether any of our programs is still loaded after we let go of them.

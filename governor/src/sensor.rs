@@ -63,7 +63,12 @@ pub struct Sensor {
     previous: Option<Previous>,
     /// Cgroup map entries reclaimed because their cgroup is gone.
     pub reclaimed: u64,
+    netstat: Option<NetstatReader>,
 }
+
+/// Source of `ListenOverflows`/`ListenDrops` other than `<proc_root>/net/netstat`
+/// (another network namespace).
+pub type NetstatReader = Box<dyn FnMut() -> Option<ListenCounters> + Send>;
 
 impl Sensor {
     /// A sensor over loaded and attached `probes`.
@@ -83,6 +88,29 @@ impl Sensor {
             started: Instant::now(),
             previous: None,
             reclaimed: 0,
+            netstat: None,
+        }
+    }
+
+    /// A sensor whose accept queues and listen counters come from the
+    /// network namespace a [`crate::netns::NetnsWorker`] lives in.
+    pub fn with_netns(mut self, worker: crate::netns::NetnsWorker) -> Self {
+        let worker = std::sync::Arc::new(worker);
+        let w2 = std::sync::Arc::clone(&worker);
+        self.listeners = Some(Box::new(move || Ok(worker.read()?.queues)));
+        self.netstat = Some(Box::new(move || w2.read().ok().and_then(|r| r.listen)));
+        self
+    }
+
+    /// Replaces what the sensor reports on (e.g. after a reload).
+    pub fn set_scope(&mut self, scope: SensorScope) {
+        self.scope = scope;
+    }
+
+    fn listen_counters(&mut self) -> Option<ListenCounters> {
+        match self.netstat.as_mut() {
+            Some(read) => read(),
+            None => procfs::listen_counters(&self.proc_root).ok(),
         }
     }
 
@@ -138,10 +166,11 @@ impl Sensor {
     /// interval since.
     pub fn prime(&mut self) -> Result<(), ProbeError> {
         let maps = self.probes.read_maps()?;
+        let listen = self.listen_counters();
         self.previous = Some(Previous {
             at: Instant::now(),
             maps,
-            listen: procfs::listen_counters(&self.proc_root).ok(),
+            listen,
             throttle: self.read_throttles(),
         });
         Ok(())
@@ -165,7 +194,7 @@ impl Sensor {
         }
         let now = Instant::now();
         let maps = self.probes.read_maps()?;
-        let listen = procfs::listen_counters(&self.proc_root).ok();
+        let listen = self.listen_counters();
         let throttle = self.read_throttles();
         let prev = self.previous.take().unwrap_or_else(|| Previous {
             at: now,

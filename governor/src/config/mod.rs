@@ -71,6 +71,15 @@ pub struct AgentConfig {
     /// none, the agent picks one per host (so that hosts do not recover in
     /// step); set it to replay a run exactly.
     pub seed: Option<u64>,
+    /// `netns`: the network namespace whose ports the policies name, as a
+    /// path (`"/run/netns/web"`, `"/proc/1234/ns/net"`). Default: the
+    /// agent's own. Accept queues are read and inbound admission is attached
+    /// there, and nowhere else.
+    pub netns: Option<PathBuf>,
+    /// `journal_dir`: where every change is journaled (with the value it
+    /// replaced) before it is made, so that a restart after a crash reverts
+    /// it. Default `"/run/governor"` (a tmpfs: a reboot resets cgroups too).
+    pub journal_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -82,6 +91,8 @@ impl Default for AgentConfig {
             dry_run: false,
             protect: Vec::new(),
             seed: None,
+            netns: None,
+            journal_dir: PathBuf::from("/run/governor"),
         }
     }
 }
@@ -567,6 +578,9 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Protected {
     entries: Vec<(Target, String)>,
+    /// The agent's own cgroup: protected with its ancestors (a limit on them
+    /// binds the agent), but not its descendants (a limit there does not).
+    agent: Option<CgroupPath>,
 }
 
 impl Protected {
@@ -574,12 +588,6 @@ impl Protected {
     /// sshd's units, and port 22 (sshd).
     pub fn builtin(agent_cgroup: Option<&CgroupPath>) -> Self {
         let mut entries = Vec::new();
-        if let Some(c) = agent_cgroup {
-            entries.push((
-                Target::Cgroup(c.clone()),
-                "the agent's own cgroup".to_owned(),
-            ));
-        }
         for (path, why) in [
             ("/init.scope", "init (PID 1)"),
             ("/system.slice/ssh.service", "sshd"),
@@ -590,7 +598,10 @@ impl Protected {
             }
         }
         entries.push((Target::Port(22), "sshd".to_owned()));
-        Self { entries }
+        Self {
+            entries,
+            agent: agent_cgroup.cloned(),
+        }
     }
 
     /// The built-in list plus the config's `agent.protect`.
@@ -606,6 +617,15 @@ impl Protected {
     /// Why `target` is protected, or `None` if it may be acted on. A cgroup is
     /// protected if it is, contains, or lies below a protected cgroup.
     pub fn covers(&self, target: &Target) -> Option<String> {
+        if let (Some(agent), Target::Cgroup(t)) = (&self.agent, target)
+            && agent.is_within(t)
+        {
+            return Some(if t == agent {
+                format!("{target} is protected (the agent's own cgroup)")
+            } else {
+                format!("{target} contains the agent's own cgroup {agent}")
+            });
+        }
         self.entries.iter().find_map(|(p, why)| {
             let hit = match (target, p) {
                 (Target::Cgroup(t), Target::Cgroup(p)) => t.is_within(p) || p.is_within(t),
@@ -621,9 +641,12 @@ impl Protected {
         })
     }
 
-    /// The protected targets, each with why.
-    pub fn iter(&self) -> impl Iterator<Item = (&Target, &str)> {
-        self.entries.iter().map(|(t, w)| (t, w.as_str()))
+    /// The protected targets, each with why (the agent's own cgroup first).
+    pub fn iter(&self) -> impl Iterator<Item = (Target, &str)> {
+        self.agent
+            .iter()
+            .map(|a| (Target::Cgroup(a.clone()), "the agent's own cgroup"))
+            .chain(self.entries.iter().map(|(t, w)| (t.clone(), w.as_str())))
     }
 }
 

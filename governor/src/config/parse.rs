@@ -29,6 +29,8 @@ const AGENT_KEYS: &[&str] = &[
     "dry_run",
     "protect",
     "seed",
+    "netns",
+    "journal_dir",
 ];
 const POLICY_KEYS: &[&str] = &[
     "name",
@@ -484,6 +486,22 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
         }
         Ok(PathBuf::from(s))
     });
+    let abs_path = |example: &'static str| {
+        move |item: &Item| -> Result<Option<PathBuf>, UnitError> {
+            let s = item
+                .as_str()
+                .ok_or_else(|| expected("a path", example, item))?;
+            if !s.starts_with('/') {
+                return Err(UnitError::new(
+                    format!("{s:?} is not an absolute path"),
+                    format!("write e.g. {example}"),
+                ));
+            }
+            Ok(Some(PathBuf::from(s)))
+        }
+    };
+    let netns = t.or(cx, "netns", None, abs_path("\"/run/netns/web\""));
+    let journal_dir = t.or(cx, "journal_dir", Some(d.journal_dir.clone()), abs_path("\"/run/governor\""));
     let dry_run = t.or(cx, "dry_run", d.dry_run, boolean);
     let seed = t.or(cx, "seed", None, |item| match item.as_integer() {
         Some(n) if n >= 0 => Ok(Some(n as u64)),
@@ -535,6 +553,8 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
         dry_run: dry_run?,
         protect: protect_ok.then_some(protect)?,
         seed: seed?,
+        netns: netns?,
+        journal_dir: journal_dir?.unwrap_or(d.journal_dir),
     })
 }
 

@@ -38,6 +38,13 @@ pub struct Metrics {
     missing_signals: IntGauge,
     /// Sense duration per tick.
     pub tick_duration: Histogram,
+    policy_rung: GaugeVec,
+    policy_signal: GaugeVec,
+    policy_held: GaugeVec,
+    decisions: IntCounterVec,
+    flap_exhausted: IntCounterVec,
+    action_errors: IntCounterVec,
+    stale_ticks: prometheus::IntCounter,
     exported_cgroups: Mutex<HashSet<String>>,
     last_counters: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -127,6 +134,41 @@ impl Metrics {
                 ]),
             )
             .unwrap_or_else(|e| panic!("metric: {e}")),
+            policy_rung: gauge_vec(
+                "governor_policy_rung",
+                "The rung a policy is on (0: nothing imposed; in dry-run, the rung it would be on).",
+                &["policy"],
+            ),
+            policy_signal: gauge_vec(
+                "governor_policy_signal",
+                "The last value of a policy's signal, in the signal's base unit (µs, ratio, /s, %).",
+                &["policy"],
+            ),
+            policy_held: gauge_vec(
+                "governor_policy_held",
+                "1 if a policy holds its rung: flap budget spent (reason=flap_budget) or no data (reason=no_data).",
+                &["policy", "reason"],
+            ),
+            decisions: counter_vec(
+                "governor_decisions_total",
+                "Decisions by policy, action and kind (applied, would, reverted, refused).",
+                &["policy", "action", "kind"],
+            ),
+            flap_exhausted: counter_vec(
+                "governor_flap_budget_exhausted_total",
+                "Times a policy's flap budget was spent and it held its rung.",
+                &["policy"],
+            ),
+            action_errors: counter_vec(
+                "governor_action_errors_total",
+                "Decisions that could not be carried out, by policy and action.",
+                &["policy", "action"],
+            ),
+            stale_ticks: prometheus::IntCounter::new(
+                "governor_stale_ticks_total",
+                "Ticks without a new snapshot (sensing slower than the tick); nothing is decided on them.",
+            )
+            .unwrap_or_else(|e| panic!("metric: {e}")),
             exported_cgroups: Mutex::new(HashSet::new()),
             last_counters: Mutex::new(Default::default()),
         };
@@ -143,6 +185,13 @@ impl Metrics {
             Box::new(m.probe_errors.clone()),
             Box::new(m.missing_signals.clone()),
             Box::new(m.tick_duration.clone()),
+            Box::new(m.policy_rung.clone()),
+            Box::new(m.policy_signal.clone()),
+            Box::new(m.policy_held.clone()),
+            Box::new(m.decisions.clone()),
+            Box::new(m.flap_exhausted.clone()),
+            Box::new(m.action_errors.clone()),
+            Box::new(m.stale_ticks.clone()),
         ] {
             m.registry
                 .register(c)
@@ -237,6 +286,46 @@ impl Metrics {
                 self.probe_events.with_label_values(&[name]).inc_by(d);
             }
             last.insert(name, v);
+        }
+    }
+
+    /// Counts one decision.
+    pub fn decision(&self, d: &crate::decide::Decision) {
+        self.decisions
+            .with_label_values(&[&d.policy, d.action.name(), d.kind.as_str()])
+            .inc();
+        if d.kind == crate::decide::DecisionKind::Refused
+            && matches!(d.reason.cause, crate::decide::Cause::FlapBudget { .. })
+        {
+            self.flap_exhausted.with_label_values(&[&d.policy]).inc();
+        }
+    }
+
+    /// Counts a decision that could not be carried out.
+    pub fn action_error(&self, d: &crate::decide::Decision) {
+        self.action_errors
+            .with_label_values(&[&d.policy, d.action.name()])
+            .inc();
+    }
+
+    /// A tick without a new snapshot.
+    pub fn stale_tick(&self) {
+        self.stale_ticks.inc();
+    }
+
+    /// Rungs, signal values and holds of every policy.
+    pub fn policies(&self, statuses: &[crate::decide::PolicyStatus]) {
+        for p in statuses {
+            self.policy_rung.with_label_values(&[&p.name]).set(p.rung as f64);
+            if let Some(v) = p.value {
+                self.policy_signal.with_label_values(&[&p.name]).set(v.value);
+            }
+            self.policy_held
+                .with_label_values(&[&p.name, "flap_budget"])
+                .set(f64::from(u8::from(p.flap_held)));
+            self.policy_held
+                .with_label_values(&[&p.name, "no_data"])
+                .set(f64::from(u8::from(p.no_data)));
         }
     }
 

@@ -1,0 +1,198 @@
+//! The agent's actuators: turn applied and reverted decisions into changes,
+//! each through the mechanism the action names.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use crate::{
+    act::net::{NetEnforcer, Rule},
+    config::{Action, Target},
+    decide::{Change, Decision, DecisionKind},
+    sense::cgroupfs::CgroupFs,
+    snapshot::CgroupPath,
+};
+
+/// Cgroup-file actions (`cpu_weight`, `cpu_limit`, `memory_high`), journaled.
+pub trait CgroupActuation: Send {
+    /// Puts `action` of `policy` in force.
+    fn apply(&mut self, policy: &str, action: &Action) -> anyhow::Result<()>;
+    /// Lifts `action` of `policy`, restoring the journaled original.
+    fn lift(&mut self, policy: &str, action: &Action) -> anyhow::Result<()>;
+    /// Restores everything journaled (shutdown, and start after a crash);
+    /// returns a one-line report.
+    fn revert_all(&mut self) -> String;
+}
+
+/// Placeholder until the journaled cgroup actuators are wired: refuses.
+pub struct Unavailable;
+
+impl CgroupActuation for Unavailable {
+    fn apply(&mut self, _: &str, action: &Action) -> anyhow::Result<()> {
+        anyhow::bail!("{} is not available in this build", action.name())
+    }
+    fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn revert_all(&mut self) -> String {
+        "nothing journaled".into()
+    }
+}
+
+/// Every actuator of the agent.
+pub struct Actuators {
+    cgroupfs: CgroupFs,
+    cgroups: Box<dyn CgroupActuation>,
+    /// Loaded on the first connection action.
+    net: Option<NetEnforcer>,
+    /// The namespace whose ports policies name.
+    netns: PathBuf,
+    netns_attached: bool,
+    /// Cgroups whose connect programs we attached.
+    connect_attached: BTreeSet<PathBuf>,
+}
+
+impl Actuators {
+    /// Actuators over `cgroupfs`, acting on ports in the namespace `netns`.
+    pub fn new(cgroupfs: CgroupFs, cgroups: Box<dyn CgroupActuation>, netns: PathBuf) -> Self {
+        Self {
+            cgroupfs,
+            cgroups,
+            net: None,
+            netns,
+            netns_attached: false,
+            connect_attached: BTreeSet::new(),
+        }
+    }
+
+    /// Carries out one decision: `Applied` imposes, `Reverted` lifts; `Would`
+    /// and `Refused` change nothing.
+    pub fn carry_out(&mut self, d: &Decision) -> anyhow::Result<()> {
+        match (d.kind, d.change) {
+            (DecisionKind::Applied, Change::Impose) => self.impose(&d.policy, &d.action),
+            (DecisionKind::Applied | DecisionKind::Reverted, Change::Lift) => {
+                self.lift(&d.policy, &d.action)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn enforcer(&mut self) -> anyhow::Result<&mut NetEnforcer> {
+        if self.net.is_none() {
+            self.net = Some(NetEnforcer::load()?);
+        }
+        self.net
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("enforcement programs not loaded"))
+    }
+
+    fn cgroup_id(&self, c: &CgroupPath) -> anyhow::Result<(u64, PathBuf)> {
+        let id = self
+            .cgroupfs
+            .id_of(c)?
+            .ok_or_else(|| anyhow::anyhow!("cgroup {c} does not exist"))?;
+        Ok((id, self.cgroupfs.dir(c)))
+    }
+
+    fn rule(action: &Action) -> Option<(Target, Rule)> {
+        match action {
+            Action::ThrottleConnections {
+                target,
+                rate,
+                burst,
+                mode,
+                exempt,
+            } => Some((
+                target.clone(),
+                Rule {
+                    rate: Some(rate.as_per_second()),
+                    burst: *burst,
+                    mode: *mode,
+                    exempt: exempt.clone(),
+                },
+            )),
+            Action::RejectConnections {
+                target,
+                mode,
+                exempt,
+            } => Some((
+                target.clone(),
+                Rule {
+                    rate: None,
+                    burst: 0,
+                    mode: *mode,
+                    exempt: exempt.clone(),
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    fn impose(&mut self, policy: &str, action: &Action) -> anyhow::Result<()> {
+        let Some((target, rule)) = Self::rule(action) else {
+            return self.cgroups.apply(policy, action);
+        };
+        match target {
+            Target::Port(port) => {
+                if !self.netns_attached {
+                    let ns = self.netns.clone();
+                    // The drop sink must live in the namespace: attach from
+                    // a thread that joined it.
+                    let mut enforcer = match self.net.take() {
+                        Some(e) => e,
+                        None => NetEnforcer::load()?,
+                    };
+                    let ns2 = ns.clone();
+                    let enforcer = crate::netns::in_netns(&ns, move || {
+                        enforcer.attach_netns(&ns2)?;
+                        Ok(enforcer)
+                    })?;
+                    self.net = Some(enforcer);
+                    self.netns_attached = true;
+                }
+                self.enforcer()?.set_port(port, &rule)?;
+            }
+            Target::Cgroup(c) => {
+                let (id, dir) = self.cgroup_id(&c)?;
+                if !self.connect_attached.contains(&dir) {
+                    self.enforcer()?.attach_cgroup(&dir)?;
+                    self.connect_attached.insert(dir);
+                }
+                self.enforcer()?.set_cgroup(id, &rule)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lift(&mut self, policy: &str, action: &Action) -> anyhow::Result<()> {
+        let Some((target, _)) = Self::rule(action) else {
+            return self.cgroups.lift(policy, action);
+        };
+        let found = match &target {
+            Target::Cgroup(c) => self.cgroup_id(c).ok(),
+            Target::Port(_) => None,
+        };
+        let Some(net) = self.net.as_mut() else {
+            return Ok(());
+        };
+        match target {
+            Target::Port(port) => net.clear_port(port)?,
+            Target::Cgroup(_) => {
+                // A cgroup that vanished took its programs with it.
+                if let Some((id, dir)) = found {
+                    net.clear_cgroup(id)?;
+                    net.detach_cgroup(&dir)?;
+                    self.connect_attached.remove(&dir);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reverts everything: connection rules go with the enforcer (its links
+    /// die with it), cgroup files are restored from the journal.
+    pub fn revert_all(&mut self) -> String {
+        self.net = None;
+        self.netns_attached = false;
+        self.connect_attached.clear();
+        self.cgroups.revert_all()
+    }
+}

@@ -1,0 +1,343 @@
+//! `governor run`: the agent. Sense → decide → act every tick, show it all.
+//!
+//! This is the imperative shell around [`crate::decide`]: a sensor thread
+//! produces snapshots; the tick loop feeds the latest one to the engine,
+//! carries out its decisions, and publishes metrics, status and logs. Slow
+//! sensing never stalls a tick: a tick without a new snapshot decides
+//! nothing (no data is not zero) and is counted as stale.
+
+pub mod actuate;
+pub mod status;
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::{
+    config::{self, Config, LoadOptions, Protected, Scope, Target},
+    decide::{Decision, DecisionKind, State},
+    ebpf::Probes,
+    sense::cgroupfs::{CgroupFs, DEFAULT_ROOT},
+    sensor::{Sensor, SensorScope},
+    show::metrics::Metrics,
+    snapshot::{CgroupPath, Snapshot},
+};
+
+use self::{
+    actuate::{Actuators, CgroupActuation},
+    status::{DecisionRecord, StatusReport},
+};
+
+/// How `governor run` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--dry-run`: forces dry-run whatever the config says.
+    pub dry_run: bool,
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The config is invalid (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (exit code 1).
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// Decisions kept for `status`.
+const RECENT: usize = 50;
+
+/// The agent's own cgroup (cgroup2 path of this process), from /proc/self/cgroup.
+pub fn own_cgroup() -> Option<CgroupPath> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| CgroupPath::new(p.trim()).ok())
+}
+
+fn load(opts: &RunOptions, agent_cgroup: Option<&CgroupPath>) -> Result<(Config, String), AgentError> {
+    let (mut cfg, name) = config::load_with(
+        opts.config.as_deref(),
+        &LoadOptions {
+            agent_cgroup: agent_cgroup.cloned(),
+        },
+    )
+    .map_err(|e| AgentError::Config(e.to_string()))?;
+    if opts.dry_run {
+        cfg.agent.dry_run = true;
+    }
+    Ok((cfg, name))
+}
+
+/// What the sensor must read every interval for these policies.
+fn scope_of(cfg: &Config) -> SensorScope {
+    let mut watched = Vec::new();
+    for p in &cfg.policies {
+        if let Scope::Cgroup(c) = &p.signal.scope {
+            watched.push(c.clone());
+        }
+        for a in &p.ladder.rungs {
+            if let Target::Cgroup(c) = a.target() {
+                watched.push(c);
+            }
+        }
+    }
+    watched.sort();
+    watched.dedup();
+    SensorScope {
+        subtrees: Vec::new(),
+        watched,
+    }
+}
+
+/// A per-host seed, so that hosts running the same config do not recover in step.
+fn host_seed() -> u64 {
+    let id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let pid = u64::from(std::process::id());
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    id.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        ^ pid.rotate_left(32)
+        ^ t
+}
+
+/// Runs the agent until SIGTERM or SIGINT, with cgroup actions carried out by
+/// `cgroups` (journaled).
+pub fn run(opts: RunOptions, cgroups: Box<dyn CgroupActuation>) -> Result<(), AgentError> {
+    let agent_cgroup = own_cgroup();
+    let (cfg, source) = load(&opts, agent_cgroup.as_ref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(agent(opts, cfg, source, agent_cgroup, cgroups))?;
+    Ok(())
+}
+
+struct SensorHandle {
+    stop: Arc<AtomicBool>,
+    scope: Arc<Mutex<Option<SensorScope>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for SensorHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the sensor thread: one snapshot per tick into `tx`.
+fn start_sensor(
+    mut sensor: Sensor,
+    tick: Duration,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+) -> SensorHandle {
+    let stop = Arc::new(AtomicBool::new(false));
+    let scope: Arc<Mutex<Option<SensorScope>>> = Arc::new(Mutex::new(None));
+    let (stop2, scope2) = (Arc::clone(&stop), Arc::clone(&scope));
+    let thread = thread::Builder::new()
+        .name("sensor".into())
+        .spawn(move || {
+            let _ = sensor.prime();
+            let mut next = Instant::now() + tick;
+            while !stop2.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if next > now {
+                    thread::sleep(next - now);
+                }
+                next += tick;
+                if let Some(s) = scope2.lock().ok().and_then(|mut g| g.take()) {
+                    sensor.set_scope(s);
+                }
+                match sensor.sample() {
+                    Ok(snap) => {
+                        let _ = tx.send(Some(Arc::new(snap)));
+                    }
+                    Err(e) => tracing::error!("sensing failed: {e}"),
+                }
+            }
+            // Dropping the sensor detaches every probe.
+            drop(sensor);
+        })
+        .expect("spawning the sensor thread");
+    SensorHandle {
+        stop,
+        scope,
+        thread: Some(thread),
+    }
+}
+
+/// Logs, counts and carries out decisions; failures are reported, not fatal.
+fn handle(
+    decisions: &[Decision],
+    actuators: &mut Actuators,
+    metrics: &Metrics,
+    recent: &mut VecDeque<DecisionRecord>,
+) {
+    for d in decisions {
+        let result = actuators.carry_out(d);
+        match (&result, d.kind) {
+            (Err(e), _) => {
+                tracing::error!(policy = %d.policy, "{d}: FAILED: {e:#}");
+                metrics.action_error(d);
+            }
+            (Ok(()), DecisionKind::Refused) => tracing::warn!(policy = %d.policy, "{d}"),
+            (Ok(()), _) => tracing::info!(policy = %d.policy, "{d}"),
+        }
+        metrics.decision(d);
+        recent.push_back(DecisionRecord::new(d, result.err().map(|e| format!("{e:#}"))));
+        while recent.len() > RECENT {
+            recent.pop_front();
+        }
+    }
+}
+
+async fn agent(
+    opts: RunOptions,
+    cfg: Config,
+    source: String,
+    agent_cgroup: Option<CgroupPath>,
+    cgroups: Box<dyn CgroupActuation>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cgroupfs = CgroupFs::discover(Path::new(DEFAULT_ROOT)).context("finding cgroup2")?;
+    let netns = cfg
+        .agent
+        .netns
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+    let mut actuators = Actuators::new(cgroupfs.clone(), cgroups, netns.clone());
+    // A previous run that crashed left its changes in the journal: undo them
+    // before anything else.
+    tracing::info!("journal at {}: {}", cfg.agent.journal_dir.display(), actuators.revert_all());
+
+    let mut probes = Probes::load().context("loading the kernel probes")?;
+    let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
+    probes.attach_all().context("attaching the probes")?;
+    let missing = probes.missing().to_vec();
+    let mut sensor = Sensor::new(
+        probes,
+        crate::sense::cgroupfs::CgroupIndex::new(cgroupfs.clone()),
+        PathBuf::from(crate::sense::procfs::DEFAULT_ROOT),
+        None,
+        scope_of(&cfg),
+    );
+    sensor = sensor.with_netns(crate::netns::NetnsWorker::start(&netns)?);
+
+    let metrics = Arc::new(Metrics::new());
+    match crate::show::metrics::serve(Arc::clone(&metrics), cfg.agent.metrics_addr) {
+        Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
+        Err(e) => tracing::warn!("{e:#}; running without /metrics"),
+    }
+    let report = Arc::new(Mutex::new(String::from("{}")));
+    let status_task = status::serve(&cfg.agent.status_socket, Arc::clone(&report))?;
+
+    let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
+    let mut state = State::new(&cfg, protected, cfg.agent.seed.unwrap_or_else(host_seed));
+    let mut watched = scope_of(&cfg).watched;
+    let tick = cfg.agent.tick;
+    let (tx, mut rx) = watch::channel(None);
+    let sensor_handle = start_sensor(sensor, tick, tx);
+    tracing::info!(
+        config = %source,
+        policies = cfg.policies.len(),
+        dry_run = cfg.agent.dry_run,
+        "governor running: tick {tick:?}"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let mut recent: VecDeque<DecisionRecord> = VecDeque::new();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut last_missing: Vec<String> = missing;
+    let mut dry_run = cfg.agent.dry_run;
+    let mut source = source;
+
+    loop {
+        tokio::select! {
+            // A tick is a new snapshot from the sensor thread; a tick that
+            // brings none within two periods is stale and decides nothing.
+            changed = tokio::time::timeout(2 * tick, rx.changed()) => {
+                let t0 = Instant::now();
+                let now = started.elapsed();
+                match changed {
+                    Ok(Ok(())) => {
+                        let snap = rx.borrow_and_update().clone();
+                        if let Some(snap) = snap {
+                            let decisions = state.step(&snap, now);
+                            handle(&decisions, &mut actuators, &metrics, &mut recent);
+                            metrics.observe(&snap, &watched);
+                            last_missing = snap.missing.clone();
+                        }
+                    }
+                    Ok(Err(_)) => anyhow::bail!("the sensor thread stopped"),
+                    Err(_) => {
+                        metrics.stale_tick();
+                        tracing::warn!("no snapshot for {:?}: sensing is slower than the tick", 2 * tick);
+                    }
+                }
+                let statuses = state.status();
+                metrics.policies(&statuses);
+                if let Ok(mut r) = report.lock() {
+                    *r = StatusReport::new(&source, dry_run, tick, now, &statuses, &recent, &last_missing).to_json();
+                }
+                metrics.tick_duration.observe(t0.elapsed().as_secs_f64());
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", opts.config.as_deref().map_or("the config".into(), |p| p.display().to_string()));
+                match load(&opts, agent_cgroup.as_ref()) {
+                    Err(e) => tracing::error!("reload refused, the running policies stay: {e}"),
+                    Ok((new_cfg, new_source)) => {
+                        let protected = Protected::for_config(&new_cfg, agent_cgroup.as_ref());
+                        let (new_state, decisions) = state.reconcile(&new_cfg, protected, started.elapsed());
+                        state = new_state;
+                        handle(&decisions, &mut actuators, &metrics, &mut recent);
+                        let scope = scope_of(&new_cfg);
+                        watched = scope.watched.clone();
+                        if let Ok(mut s) = sensor_handle.scope.lock() {
+                            *s = Some(scope);
+                        }
+                        dry_run = new_cfg.agent.dry_run;
+                        source = new_source;
+                        tracing::info!(policies = new_cfg.policies.len(), "reloaded");
+                    }
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: reverting and stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: reverting and stopping"); break; }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let decisions = state.release_all(started.elapsed());
+    handle(&decisions, &mut actuators, &metrics, &mut recent);
+    tracing::info!("journal: {}", actuators.revert_all());
+    status_task.abort();
+    let _ = std::fs::remove_file(&cfg.agent.status_socket);
+    forwarder.abort();
+    drop(sensor_handle);
+    tracing::info!("stopped after {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The status socket (mode 0600) and what it answers: policies, rungs,
+//! recent decisions with their reasons, dry-run, missing signals.
+
+use std::{
+    collections::VecDeque,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::{io::AsyncWriteExt as _, net::UnixListener, task::JoinHandle};
+
+use crate::decide::{Decision, PolicyStatus};
+
+/// One decision as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Seconds since the agent started.
+    pub at_s: f64,
+    /// Policy.
+    pub policy: String,
+    /// applied, would, reverted or refused.
+    pub kind: String,
+    /// The action's name.
+    pub action: String,
+    /// Rung before → after.
+    pub from_rung: usize,
+    /// Rung after.
+    pub to_rung: usize,
+    /// The whole explanation, as logged.
+    pub text: String,
+    /// Set if carrying it out failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl DecisionRecord {
+    /// From a decision and the outcome of carrying it out.
+    pub fn new(d: &Decision, error: Option<String>) -> Self {
+        Self {
+            at_s: d.at.as_secs_f64(),
+            policy: d.policy.clone(),
+            kind: d.kind.as_str().to_owned(),
+            action: d.action.name().to_owned(),
+            from_rung: d.from_rung,
+            to_rung: d.to_rung,
+            text: d.to_string(),
+            error,
+        }
+    }
+}
+
+/// A policy as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// Name.
+    pub name: String,
+    /// Rung now.
+    pub rung: usize,
+    /// Rungs of its ladder.
+    pub rungs: usize,
+    /// Only reports.
+    pub dry_run: bool,
+    /// Last value of its signal, as text with its unit.
+    pub value: Option<String>,
+    /// Flap budget spent: holding its rung.
+    pub flap_held: bool,
+    /// No data for its signal.
+    pub no_data: bool,
+    /// Backoff re-trips counted.
+    pub retrips: u32,
+    /// Seconds until its next step down, if one is due.
+    pub next_step_down_in_s: Option<f64>,
+}
+
+/// What the status socket answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The config it runs.
+    pub config: String,
+    /// Global dry-run.
+    pub dry_run: bool,
+    /// Tick, milliseconds.
+    pub tick_ms: u64,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Policies, in config order.
+    pub policies: Vec<PolicyView>,
+    /// The last decisions, oldest first.
+    pub recent: Vec<DecisionRecord>,
+    /// Signals that cannot be measured, with the reason.
+    pub missing: Vec<String>,
+}
+
+impl StatusReport {
+    /// Builds the report.
+    pub fn new(
+        config: &str,
+        dry_run: bool,
+        tick: Duration,
+        now: Duration,
+        policies: &[PolicyStatus],
+        recent: &VecDeque<DecisionRecord>,
+        missing: &[String],
+    ) -> Self {
+        Self {
+            config: config.to_owned(),
+            dry_run,
+            tick_ms: u64::try_from(tick.as_millis()).unwrap_or(u64::MAX),
+            uptime_s: now.as_secs_f64(),
+            policies: policies
+                .iter()
+                .map(|p| PolicyView {
+                    name: p.name.clone(),
+                    rung: p.rung,
+                    rungs: p.rungs,
+                    dry_run: p.dry_run,
+                    value: p.value.map(|v| v.to_string()),
+                    flap_held: p.flap_held,
+                    no_data: p.no_data,
+                    retrips: p.retrips,
+                    next_step_down_in_s: p.next_step_down.map(|t| t.saturating_sub(now).as_secs_f64()),
+                })
+                .collect(),
+            recent: recent.iter().cloned().collect(),
+            missing: missing.to_vec(),
+        }
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// As a table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "governor: {} | {} | tick {}ms | up {:.0}s",
+            self.config,
+            if self.dry_run { "DRY-RUN (nothing is changed)" } else { "live" },
+            self.tick_ms,
+            self.uptime_s
+        );
+        let _ = writeln!(out, "{:<28} {:>6} {:>12} {:<8} {}", "POLICY", "RUNG", "VALUE", "MODE", "STATE");
+        for p in &self.policies {
+            let mut state = Vec::new();
+            if p.no_data {
+                state.push("no data (holding)".to_owned());
+            }
+            if p.flap_held {
+                state.push("flap budget spent (holding)".to_owned());
+            }
+            if p.retrips > 0 {
+                state.push(format!("backoff ×{}", p.retrips));
+            }
+            if let Some(s) = p.next_step_down_in_s {
+                state.push(format!("next step down in {s:.1}s"));
+            }
+            let _ = writeln!(
+                out,
+                "{:<28} {:>3}/{:<2} {:>12} {:<8} {}",
+                p.name,
+                p.rung,
+                p.rungs,
+                p.value.as_deref().unwrap_or("-"),
+                if p.dry_run { "dry-run" } else { "live" },
+                state.join(", ")
+            );
+        }
+        if !self.recent.is_empty() {
+            let _ = writeln!(out, "recent decisions:");
+            for d in self.recent.iter().rev().take(15) {
+                let _ = writeln!(
+                    out,
+                    "  {:>8.1}s {}{}",
+                    d.at_s,
+                    d.text,
+                    d.error.as_deref().map(|e| format!("  [FAILED: {e}]")).unwrap_or_default()
+                );
+            }
+        }
+        for m in &self.missing {
+            let _ = writeln!(out, "missing: {m}");
+        }
+        out
+    }
+}
+
+/// Serves `report` on a unix socket at `path` (mode 0600): each connection
+/// gets the latest JSON and is closed.
+pub fn serve(path: &Path, report: Arc<Mutex<String>>) -> anyhow::Result<JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a crashed agent is stale; a live agent would answer.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!("another governor answers on {}; stop it first", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let json = report.lock().map(|r| r.clone()).unwrap_or_default();
+            let _ = conn.write_all(json.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        }
+    }))
+}
+
+/// `governor status`: reads the report from the socket at `path`.
+pub fn fetch(path: &Path) -> anyhow::Result<StatusReport> {
+    use std::io::Read as _;
+    let mut s = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "cannot reach the agent at {} (is `governor run` running, and are you root?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    serde_json::from_str(&text).with_context(|| format!("the agent answered something that is not a status: {text:?}"))
+}
