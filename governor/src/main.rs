@@ -67,7 +67,11 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The agent's status socket.
-        #[arg(long, value_name = "PATH", default_value = "/run/governor/governor.sock")]
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/run/governor/governor.sock"
+        )]
         socket: PathBuf,
     },
 }

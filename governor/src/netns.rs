@@ -42,9 +42,22 @@ pub fn in_netns<T: Send + 'static>(
         .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
 }
 
-/// Moves the calling thread into the network namespace at `path`.
+/// Moves the calling thread into the network namespace at `path`; a no-op
+/// if it is already there (so the default needs no setns, nor the
+/// privilege for it).
 fn join(path: &Path) -> anyhow::Result<()> {
-    let f = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    use std::os::unix::fs::MetadataExt as _;
+    let same =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| a.ino() == b.ino() && a.dev() == b.dev();
+    if let (Ok(target), Ok(own)) = (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/thread-self/ns/net"),
+    ) && same(&target, &own)
+    {
+        return Ok(());
+    }
+    let f = File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
     // SAFETY: setns on a valid fd; CLONE_NEWNET affects only this thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
@@ -94,22 +107,25 @@ impl NetnsWorker {
                 };
                 let proc_self = Path::new("/proc/thread-self");
                 while let Ok(reply) = rx.recv() {
-                    let reading = diag.listen_queues().map_err(anyhow::Error::from).map(|qs| NetReading {
-                        queues: qs
-                            .into_iter()
-                            .map(|q| {
-                                (
-                                    q.port,
-                                    ListenerQueue {
-                                        depth: q.accept_queue,
-                                        limit: q.accept_queue_max,
-                                        full: q.any_full,
-                                    },
-                                )
-                            })
-                            .collect(),
-                        listen: procfs::listen_counters(proc_self).ok(),
-                    });
+                    let reading =
+                        diag.listen_queues()
+                            .map_err(anyhow::Error::from)
+                            .map(|qs| NetReading {
+                                queues: qs
+                                    .into_iter()
+                                    .map(|q| {
+                                        (
+                                            q.port,
+                                            ListenerQueue {
+                                                depth: q.accept_queue,
+                                                limit: q.accept_queue_max,
+                                                full: q.any_full,
+                                            },
+                                        )
+                                    })
+                                    .collect(),
+                                listen: procfs::listen_counters(proc_self).ok(),
+                            });
                     let _ = reply.send(reading);
                 }
             })
@@ -117,7 +133,10 @@ impl NetnsWorker {
         ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("the namespace reader died"))??;
-        Ok(Self { requests: tx, path: path.to_path_buf() })
+        Ok(Self {
+            requests: tx,
+            path: path.to_path_buf(),
+        })
     }
 
     /// One reading.
@@ -126,6 +145,7 @@ impl NetnsWorker {
         self.requests
             .send(tx)
             .map_err(|_| anyhow::anyhow!("the namespace reader is gone"))?;
-        rx.recv().map_err(|_| anyhow::anyhow!("the namespace reader is gone"))?
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the namespace reader is gone"))?
     }
 }

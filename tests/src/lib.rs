@@ -223,3 +223,167 @@ pub fn enter_own_netns() {
         .expect("ip (iproute2)");
     assert!(st.success(), "`ip link set lo up` failed");
 }
+
+/// The `governor` binary: `$GOVERNOR_BIN`, else `target/<profile>/governor`
+/// beside this test's `deps/` directory (`cargo xtask test` builds it).
+pub fn governor_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("GOVERNOR_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("governor"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p governor`; `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped.
+pub struct NetNs {
+    /// Its name.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `gov-<pid>-<tag>` with `lo` up.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("gov-{}-{tag}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its path, for `setns` and the agent's `netns` key.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Moves the calling thread into it.
+    pub fn enter(&self) {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::File::open(self.path()).expect("open netns");
+        // SAFETY: setns with a valid fd; affects only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A running `governor run`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct AgentProcess {
+    /// The child.
+    pub child: std::process::Child,
+    /// Its log (stderr).
+    pub log: std::path::PathBuf,
+    /// Its status socket.
+    pub socket: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `governor run --config CONFIG` logging to `log`; waits until
+    /// its status socket answers.
+    pub fn start(
+        config: &std::path::Path,
+        socket: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Self {
+        let err = std::fs::File::create(log).expect("log file");
+        let child = std::process::Command::new(governor_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GOVERNOR_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start governor");
+        let agent = Self {
+            child,
+            log: log.to_path_buf(),
+            socket: socket.to_path_buf(),
+        };
+        let up = eventually(Duration::from_secs(15), || agent.status().is_some());
+        assert!(up, "the agent did not come up; log:\n{}", agent.log_text());
+        agent
+    }
+
+    /// Its status report, if it answers.
+    pub fn status(&self) -> Option<governor::agent::status::StatusReport> {
+        governor::agent::status::fetch(&self.socket).ok()
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to it (by pid).
+    pub fn signal(&self, sig: i32) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status and how long it took.
+    pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        let t = std::time::Instant::now();
+        self.signal(libc::SIGTERM);
+        let st = self.child.wait().expect("wait for governor");
+        (st, t.elapsed())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let _ = eventually(Duration::from_secs(3), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            });
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// GET /metrics from `addr`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of the first metric line starting with `prefix` (name and labels).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

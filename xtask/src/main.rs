@@ -4,6 +4,7 @@ mod bench;
 mod ebpf_toolchain;
 mod run;
 mod setup;
+mod systemd;
 mod test;
 mod util;
 

@@ -127,6 +127,33 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         &mut failures,
     )?;
 
+    // The unit file: verify, and its exposure score.
+    {
+        say("systemd unit: systemd-analyze verify and security");
+        let t = Instant::now();
+        let built = Command::new("cargo")
+            .args(["build", "--package", "governor"])
+            .current_dir(&root)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let r = if built {
+            crate::systemd::check(&root, &root.join("target/debug/governor"))
+        } else {
+            Err(anyhow::anyhow!("building governor failed"))
+        };
+        steps.push(Step {
+            name: "systemd unit (verify, exposure ≤ 3.0)".into(),
+            ok: r.is_ok(),
+            secs: t.elapsed().as_secs_f64(),
+            note: match r {
+                Ok(score) => format!("exposure {score}"),
+                Err(e) => format!("{e:#}"),
+            },
+            failed_tests: 0,
+        });
+    }
+
     if is_root() {
         let integ = cargo(&[
             "test",

@@ -69,7 +69,10 @@ pub fn own_cgroup() -> Option<CgroupPath> {
         .and_then(|p| CgroupPath::new(p.trim()).ok())
 }
 
-fn load(opts: &RunOptions, agent_cgroup: Option<&CgroupPath>) -> Result<(Config, String), AgentError> {
+fn load(
+    opts: &RunOptions,
+    agent_cgroup: Option<&CgroupPath>,
+) -> Result<(Config, String), AgentError> {
     let (mut cfg, name) = config::load_with(
         opts.config.as_deref(),
         &LoadOptions {
@@ -112,9 +115,9 @@ fn host_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    id.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-        ^ pid.rotate_left(32)
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) ^ pid.rotate_left(32)
         ^ t
 }
 
@@ -206,7 +209,10 @@ fn handle(
             (Ok(()), _) => tracing::info!(policy = %d.policy, "{d}"),
         }
         metrics.decision(d);
-        recent.push_back(DecisionRecord::new(d, result.err().map(|e| format!("{e:#}"))));
+        recent.push_back(DecisionRecord::new(
+            d,
+            result.err().map(|e| format!("{e:#}")),
+        ));
         while recent.len() > RECENT {
             recent.pop_front();
         }
@@ -230,7 +236,11 @@ async fn agent(
     let mut actuators = Actuators::new(cgroupfs.clone(), cgroups, netns.clone());
     // A previous run that crashed left its changes in the journal: undo them
     // before anything else.
-    tracing::info!("journal at {}: {}", cfg.agent.journal_dir.display(), actuators.revert_all());
+    tracing::info!(
+        "journal at {}: {}",
+        cfg.agent.journal_dir.display(),
+        actuators.revert_all()
+    );
 
     let mut probes = Probes::load().context("loading the kernel probes")?;
     let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;

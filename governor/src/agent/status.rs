@@ -122,7 +122,9 @@ impl StatusReport {
                     flap_held: p.flap_held,
                     no_data: p.no_data,
                     retrips: p.retrips,
-                    next_step_down_in_s: p.next_step_down.map(|t| t.saturating_sub(now).as_secs_f64()),
+                    next_step_down_in_s: p
+                        .next_step_down
+                        .map(|t| t.saturating_sub(now).as_secs_f64()),
                 })
                 .collect(),
             recent: recent.iter().cloned().collect(),
@@ -143,11 +145,19 @@ impl StatusReport {
             out,
             "governor: {} | {} | tick {}ms | up {:.0}s",
             self.config,
-            if self.dry_run { "DRY-RUN (nothing is changed)" } else { "live" },
+            if self.dry_run {
+                "DRY-RUN (nothing is changed)"
+            } else {
+                "live"
+            },
             self.tick_ms,
             self.uptime_s
         );
-        let _ = writeln!(out, "{:<28} {:>6} {:>12} {:<8} {}", "POLICY", "RUNG", "VALUE", "MODE", "STATE");
+        let _ = writeln!(
+            out,
+            "{:<28} {:>6} {:>12} {:<8} {}",
+            "POLICY", "RUNG", "VALUE", "MODE", "STATE"
+        );
         for p in &self.policies {
             let mut state = Vec::new();
             if p.no_data {
@@ -181,7 +191,10 @@ impl StatusReport {
                     "  {:>8.1}s {}{}",
                     d.at_s,
                     d.text,
-                    d.error.as_deref().map(|e| format!("  [FAILED: {e}]")).unwrap_or_default()
+                    d.error
+                        .as_deref()
+                        .map(|e| format!("  [FAILED: {e}]"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -200,10 +213,14 @@ pub fn serve(path: &Path, report: Arc<Mutex<String>>) -> anyhow::Result<JoinHand
     }
     // A socket left by a crashed agent is stale; a live agent would answer.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!("another governor answers on {}; stop it first", path.display());
+        anyhow::bail!(
+            "another governor answers on {}; stop it first",
+            path.display()
+        );
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(tokio::spawn(async move {
@@ -230,5 +247,6 @@ pub fn fetch(path: &Path) -> anyhow::Result<StatusReport> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    serde_json::from_str(&text).with_context(|| format!("the agent answered something that is not a status: {text:?}"))
+    serde_json::from_str(&text)
+        .with_context(|| format!("the agent answered something that is not a status: {text:?}"))
 }

@@ -501,7 +501,12 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
         }
     };
     let netns = t.or(cx, "netns", None, abs_path("\"/run/netns/web\""));
-    let journal_dir = t.or(cx, "journal_dir", Some(d.journal_dir.clone()), abs_path("\"/run/governor\""));
+    let journal_dir = t.or(
+        cx,
+        "journal_dir",
+        Some(d.journal_dir.clone()),
+        abs_path("\"/run/governor\""),
+    );
     let dry_run = t.or(cx, "dry_run", d.dry_run, boolean);
     let seed = t.or(cx, "seed", None, |item| match item.as_integer() {
         Some(n) if n >= 0 => Ok(Some(n as u64)),

@@ -316,9 +316,13 @@ impl Metrics {
     /// Rungs, signal values and holds of every policy.
     pub fn policies(&self, statuses: &[crate::decide::PolicyStatus]) {
         for p in statuses {
-            self.policy_rung.with_label_values(&[&p.name]).set(p.rung as f64);
+            self.policy_rung
+                .with_label_values(&[&p.name])
+                .set(p.rung as f64);
             if let Some(v) = p.value {
-                self.policy_signal.with_label_values(&[&p.name]).set(v.value);
+                self.policy_signal
+                    .with_label_values(&[&p.name])
+                    .set(v.value);
             }
             self.policy_held
                 .with_label_values(&[&p.name, "flap_budget"])

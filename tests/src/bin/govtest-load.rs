@@ -55,6 +55,62 @@ fn spin_until(deadline: Instant) {
     }
 }
 
+/// Open-loop connects; prints the outcome counts.
+fn flood(addr: SocketAddr, count: u64, rate: f64, timeout: Duration) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let started = Instant::now();
+    let mut pending: Vec<(socket2::Socket, Instant)> = Vec::new();
+    let (mut ok, mut refused, mut timedout, mut other, mut sent) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    while sent < count || !pending.is_empty() {
+        let now = Instant::now();
+        while sent < count && started + Duration::from_secs_f64(sent as f64 / rate) <= now {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .map_err(|e| e.to_string())?;
+            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+            match s.connect(&addr.into()) {
+                Ok(()) => ok += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => pending.push((s, now)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                Err(_) => other += 1,
+            }
+            sent += 1;
+        }
+        let mut fds: Vec<libc::pollfd> = pending
+            .iter()
+            .map(|(s, _)| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a valid array of pollfd for the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
+        let now = Instant::now();
+        let mut keep = Vec::with_capacity(pending.len());
+        for ((s, at), fd) in pending.into_iter().zip(fds) {
+            if fd.revents != 0 {
+                match s.take_error() {
+                    Ok(None) => ok += 1,
+                    Ok(Some(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        refused += 1
+                    }
+                    _ => other += 1,
+                }
+            } else if now.duration_since(at) >= timeout {
+                timedout += 1;
+            } else {
+                keep.push((s, at));
+            }
+        }
+        pending = keep;
+    }
+    println!(
+        "ok={ok} refused={refused} eperm=0 timeout={timedout} other={other} ms={}",
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let role = args.first().cloned().unwrap_or_default();
@@ -115,6 +171,16 @@ fn main() -> ExitCode {
                     "ok={ok} refused={refused} eperm={eperm} timeout={timedout} other={other} ms={}",
                     started.elapsed().as_millis()
                 );
+            }
+            "flood" => {
+                // Like `connect`, but non-blocking: `--rate` connects per
+                // second are started whatever happens to earlier ones, each
+                // given `--timeout-ms` to complete; an open-loop load.
+                let addr: SocketAddr = arg(&args, "--addr").ok_or("--addr IP:PORT")?;
+                let count: u64 = arg(&args, "--count").ok_or("--count N")?;
+                let rate: f64 = arg(&args, "--rate").ok_or("--rate R")?;
+                let timeout = Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(1000));
+                flood(addr, count.min(100_000), rate, timeout)?;
             }
             "churn" => {
                 // Create cgroups one by one, run in each for a moment, leave,

@@ -1,0 +1,335 @@
+//! `governor run` end to end, as a separate process, acting only on
+//! test-owned namespaces and cgroups: overload shedding on accept-queue fill,
+//! the same in dry-run, reload with a broken config, SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use governor::sense::sockdiag::SockDiag;
+use governor_integration::{
+    AgentProcess, Children, NetNs, eventually, field, metric, require_root, scrape,
+};
+
+const BACKLOG: i32 = 16;
+
+/// A server of fixed capacity in `ns`: accepts one connection every
+/// `every`, never faster; runs until dropped.
+struct SlowServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SlowServer {
+    fn start(ns: &NetNs, every: Duration) -> Self {
+        let path = ns.path();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = thread::spawn(move || {
+            let ns = NetNsPath(path);
+            ns.enter();
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_reuse_address(true).expect("reuse");
+            let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+            s.bind(&addr.into()).expect("bind");
+            s.listen(BACKLOG).expect("listen");
+            s.set_nonblocking(true).expect("nonblocking");
+            let port = s
+                .local_addr()
+                .expect("addr")
+                .as_socket()
+                .expect("inet")
+                .port();
+            tx.send(port).expect("send port");
+            while !flag.load(Ordering::Relaxed) {
+                let _ = s.accept();
+                thread::sleep(every);
+            }
+        });
+        let port = rx.recv().expect("server port");
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SlowServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct NetNsPath(PathBuf);
+
+impl NetNsPath {
+    fn enter(&self) {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::File::open(&self.0).expect("open netns");
+        // SAFETY: setns on a valid fd; this thread only.
+        assert_eq!(
+            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+    }
+}
+
+/// Samples the accept queue of `port` in `ns` every 20 ms until `stop`.
+fn watch_queue(
+    ns: &NetNs,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<(Instant, u32)>> {
+    let path = ns.path();
+    thread::spawn(move || {
+        NetNsPath(path).enter();
+        let mut diag = SockDiag::new().expect("sock_diag");
+        let mut out = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(qs) = diag.listen_queues()
+                && let Some(q) = qs.iter().find(|q| q.port == port)
+            {
+                out.push((Instant::now(), q.accept_queue));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        out
+    })
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    metrics: String,
+}
+
+fn write_config(ns: &NetNs, port: u16, dry_run: bool, tag: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("governor.sock");
+    let metrics_port = 20_000 + (std::process::id() % 20_000) as u16 + u16::from(dry_run);
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let config = dir.path().join("governor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+tick = "100ms"
+metrics_addr = "{metrics}"
+status_socket = "{socket}"
+journal_dir = "{journal}"
+netns = "{netns}"
+dry_run = {dry_run}
+seed = 7
+
+[[policy]]
+name = "shed-{tag}"
+signal = {{ kind = "accept_queue_fill", port = {port} }}
+high = 0.5
+low = 0.1
+for = "200ms"
+settle = "1s"
+recover_every = "5s"
+jitter = 0.3
+ladder = [
+  {{ action = "throttle_connections", port = {port}, rate = "60/s", burst = 5, mode = "reset" }},
+  {{ action = "reject_connections", port = {port}, mode = "reset" }},
+]
+"#,
+            socket = socket.display(),
+            journal = dir.path().join("journal").display(),
+            netns = ns.path().display(),
+        ),
+    )
+    .expect("write config");
+    let log = dir.path().join("governor.log");
+    Setup {
+        _dir: dir,
+        config,
+        socket,
+        log,
+        metrics,
+    }
+}
+
+/// Offers 5× the server's capacity for 4 s from inside `ns`.
+fn offer_load(ns: &NetNs, port: u16) -> String {
+    let mut kids = Children::new("ip");
+    let bin = env!("CARGO_BIN_EXE_govtest-load");
+    let addr = format!("127.0.0.1:{port}");
+    let c = kids.spawn(&[
+        "netns",
+        "exec",
+        &ns.name,
+        bin,
+        "flood",
+        "--addr",
+        &addr,
+        "--count",
+        "2000",
+        "--rate",
+        "500",
+        "--timeout-ms",
+        "1000",
+    ]);
+    kids.wait_output(c)
+}
+
+#[test]
+fn overload_is_shed_at_once_and_the_rung_returns_to_zero() {
+    require_root();
+    let ns = NetNs::new("ovl");
+    let server = SlowServer::start(&ns, Duration::from_millis(10)); // 100/s
+    let setup = write_config(&ns, server.port, false, "live");
+    let agent = AgentProcess::start(&setup.config, &setup.socket, &setup.log);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_queue(&ns, server.port, Arc::clone(&stop));
+    let load_started = Instant::now();
+    let out = offer_load(&ns, server.port);
+    let load_ended = Instant::now();
+    println!("clients: {out}");
+
+    // The rung returns to 0 once the load is gone.
+    let back = eventually(Duration::from_secs(30), || {
+        agent
+            .status()
+            .is_some_and(|s| s.policies.iter().all(|p| p.rung == 0))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.join().expect("watcher");
+    let status = agent.status().expect("status");
+    let metrics = scrape(&setup.metrics);
+    println!("{}", status.table());
+    for l in metrics.lines().filter(|l| {
+        l.starts_with("governor_decisions_total") || l.starts_with("governor_policy_rung")
+    }) {
+        println!("{l}");
+    }
+    assert!(
+        back,
+        "the rung returned to 0 after the load; log:\n{}",
+        agent.log_text()
+    );
+
+    let first_applied = status
+        .recent
+        .iter()
+        .find(|d| d.kind == "applied")
+        .map(|d| d.at_s)
+        .expect("a rung was applied");
+    assert!(
+        status.recent.iter().any(|d| d.kind == "reverted"),
+        "the throttle was lifted"
+    );
+    // From one second after the first action to the end of the load, the
+    // accept queue stays under high (0.5 × backlog).
+    let started_s = status.uptime_s
+        - load_ended.elapsed().as_secs_f64()
+        - (load_ended - load_started).as_secs_f64();
+    let action_at = load_started + Duration::from_secs_f64((first_applied - started_s).max(0.0));
+    let after: Vec<u32> = samples
+        .iter()
+        .filter(|(t, _)| *t > action_at + Duration::from_secs(1) && *t < load_ended)
+        .map(|(_, q)| *q)
+        .collect();
+    let max_after = after.iter().copied().max().unwrap_or(0);
+    println!(
+        "accept queue after the action: {} samples, max {max_after} (high = {})",
+        after.len(),
+        BACKLOG / 2
+    );
+    assert!(!after.is_empty(), "the queue was sampled under the action");
+    assert!(
+        max_after < (BACKLOG as u32) / 2,
+        "accept queue stayed under high: max {max_after}"
+    );
+    assert!(
+        field(&out, "refused") > 0,
+        "clients were refused at once (RST): {out}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "governor_decisions_total{action=\"throttle_connections\",kind=\"applied\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "metrics show the applied throttle"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing_and_reports_would() {
+    require_root();
+    let ns = NetNs::new("dry");
+    let server = SlowServer::start(&ns, Duration::from_millis(10));
+    let setup = write_config(&ns, server.port, true, "dry");
+    let agent = AgentProcess::start(&setup.config, &setup.socket, &setup.log);
+    let out = offer_load(&ns, server.port);
+    println!("clients: {out}");
+    let status = agent.status().expect("status");
+    println!("{}", status.table());
+    assert_eq!(field(&out, "refused"), 0, "dry-run refused nothing: {out}");
+    let would: Vec<_> = status.recent.iter().filter(|d| d.kind == "would").collect();
+    assert!(
+        would
+            .iter()
+            .any(|d| d.action == "throttle_connections" && d.to_rung == 1),
+        "the throttle is reported as would: {:?}",
+        status.recent
+    );
+    assert!(
+        status
+            .recent
+            .iter()
+            .all(|d| d.kind != "applied" && d.kind != "reverted"),
+        "nothing applied"
+    );
+    assert!(status.dry_run);
+}
+
+#[test]
+fn a_broken_reload_is_refused_and_sigterm_stops_within_two_seconds() {
+    require_root();
+    let ns = NetNs::new("rld");
+    let server = SlowServer::start(&ns, Duration::from_millis(10));
+    let setup = write_config(&ns, server.port, true, "reload");
+    let mut agent = AgentProcess::start(&setup.config, &setup.socket, &setup.log);
+    let good = std::fs::read_to_string(&setup.config).expect("config");
+    std::fs::write(&setup.config, good.replace("high = 0.5", "high = \"fast\""))
+        .expect("break config");
+    agent.signal(libc::SIGHUP);
+    let refused = eventually(Duration::from_secs(5), || {
+        agent.log_text().contains("reload refused")
+    });
+    assert!(
+        refused,
+        "the reload was refused; log:\n{}",
+        agent.log_text()
+    );
+    let status = agent.status().expect("the agent still answers");
+    assert_eq!(status.policies.len(), 1, "the old policy keeps running");
+    assert_eq!(status.policies[0].name, "shed-reload");
+    let (st, took) = agent.stop();
+    println!("stopped with {st} in {took:?}");
+    assert!(st.success(), "exit 0 on SIGTERM");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(!Path::new(&setup.socket).exists(), "status socket removed");
+}
