@@ -6,6 +6,7 @@
 //!   it into one [`snapshot::Snapshot`] per interval;
 //! - [`show`] explains: `observe` output and `/metrics`.
 
+pub mod act;
 pub mod btf;
 pub mod config;
 pub mod decide;
