@@ -83,6 +83,8 @@ fn spawn_in(kids: &mut Children, cg: &CpuTestCgroup, args: &[&str]) -> usize {
 fn cpu_limit_of_a_fifth_holds_a_hog_to_a_fifth_and_revert_restores_the_exact_text() {
     require_root();
     let cg = CpuTestCgroup::new("act-limit");
+    // So that other work on a shared host cannot hold the hog under its quota.
+    cg.outweigh_the_host();
     let original = cg.cpu_files();
     let journal = tempfile::tempdir().expect("tempdir");
     let mut act = actuator(journal.path());
@@ -200,6 +202,45 @@ fn cpu_weight_idle_on_hogs_cuts_a_workers_runq_p99_tenfold() {
         "the worker's run-queue p99 should drop at least 10× with the hogs idle: {}µs → {}µs",
         before.p99_us,
         after.p99_us
+    );
+}
+
+#[test]
+fn memory_high_writes_memory_high_on_cgroup2_and_is_refused_on_hybrid_hosts() {
+    require_root();
+    let cg = CpuTestCgroup::new("act-memory");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let mut act = actuator(journal.path());
+    let action = Action::MemoryHigh {
+        cgroup: cg.v2.path.clone(),
+        bytes: "256MiB".parse().expect("bytes"),
+    };
+    let file = cg.v2.dir.join("memory.high");
+    if cg.cpu_v1.is_some() {
+        let err = act
+            .apply("test", &action)
+            .expect_err("no memory.high on v1");
+        println!("{err}");
+        assert!(
+            err.to_string()
+                .contains("memory.high exists only in cgroup2"),
+            "{err}"
+        );
+        assert!(act.journal().is_empty());
+        return;
+    }
+    let original = std::fs::read_to_string(&file).expect("memory.high");
+    let (_, value) = written(act.apply("test", &action).expect("apply"));
+    assert_eq!(value, (256u64 << 20).to_string());
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("memory.high").trim(),
+        value
+    );
+    let lifted = act.lift("test", &action).expect("lift");
+    assert!(matches!(lifted, Lifted::Restored { .. }), "{lifted:?}");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("memory.high"),
+        original
     );
 }
 
