@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, dry_run } => {
             let opts = governor::agent::RunOptions { config, dry_run };
-            match governor::agent::run(opts, cgroup_actuation()) {
+            match governor::agent::run(opts) {
                 Ok(()) => Ok(()),
                 Err(governor::agent::AgentError::Config(e)) => {
                     eprint!("{e}");
@@ -136,11 +136,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// The journaled cgroup-file actuators.
-fn cgroup_actuation() -> Box<dyn governor::agent::actuate::CgroupActuation> {
-    Box::new(governor::agent::actuate::Unavailable)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -387,3 +387,146 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A test cgroup in every hierarchy the cpu actuators write: its cgroup2
+/// directory ([`TestCgroup`]) and, on hybrid hosts, the v1 cpu controller's
+/// directory of the same path, which this test creates and removes itself
+/// (the actuators never create one). Processes must join both
+/// ([`CpuTestCgroup::join`]): the v1 directory is where the cpu files act,
+/// the cgroup2 one is what the probes and `cpu.stat usage_usec` see.
+pub struct CpuTestCgroup {
+    /// The cgroup2 side.
+    pub v2: TestCgroup,
+    /// The v1 cpu controller's directory, on hybrid hosts.
+    pub cpu_v1: Option<std::path::PathBuf>,
+}
+
+impl CpuTestCgroup {
+    /// Creates `<cgroup2>/governor-test-<pid>-<name>`, and the same path
+    /// under the v1 cpu controller if this host has one.
+    pub fn new(name: &str) -> Self {
+        let v2 = TestCgroup::new(name);
+        let fs = governor::sense::cgroupfs::CgroupFs::discover(std::path::Path::new(
+            governor::sense::cgroupfs::DEFAULT_ROOT,
+        ))
+        .expect("a cgroup2 hierarchy");
+        let cpu_v1 = match fs.layout() {
+            governor::sense::cgroupfs::Layout::Unified => None,
+            governor::sense::cgroupfs::Layout::Hybrid => {
+                let root = fs
+                    .cpu_v1_root()
+                    .expect("a hybrid host with a v1 cpu controller");
+                let dir = root.join(v2.path.relative());
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                Some(dir)
+            }
+        };
+        Self { v2, cpu_v1 }
+    }
+
+    /// The directory holding its cpu controller files (`cpu.max`, or
+    /// `cpu.cfs_quota_us`, `cpu.shares`, `cpu.idle`).
+    pub fn cpu_dir(&self) -> &std::path::Path {
+        self.cpu_v1.as_deref().unwrap_or(&self.v2.dir)
+    }
+
+    /// Moves `pid` (a process this test started) into the v1 side too; the
+    /// cgroup2 side is joined with `govtest-load --join`.
+    pub fn join(&self, pid: u32) {
+        if let Some(dir) = &self.cpu_v1 {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string())
+                .unwrap_or_else(|e| panic!("joining {pid} to {}: {e}", procs.display()));
+        }
+    }
+
+    /// CPU time used by its processes so far, µs (cgroup2 `cpu.stat`
+    /// `usage_usec`, there even without the cpu controller).
+    pub fn usage_usec(&self) -> u64 {
+        let stat = std::fs::read_to_string(self.v2.dir.join("cpu.stat")).expect("cpu.stat");
+        stat.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("usage_usec in cpu.stat")
+    }
+
+    /// The text of each cpu controller file the actuators may write, by
+    /// name, to compare before and after.
+    pub fn cpu_files(&self) -> Vec<(String, String)> {
+        let names: &[&str] = if self.cpu_v1.is_some() {
+            &[
+                "cpu.cfs_quota_us",
+                "cpu.cfs_period_us",
+                "cpu.shares",
+                "cpu.idle",
+            ]
+        } else {
+            &["cpu.max", "cpu.weight", "cpu.idle"]
+        };
+        names
+            .iter()
+            .filter_map(|n| {
+                std::fs::read_to_string(self.cpu_dir().join(n))
+                    .ok()
+                    .map(|t| ((*n).to_owned(), t))
+            })
+            .collect()
+    }
+}
+
+impl Drop for CpuTestCgroup {
+    fn drop(&mut self) {
+        let Some(dir) = &self.cpu_v1 else { return };
+        // Only our own workloads are in it; end them by pid.
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = eventually(Duration::from_secs(5), || {
+            std::fs::remove_dir(dir).is_ok() || !dir.exists()
+        });
+    }
+}
+
+impl CpuTestCgroup {
+    /// A child `name` of this test cgroup, in both hierarchies, removed when
+    /// dropped (drop it before its parent). On pure cgroup2 hosts the cpu
+    /// controller is enabled for the parent's children first.
+    pub fn child(&self, name: &str) -> Self {
+        if self.cpu_v1.is_none() {
+            let control = self.v2.dir.join("cgroup.subtree_control");
+            std::fs::write(&control, "+cpu")
+                .unwrap_or_else(|e| panic!("enabling cpu in {}: {e}", control.display()));
+        }
+        let dir = self.v2.dir.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let path = governor::snapshot::CgroupPath::new(&format!("{}/{name}", self.v2.path))
+            .expect("valid path");
+        let cpu_v1 = self.cpu_v1.as_ref().map(|parent| {
+            let d = parent.join(name);
+            std::fs::create_dir(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+            d
+        });
+        Self {
+            v2: TestCgroup { dir, path },
+            cpu_v1,
+        }
+    }
+
+    /// Gives this cgroup the largest CPU weight (`cpu.weight` 10000, or
+    /// `cpu.shares` 262144): work inside it then barely yields to other
+    /// cgroups, so a test inside it measures its own processes only, also
+    /// on a host shared with other work.
+    pub fn outweigh_the_host(&self) {
+        let (file, value) = if self.cpu_v1.is_some() {
+            ("cpu.shares", "262144")
+        } else {
+            ("cpu.weight", "10000")
+        };
+        let path = self.cpu_dir().join(file);
+        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}

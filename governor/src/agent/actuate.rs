@@ -4,7 +4,10 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use crate::{
-    act::net::{NetEnforcer, Rule},
+    act::{
+        cgroup::{Applied, CgroupActuator},
+        net::{NetEnforcer, Rule},
+    },
     config::{Action, Target},
     decide::{Change, Decision, DecisionKind},
     sense::cgroupfs::CgroupFs,
@@ -20,20 +23,32 @@ pub trait CgroupActuation: Send {
     /// Restores everything journaled (shutdown, and start after a crash);
     /// returns a one-line report.
     fn revert_all(&mut self) -> String;
+    /// Retries reverts that failed before (each tick).
+    fn retry_pending(&mut self) {}
 }
 
-/// Placeholder until the journaled cgroup actuators are wired: refuses.
-pub struct Unavailable;
-
-impl CgroupActuation for Unavailable {
-    fn apply(&mut self, _: &str, action: &Action) -> anyhow::Result<()> {
-        anyhow::bail!("{} is not available in this build", action.name())
+impl CgroupActuation for CgroupActuator {
+    fn apply(&mut self, policy: &str, action: &Action) -> anyhow::Result<()> {
+        match CgroupActuator::apply(self, policy, action)? {
+            Applied::TargetAbsent { dir } => {
+                anyhow::bail!("target cgroup {} does not exist", dir.display())
+            }
+            Applied::Written { .. } => Ok(()),
+        }
     }
-    fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+    fn lift(&mut self, policy: &str, action: &Action) -> anyhow::Result<()> {
+        let lifted = CgroupActuator::lift(self, policy, action)?;
+        tracing::debug!(policy, "lift: {lifted:?}");
         Ok(())
     }
     fn revert_all(&mut self) -> String {
-        "nothing journaled".into()
+        CgroupActuator::revert_all(self).to_string()
+    }
+    fn retry_pending(&mut self) {
+        if self.pending() > 0 {
+            let report = CgroupActuator::retry_pending(self);
+            tracing::warn!("retrying failed reverts: {report}");
+        }
     }
 }
 
@@ -185,6 +200,11 @@ impl Actuators {
             }
         }
         Ok(())
+    }
+
+    /// Retries failed reverts (each tick).
+    pub fn retry_pending(&mut self) {
+        self.cgroups.retry_pending();
     }
 
     /// Reverts everything: connection rules go with the enforcer (its links

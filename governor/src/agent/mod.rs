@@ -121,9 +121,8 @@ fn host_seed() -> u64 {
         ^ t
 }
 
-/// Runs the agent until SIGTERM or SIGINT, with cgroup actions carried out by
-/// `cgroups` (journaled).
-pub fn run(opts: RunOptions, cgroups: Box<dyn CgroupActuation>) -> Result<(), AgentError> {
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let agent_cgroup = own_cgroup();
     let (cfg, source) = load(&opts, agent_cgroup.as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -131,7 +130,7 @@ pub fn run(opts: RunOptions, cgroups: Box<dyn CgroupActuation>) -> Result<(), Ag
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(agent(opts, cfg, source, agent_cgroup, cgroups))?;
+    runtime.block_on(agent(opts, cfg, source, agent_cgroup))?;
     Ok(())
 }
 
@@ -224,7 +223,6 @@ async fn agent(
     cfg: Config,
     source: String,
     agent_cgroup: Option<CgroupPath>,
-    cgroups: Box<dyn CgroupActuation>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let cgroupfs = CgroupFs::discover(Path::new(DEFAULT_ROOT)).context("finding cgroup2")?;
@@ -233,6 +231,10 @@ async fn agent(
         .netns
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+    let journal = crate::act::journal::Journal::open(&cfg.agent.journal_dir)
+        .with_context(|| format!("opening the journal in {}", cfg.agent.journal_dir.display()))?;
+    let cgroups: Box<dyn CgroupActuation> =
+        Box::new(crate::act::cgroup::CgroupActuator::new(cgroupfs.clone(), journal));
     let mut actuators = Actuators::new(cgroupfs.clone(), cgroups, netns.clone());
     // A previous run that crashed left its changes in the journal: undo them
     // before anything else.
@@ -308,6 +310,7 @@ async fn agent(
                         tracing::warn!("no snapshot for {:?}: sensing is slower than the tick", 2 * tick);
                     }
                 }
+                actuators.retry_pending();
                 let statuses = state.status();
                 metrics.policies(&statuses);
                 if let Ok(mut r) = report.lock() {

@@ -1,0 +1,447 @@
+//! The journal: every cgroup file the agent changes, with the text it held
+//! before, written to disk before the change is made.
+//!
+//! It is what makes every change revertible (safety invariant 2): on exit the
+//! agent writes each original back; after a crash (`kill -9`, OOM, power loss
+//! of the process) the next start finds the entries the dead process left
+//! and reverts them.
+//!
+//! Format: one JSON file, `journal.json`, rewritten whole on every change
+//! (write `journal.json.tmp` in the same directory, fsync it, rename it over
+//! the old one, fsync the directory), so a reader sees the old or the new
+//! journal and never half of one. A few entries per policy make this cheap.
+//!
+//! Ownership: the process that has the journal open holds an exclusive
+//! `flock` on `journal.lock`. The kernel drops it when the process dies,
+//! however it dies, so "the lock is free" means "nobody is applying these
+//! entries any more" without trusting pids, which are reused.
+
+use std::{
+    fs::{self, File, OpenOptions, TryLockError},
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::CgroupPath;
+
+/// Where the agent keeps its journal (a tmpfs: entries do not outlive a
+/// reboot, and neither do the cgroup values they restore).
+pub const DEFAULT_DIR: &str = "/run/governor";
+
+/// The journal file in its directory.
+pub const FILE: &str = "journal.json";
+/// The lock file whose `flock` says a live process owns the journal.
+pub const LOCK: &str = "journal.lock";
+const TMP: &str = "journal.json.tmp";
+/// Version of the file format; a newer one is refused rather than misread.
+const VERSION: u32 = 1;
+
+/// A journal problem, with the path that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Another live process has this journal open.
+    #[error(
+        "journal {dir} is in use by another process (it holds {dir}/{LOCK}); is another governor running?"
+    )]
+    Busy {
+        /// The journal directory.
+        dir: PathBuf,
+    },
+    /// A file or directory of the journal could not be created, read or written.
+    #[error("journal file {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The journal file exists but cannot be read as a journal. Nothing is
+    /// reverted from it: the values it held are unknown.
+    #[error(
+        "journal {path} is not a governor journal ({reason}); restore the cgroup values it names by hand, then remove it"
+    )]
+    Corrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One policy's claim on a journaled file: the value it wants there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The policy's name.
+    pub policy: String,
+    /// The action, as one phrase (`cpu_limit 0.2 CPUs on cgroup /batch`):
+    /// lifting names the action, and one policy may hold a file through
+    /// several rungs.
+    pub action: String,
+    /// The text this holder wrote.
+    pub value: String,
+}
+
+/// One changed cgroup file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The cgroup the file belongs to (relative to the cgroup2 mount, also
+    /// on hybrid hosts where the file lives in the v1 cpu hierarchy).
+    pub target: CgroupPath,
+    /// The file, absolute.
+    pub file: PathBuf,
+    /// Its text before the agent first changed it (trailing newline removed):
+    /// what a revert writes back, exactly.
+    pub original: String,
+    /// The text the file should hold now: the value of the last holder, or
+    /// `original` while a failed revert is pending.
+    pub value: String,
+    /// Who holds the change, oldest first; the last one's value is in force.
+    /// Empty while a revert is pending.
+    pub holders: Vec<Holder>,
+    /// When the file was first changed, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The pid of the agent that changed it.
+    pub pid: u32,
+    /// Why the last write of `value` failed, if it did (a revert to retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+impl Entry {
+    /// True if `policy` holds this file.
+    pub fn held_by(&self, policy: &str) -> bool {
+        self.holders.iter().any(|h| h.policy == policy)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    /// Pid of the process that wrote the file last (for people reading it).
+    pid: u32,
+    written_unix_ms: u64,
+    entries: Vec<Entry>,
+}
+
+/// The open journal: its entries in memory, mirrored to disk on each change.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    entries: Vec<Entry>,
+    /// Held for the journal's lifetime; closing it releases the `flock`.
+    _lock: File,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Journal {
+    /// Opens (creating, mode 0700) the journal in `dir` and takes ownership
+    /// of it. Entries already there were left by a process that is gone
+    /// (the lock proves it): revert them before applying anything new
+    /// ([`crate::act::cgroup::CgroupActuator::revert_all`]).
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(JournalError::Busy {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(JournalError::Io {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+        // A temporary file is a write that did not finish: the rename never
+        // happened, so journal.json is the last complete journal.
+        let tmp = dir.join(TMP);
+        match fs::remove_file(&tmp) {
+            Ok(()) => tracing::warn!(
+                "removed {}: an unfinished journal write of a process that died",
+                tmp.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(JournalError::Io {
+                    path: tmp,
+                    source: e,
+                });
+            }
+        }
+        let path = dir.join(FILE);
+        let entries = match fs::read_to_string(&path) {
+            Ok(text) => parse(&text, &path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(JournalError::Io { path, source }),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            entries,
+            _lock: lock,
+        })
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// Every entry, in the order they were first made.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// True if no change is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry of `file`, if it was changed.
+    pub fn find(&self, file: &Path) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.file == file)
+    }
+
+    /// Records `entry` (replacing the one of the same file) and writes the
+    /// journal to disk. On failure nothing changes, in memory or on disk.
+    pub fn put(&mut self, entry: Entry) -> Result<(), JournalError> {
+        let mut next = self.entries.clone();
+        match next.iter_mut().find(|e| e.file == entry.file) {
+            Some(e) => *e = entry,
+            None => next.push(entry),
+        }
+        self.commit(next)
+    }
+
+    /// Forgets the entry of `file` and writes the journal to disk; returns it.
+    pub fn remove(&mut self, file: &Path) -> Result<Option<Entry>, JournalError> {
+        let Some(i) = self.entries.iter().position(|e| e.file == file) else {
+            return Ok(None);
+        };
+        let mut next = self.entries.clone();
+        let gone = next.remove(i);
+        self.commit(next)?;
+        Ok(Some(gone))
+    }
+
+    fn commit(&mut self, next: Vec<Entry>) -> Result<(), JournalError> {
+        self.write_atomically(&next)?;
+        self.entries = next;
+        Ok(())
+    }
+
+    /// Writes the whole journal to a temporary file in the same directory,
+    /// fsyncs it, renames it over the journal and fsyncs the directory, so
+    /// that after a crash at any point the journal is the old or the new one.
+    fn write_atomically(&self, entries: &[Entry]) -> Result<(), JournalError> {
+        let doc = OnDisk {
+            version: VERSION,
+            pid: std::process::id(),
+            written_unix_ms: now_unix_ms(),
+            entries: entries.to_vec(),
+        };
+        let mut text = serde_json::to_string_pretty(&doc).map_err(|e| JournalError::Io {
+            path: self.path(),
+            source: io::Error::other(e),
+        })?;
+        text.push('\n');
+        let tmp = self.dir.join(TMP);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        drop(f);
+        let path = self.path();
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<Vec<Entry>, JournalError> {
+    let corrupt = |reason: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let doc: OnDisk = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    if doc.version != VERSION {
+        return Err(corrupt(format!(
+            "format version {} (this governor reads {VERSION})",
+            doc.version
+        )));
+    }
+    Ok(doc.entries)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn entry(file: &str, original: &str, value: &str, policy: &str) -> Entry {
+        Entry {
+            target: CgroupPath::new("/batch").unwrap(),
+            file: PathBuf::from(file),
+            original: original.into(),
+            value: value.into(),
+            holders: vec![Holder {
+                policy: policy.into(),
+                action: format!("set {value}"),
+                value: value.into(),
+            }],
+            since_unix_ms: 1,
+            pid: 42,
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let a = entry("/cg/batch/cpu.max", "max 100000", "20000 100000", "p");
+        let mut b = entry("/cg/batch/cpu.idle", "0", "1", "q");
+        b.pending = Some("EBUSY".into());
+        {
+            let mut j = Journal::open(d.path()).unwrap();
+            assert!(j.is_empty());
+            j.put(a.clone()).unwrap();
+            j.put(b.clone()).unwrap();
+        }
+        let mut j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.entries(), [a.clone(), b.clone()]);
+        // Replacing keeps the order; removing persists too.
+        let mut a2 = a.clone();
+        a2.value = "10000 100000".into();
+        j.put(a2.clone()).unwrap();
+        assert_eq!(j.remove(&b.file).unwrap(), Some(b));
+        assert_eq!(j.remove(Path::new("/nope")).unwrap(), None);
+        drop(j);
+        let j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.entries(), [a2]);
+        // The file is readable JSON naming what a human needs to revert by hand.
+        let text = fs::read_to_string(j.path()).unwrap();
+        for needle in [
+            "\"original\": \"max 100000\"",
+            "\"file\": \"/cg/batch/cpu.max\"",
+            "\"policy\": \"p\"",
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn a_second_owner_is_refused_while_the_first_lives() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        // flock locks belong to the open file, so this conflicts even within one process.
+        let err = Journal::open(d.path()).unwrap_err();
+        assert!(matches!(err, JournalError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains(LOCK));
+        drop(j);
+        Journal::open(d.path()).unwrap();
+    }
+
+    #[test]
+    fn an_unfinished_write_leaves_the_previous_journal() {
+        let d = tempfile::tempdir().unwrap();
+        let a = entry("/cg/x/cpu.weight", "100", "1", "p");
+        Journal::open(d.path()).unwrap().put(a.clone()).unwrap();
+        // A process died between writing the temporary file and the rename.
+        fs::write(d.path().join(TMP), "{\"version\": 1, \"entr").unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.entries(), [a]);
+        assert!(!d.path().join(TMP).exists());
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(d.path()).unwrap();
+        let a = entry("/cg/x/cpu.weight", "100", "1", "p");
+        j.put(a.clone()).unwrap();
+        // The rename target cannot be replaced: a directory in the journal's place.
+        fs::remove_file(j.path()).unwrap();
+        fs::create_dir(j.path()).unwrap();
+        fs::write(j.path().join("keep"), "").unwrap();
+        let err = j
+            .put(entry("/cg/y/cpu.weight", "100", "1", "p"))
+            .unwrap_err();
+        assert!(err.to_string().contains(FILE), "{err}");
+        assert_eq!(j.entries(), [a]);
+    }
+
+    #[test]
+    fn a_corrupt_or_newer_journal_is_refused_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(FILE), "not json").unwrap();
+        let err = Journal::open(d.path()).unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }));
+        assert!(err.to_string().contains(FILE), "{err}");
+        fs::write(
+            d.path().join(FILE),
+            "{\"version\": 9, \"pid\": 1, \"written_unix_ms\": 0, \"entries\": []}",
+        )
+        .unwrap();
+        let err = Journal::open(d.path()).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn the_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("run/governor");
+        let mut j = Journal::open(&dir).unwrap();
+        j.put(entry("/cg/x/cpu.weight", "100", "1", "p")).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let mode = fs::metadata(j.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
