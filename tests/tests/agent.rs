@@ -15,7 +15,7 @@ use std::{
 
 use governor::sense::sockdiag::SockDiag;
 use governor_integration::{
-    AgentProcess, Children, NetNs, eventually, field, metric, require_root, scrape,
+    AgentProcess, Children, NetNs, enter_netns, eventually, field, metric, require_root, scrape,
 };
 
 const BACKLOG: i32 = 16;
@@ -35,8 +35,7 @@ impl SlowServer {
         let flag = Arc::clone(&stop);
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = thread::spawn(move || {
-            let ns = NetNsPath(path);
-            ns.enter();
+            enter_netns(&path);
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                 .expect("socket");
             s.set_reuse_address(true).expect("reuse");
@@ -74,21 +73,6 @@ impl Drop for SlowServer {
     }
 }
 
-struct NetNsPath(PathBuf);
-
-impl NetNsPath {
-    fn enter(&self) {
-        use std::os::fd::AsRawFd as _;
-        let f = std::fs::File::open(&self.0).expect("open netns");
-        // SAFETY: setns on a valid fd; this thread only.
-        assert_eq!(
-            unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
-    }
-}
-
 /// Samples the accept queue of `port` in `ns` every 20 ms until `stop`.
 fn watch_queue(
     ns: &NetNs,
@@ -97,7 +81,7 @@ fn watch_queue(
 ) -> thread::JoinHandle<Vec<(Instant, u32)>> {
     let path = ns.path();
     thread::spawn(move || {
-        NetNsPath(path).enter();
+        enter_netns(&path);
         let mut diag = SockDiag::new().expect("sock_diag");
         let mut out = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -332,4 +316,188 @@ fn a_broken_reload_is_refused_and_sigterm_stops_within_two_seconds() {
     assert!(st.success(), "exit 0 on SIGTERM");
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
     assert!(!Path::new(&setup.socket).exists(), "status socket removed");
+}
+
+/// A worker (wakes every 2 ms, works 1 ms) in `a` and two hogs in `b`, all
+/// on CPU 0, for `secs`. Returns the children (ended when dropped).
+fn noisy_neighbours(
+    a: &governor_integration::CpuTestCgroup,
+    b: &governor_integration::CpuTestCgroup,
+    secs: &str,
+) -> (Children, usize, Vec<usize>) {
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let (pa, pb) = (a.v2.procs(), b.v2.procs());
+    let (pa, pb) = (pa.to_str().expect("utf-8"), pb.to_str().expect("utf-8"));
+    let w = kids.spawn(&["worker", "--cpu", "0", "--seconds", secs, "--join", pa]);
+    a.join(kids.procs[w].id());
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", secs, "--join", pb]);
+        b.join(kids.procs[h].id());
+        hogs.push(h);
+    }
+    (kids, w, hogs)
+}
+
+fn nn_config(
+    dir: &Path,
+    a: &CgroupPathStr,
+    b: &CgroupPathStr,
+    ladder: &str,
+) -> (PathBuf, PathBuf, String) {
+    let socket = dir.join("governor.sock");
+    let metrics = format!(
+        "127.0.0.1:{}",
+        21_000 + (std::process::id() % 20_000) as u16
+    );
+    let config = dir.join("governor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+tick = "100ms"
+metrics_addr = "{metrics}"
+status_socket = "{socket}"
+journal_dir = "{journal}"
+seed = 11
+
+[[policy]]
+name = "api-over-batch"
+signal = {{ kind = "runq_p99", cgroup = "{a}" }}
+high = "2ms"
+low = "500us"
+for = "500ms"
+settle = "1s"
+recover_every = "1s"
+jitter = 0.3
+ladder = [{ladder}]
+"#,
+            a = a.0,
+            socket = socket.display(),
+            journal = dir.join("journal").display(),
+            ladder = ladder.replace("{b}", &b.0),
+        ),
+    )
+    .expect("config");
+    (config, socket, metrics)
+}
+
+struct CgroupPathStr(String);
+
+#[test]
+fn noisy_neighbour_is_idled_then_released_in_jittered_steps() {
+    require_root();
+    let parent = governor_integration::CpuTestCgroup::new("nn");
+    parent.outweigh_the_host();
+    let a = parent.child("api");
+    let b = parent.child("batch");
+    let original = b.cpu_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ladder = r#"{ action = "cpu_weight", cgroup = "{b}", weight = "idle" }, { action = "cpu_limit", cgroup = "{b}", cpus = 0.2 }"#;
+    let (config, socket, metrics) = nn_config(
+        dir.path(),
+        &CgroupPathStr(a.v2.path.to_string()),
+        &CgroupPathStr(b.v2.path.to_string()),
+        ladder,
+    );
+    let agent = AgentProcess::start(&config, &socket, &dir.path().join("governor.log"));
+    let (mut kids, w, _hogs) = noisy_neighbours(&a, &b, "6");
+    kids.wait_output(w);
+    let during = scrape(&metrics);
+    // The hogs are gone with the worker; the policy steps down.
+    let back = eventually(Duration::from_secs(20), || {
+        agent.status().is_some_and(|s| s.policies[0].rung == 0)
+    });
+    let status = agent.status().expect("status");
+    println!("{}", status.table());
+    for l in scrape(&metrics)
+        .lines()
+        .filter(|l| l.starts_with("governor_decisions_total") || l.starts_with("governor_policy_"))
+    {
+        println!("{l}");
+    }
+    assert!(back, "the rung returned to 0; log:\n{}", agent.log_text());
+    let applied: Vec<_> = status
+        .recent
+        .iter()
+        .filter(|d| d.kind == "applied")
+        .collect();
+    let first = applied.first().expect("a rung was applied");
+    assert_eq!(first.action, "cpu_weight", "the first rung is the weight");
+    // `for` is 500 ms: applied within 3 ticks after it elapsed.
+    assert!(
+        first.held_for_ms >= 500 && first.held_for_ms <= 800,
+        "applied after {} ms over high",
+        first.held_for_ms
+    );
+    let signal_during = metric(&during, "governor_policy_signal{policy=\"api-over-batch\"}")
+        .expect("signal metric");
+    println!("A's p99 at the end of the load: {signal_during} µs");
+    assert!(
+        signal_during < 500.0,
+        "with the batch idled, A's p99 fell under low: {signal_during} µs"
+    );
+    let reverted: Vec<_> = status
+        .recent
+        .iter()
+        .filter(|d| d.kind == "reverted")
+        .collect();
+    assert_eq!(
+        reverted.len(),
+        applied.len(),
+        "every rung applied was lifted"
+    );
+    assert_eq!(
+        b.cpu_files(),
+        original,
+        "the batch cgroup's files are back to their originals"
+    );
+    drop(kids);
+}
+
+#[test]
+fn after_kill_9_a_restart_reverts_from_the_journal() {
+    require_root();
+    let parent = governor_integration::CpuTestCgroup::new("k9");
+    parent.outweigh_the_host();
+    let a = parent.child("api");
+    let b = parent.child("batch");
+    let original = b.cpu_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ladder = r#"{ action = "cpu_limit", cgroup = "{b}", cpus = 0.2 }"#;
+    let (config, socket, _metrics) = nn_config(
+        dir.path(),
+        &CgroupPathStr(a.v2.path.to_string()),
+        &CgroupPathStr(b.v2.path.to_string()),
+        ladder,
+    );
+    let log = dir.path().join("governor.log");
+    let mut agent = AgentProcess::start(&config, &socket, &log);
+    let (kids, _w, _hogs) = noisy_neighbours(&a, &b, "10");
+    let limited = eventually(Duration::from_secs(8), || b.cpu_files() != original);
+    assert!(limited, "the limit was applied; log:\n{}", agent.log_text());
+    agent.signal(libc::SIGKILL);
+    let _ = agent.child.wait();
+    assert_ne!(
+        b.cpu_files(),
+        original,
+        "the limit outlived the killed agent (as a crash would leave it)"
+    );
+    drop(kids);
+    let started = Instant::now();
+    let again = AgentProcess::start(&config, &socket, &dir.path().join("governor2.log"));
+    let restored = eventually(Duration::from_secs(5), || b.cpu_files() == original);
+    let took = started.elapsed();
+    println!("restored {took:?} after the restart began");
+    assert!(
+        restored,
+        "the restart reverted the limit; log:\n{}",
+        again.log_text()
+    );
+    assert!(took < Duration::from_secs(3), "reverted in {took:?}");
+    assert!(
+        again.log_text().contains("restored 1"),
+        "the journal report says so:\n{}",
+        again.log_text()
+    );
 }

@@ -233,8 +233,10 @@ async fn agent(
         .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
     let journal = crate::act::journal::Journal::open(&cfg.agent.journal_dir)
         .with_context(|| format!("opening the journal in {}", cfg.agent.journal_dir.display()))?;
-    let cgroups: Box<dyn CgroupActuation> =
-        Box::new(crate::act::cgroup::CgroupActuator::new(cgroupfs.clone(), journal));
+    let cgroups: Box<dyn CgroupActuation> = Box::new(crate::act::cgroup::CgroupActuator::new(
+        cgroupfs.clone(),
+        journal,
+    ));
     let mut actuators = Actuators::new(cgroupfs.clone(), cgroups, netns.clone());
     // A previous run that crashed left its changes in the journal: undo them
     // before anything else.

@@ -30,6 +30,10 @@ pub struct DecisionRecord {
     pub from_rung: usize,
     /// Rung after.
     pub to_rung: usize,
+    /// How long the signal had been past the watermark, milliseconds.
+    pub held_for_ms: u64,
+    /// The signal's value then, in its base unit (µs, ratio, /s, %).
+    pub value: Option<f64>,
     /// The whole explanation, as logged.
     pub text: String,
     /// Set if carrying it out failed.
@@ -47,6 +51,8 @@ impl DecisionRecord {
             action: d.action.name().to_owned(),
             from_rung: d.from_rung,
             to_rung: d.to_rung,
+            held_for_ms: u64::try_from(d.reason.held_for.as_millis()).unwrap_or(u64::MAX),
+            value: d.reason.value.map(|v| v.value),
             text: d.to_string(),
             error,
         }
@@ -155,8 +161,8 @@ impl StatusReport {
         );
         let _ = writeln!(
             out,
-            "{:<28} {:>6} {:>12} {:<8} {}",
-            "POLICY", "RUNG", "VALUE", "MODE", "STATE"
+            "{:<28} {:>6} {:>12} {:<8} STATE",
+            "POLICY", "RUNG", "VALUE", "MODE"
         );
         for p in &self.policies {
             let mut state = Vec::new();
