@@ -113,6 +113,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 
     let unit = cargo(&[
         "test",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "governor-ebpf",
@@ -157,6 +158,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     if is_root() {
         let integ = cargo(&[
             "test",
+            "--no-fail-fast",
             "--package",
             "governor-integration",
             "--",

@@ -9,8 +9,11 @@ use crate::{
 /// fraction, events per second), or `None` if there is no data.
 ///
 /// No data is not zero: a cgroup or port that was not seen, a probe that is
-/// missing, a run queue with no wait measured in the interval, a port with
-/// no listener (no backlog) all give `None`, and the policy holds.
+/// missing, a port with no listener (no backlog) all give `None`, and the
+/// policy holds. A cgroup that is there but whose tasks did not wait at all
+/// in the interval (they slept, or it is empty) reads 0: the probes worked
+/// and nothing queued, so a limit imposed for its sake may be lifted (an
+/// idle protected workload must not keep its neighbours limited forever).
 pub fn read(spec: &SignalSpec, snapshot: &Snapshot) -> Option<f64> {
     let cgroup = |s: &Scope| -> Option<Option<&CgroupStats>> {
         match s {
@@ -38,7 +41,7 @@ pub fn read(spec: &SignalSpec, snapshot: &Snapshot) -> Option<f64> {
                 Some(c) => c.runq,
             };
             if runq.count == 0 {
-                return None;
+                return Some(0.0);
             }
             (if spec.kind == SignalKind::RunqP99 {
                 runq.p99_us
@@ -87,7 +90,7 @@ mod tests {
             psi: None,
             throttling: None,
         });
-        assert_eq!(read(&runq, &s), None, "no wait measured");
+        assert_eq!(read(&runq, &s), Some(0.0), "seen, nothing waited");
         s.cgroups[0].runq = RunqStats {
             count: 10,
             p50_us: 20,
