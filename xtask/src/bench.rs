@@ -37,6 +37,10 @@ enum Which {
     /// Overhead of governor's probes on a context-switch-heavy workload,
     /// against bpftrace's runqlat.bt and against nothing.
     Probes,
+    /// Cost per packet of governor's SYN admission, against an nftables
+    /// `limit rate` rule: SYNs refused per second on one core across a veth
+    /// pair between two namespaces.
+    Enforce,
 }
 
 /// Runs the chosen benchmarks.
@@ -49,14 +53,20 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     setup::setup()?;
     let root = workspace_root();
-    say("building governor (release)");
+    say("building governor and the test workloads (release)");
     run_cmd(
         Command::new("cargo")
             .args(["build", "--release", "--package", "governor"])
+            .args(["--package", "governor-integration", "--bins"])
             .current_dir(&root),
     )?;
     match args.which {
-        None | Some(Which::Probes) => probes(args)?,
+        Some(Which::Probes) => probes(args)?,
+        Some(Which::Enforce) => enforce(args)?,
+        None => {
+            probes(args)?;
+            enforce(args)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -273,5 +283,228 @@ fn probes(args: &BenchArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     eprintln!("wrote {}", dir.join("probes.json").display());
+    Ok(())
+}
+
+/// Two namespaces joined by a veth pair, removed when dropped.
+struct VethPair {
+    a: String,
+    b: String,
+}
+
+const ADDR_A: &str = "10.77.0.1";
+const ADDR_B: &str = "10.77.0.2";
+
+impl VethPair {
+    fn new() -> anyhow::Result<Self> {
+        let tag = std::process::id();
+        let pair = Self {
+            a: format!("govbench-{tag}-a"),
+            b: format!("govbench-{tag}-b"),
+        };
+        let ip = |args: &[&str]| run_cmd(Command::new("ip").args(args));
+        ip(&["netns", "add", &pair.a])?;
+        ip(&["netns", "add", &pair.b])?;
+        ip(&[
+            "link", "add", "gbva", "netns", &pair.a, "type", "veth", "peer", "name", "gbvb",
+            "netns", &pair.b,
+        ])?;
+        ip(&[
+            "-n",
+            &pair.a,
+            "addr",
+            "add",
+            &format!("{ADDR_A}/24"),
+            "dev",
+            "gbva",
+        ])?;
+        ip(&[
+            "-n",
+            &pair.b,
+            "addr",
+            "add",
+            &format!("{ADDR_B}/24"),
+            "dev",
+            "gbvb",
+        ])?;
+        for (ns, dev) in [(&pair.a, "gbva"), (&pair.b, "gbvb")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    Stack,
+    Nftables,
+    GovernorDrop,
+    GovernorReset,
+}
+
+impl Filter {
+    fn name(self) -> &'static str {
+        match self {
+            Filter::Stack => "no rule (the stack answers RST)",
+            Filter::Nftables => "nftables limit rate over 200/s drop",
+            Filter::GovernorDrop => "governor throttle 200/s, drop",
+            Filter::GovernorReset => "governor throttle 200/s, reset",
+        }
+    }
+}
+
+fn enforce(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let load = root.join("target/release/govtest-load");
+    const PORT: &str = "8080";
+    let pair = VethPair::new()?;
+    say(format!(
+        "bench enforce: SYN flood {ADDR_A} → {ADDR_B}:{PORT} over veth, sender on CPU 0, 2 s per run, {} rounds, rotating order",
+        args.rounds
+    ));
+    let filters = [
+        Filter::Stack,
+        Filter::Nftables,
+        Filter::GovernorDrop,
+        Filter::GovernorReset,
+    ];
+    let mut results: Vec<(Filter, Vec<f64>)> = filters.iter().map(|f| (*f, Vec::new())).collect();
+    for round in 0..args.rounds {
+        for k in 0..filters.len() {
+            let f = filters[(round + k) % filters.len()];
+            let _guard: Option<Tracer> = match f {
+                Filter::Stack => None,
+                Filter::Nftables => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", &pair.b, "nft", "-f", "-"])
+                        .stdin(Stdio::piped());
+                    let mut child = c.spawn().context("nft (package nftables)")?;
+                    if let Some(mut stdin) = child.stdin.take() {
+                        use std::io::Write as _;
+                        writeln!(
+                            stdin,
+                            "table inet govbench {{\n chain input {{\n  type filter hook input priority 0;\n  tcp dport {PORT} tcp flags syn limit rate over 200/second drop\n }}\n}}"
+                        )?;
+                    }
+                    if !child.wait()?.success() {
+                        bail!("nft -f failed");
+                    }
+                    None
+                }
+                Filter::GovernorDrop | Filter::GovernorReset => {
+                    let mode = if f == Filter::GovernorDrop {
+                        "drop"
+                    } else {
+                        "reset"
+                    };
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", &pair.b]).arg(&load).args([
+                        "enforce",
+                        "--port",
+                        PORT,
+                        "--rate",
+                        "200",
+                        "--mode",
+                        mode,
+                        "--seconds",
+                        "30",
+                    ]);
+                    Some(start_tracer(c, "ready", false)?)
+                }
+            };
+            let out = Command::new("ip")
+                .args(["netns", "exec", &pair.a, "taskset", "-c", "0"])
+                .arg(&load)
+                .args([
+                    "synflood",
+                    "--src",
+                    ADDR_A,
+                    "--dst",
+                    ADDR_B,
+                    "--port",
+                    PORT,
+                    "--seconds",
+                    "2",
+                ])
+                .output()
+                .context("running the SYN flood")?;
+            if f == Filter::Nftables {
+                let _ = Command::new("ip")
+                    .args([
+                        "netns", "exec", &pair.b, "nft", "delete", "table", "inet", "govbench",
+                    ])
+                    .status();
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let field = |k: &str| {
+                text.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            let (Some(sent), Some(ms)) = (field("sent="), field("ms=")) else {
+                bail!(
+                    "the SYN flood printed no count: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let pps = sent / (ms / 1000.0);
+            eprintln!(
+                "  round {}  {:<40} {:>10.0} SYN/s",
+                round + 1,
+                f.name(),
+                pps
+            );
+            if let Some((_, r)) = results.iter_mut().find(|(x, _)| *x == f) {
+                r.push(pps);
+            }
+        }
+    }
+    let medians: Vec<(Filter, f64)> = results.iter_mut().map(|(f, r)| (*f, median(r))).collect();
+    let nft = medians
+        .iter()
+        .find(|(f, _)| *f == Filter::Nftables)
+        .map(|(_, m)| *m)
+        .context("no nftables runs")?;
+    println!();
+    println!("| SYN flood over veth, one core | median SYN/s handled | ratio to nftables |");
+    println!("|---|---|---|");
+    let mut json = serde_json::Map::new();
+    for (f, m) in &medians {
+        println!("| {} | {m:.0} | {:.3} |", f.name(), m / nft);
+        json.insert(
+            f.name().to_owned(),
+            serde_json::json!({ "median_syn_per_s": m, "ratio_to_nftables": m / nft }),
+        );
+    }
+    let drop = medians
+        .iter()
+        .find(|(f, _)| *f == Filter::GovernorDrop)
+        .map(|(_, m)| *m / nft)
+        .unwrap_or(f64::NAN);
+    println!();
+    println!(
+        "governor (drop) handles {drop:.2}× the SYNs per second of nftables on one core. Target ≥ 1.0: {}",
+        if drop >= 1.0 { "met" } else { "NOT met" }
+    );
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("enforce.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "benchmark": "enforce",
+            "workload": "raw SYN flood across a veth pair, sender pinned to CPU 0, 2 s per run",
+            "rounds": args.rounds,
+            "variants": json,
+        }))?,
+    )?;
     Ok(())
 }

@@ -55,6 +55,87 @@ fn spin_until(deadline: Instant) {
     }
 }
 
+/// The Internet checksum of `data`, folded.
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for chunk in data.chunks(2) {
+        let word = u32::from(chunk[0]) << 8 | u32::from(*chunk.get(1).unwrap_or(&0));
+        sum += word;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends SYNs on a raw socket until `until`; prints how many.
+fn synflood(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    until: Instant,
+) -> Result<(), String> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+    if fd < 0 {
+        return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let pseudo: u32 = {
+        let (s, d) = (src.octets(), dst.octets());
+        [s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]
+            .chunks(2)
+            .map(|c| u32::from(c[0]) << 8 | u32::from(c[1]))
+            .sum::<u32>()
+            + 6
+            + 20
+    };
+    let mut sent = 0u64;
+    let mut sport: u16 = 10_000;
+    let start = Instant::now();
+    while (sent & 0xff != 0) || Instant::now() < until {
+        sport = if sport >= 60_000 { 10_000 } else { sport + 1 };
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&port.to_be_bytes());
+        tcp[4..8].copy_from_slice(&(sent as u32).to_be_bytes());
+        tcp[12] = 5 << 4; // data offset: 5 words
+        tcp[13] = 0x02; // SYN
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        let c = checksum(&tcp, pseudo);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        // SAFETY: valid buffer and address for the call.
+        let rc = unsafe {
+            libc::sendto(
+                fd,
+                tcp.as_ptr().cast(),
+                tcp.len(),
+                0,
+                (&raw const sin).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(format!("sendto: {e}"));
+            }
+        } else {
+            sent += 1;
+        }
+    }
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    println!("sent={sent} ms={}", start.elapsed().as_millis());
+    Ok(())
+}
+
 /// Open-loop connects; prints the outcome counts.
 fn flood(addr: SocketAddr, count: u64, rate: f64, timeout: Duration) -> Result<(), String> {
     use std::os::fd::AsRawFd as _;
@@ -181,6 +262,47 @@ fn main() -> ExitCode {
                 let rate: f64 = arg(&args, "--rate").ok_or("--rate R")?;
                 let timeout = Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(1000));
                 flood(addr, count.min(100_000), rate, timeout)?;
+            }
+            "synflood" => {
+                // Raw TCP SYNs to `--dst IP --port P` from varying source
+                // ports, as fast as one core sends them, for `--seconds`.
+                let dst: std::net::Ipv4Addr = arg(&args, "--dst").ok_or("--dst IPv4")?;
+                let src: std::net::Ipv4Addr = arg(&args, "--src").ok_or("--src IPv4")?;
+                let port: u16 = arg(&args, "--port").ok_or("--port P")?;
+                synflood(src, dst, port, until)?;
+            }
+            "enforce" => {
+                // Attach governor's inbound admission in the calling
+                // namespace with one rule, until --seconds pass.
+                use governor::{
+                    act::net::{NetEnforcer, Rule},
+                    config::RejectMode,
+                };
+                let port: u16 = arg(&args, "--port").ok_or("--port P")?;
+                let rate: f64 = arg(&args, "--rate").unwrap_or(0.0);
+                let mode = match arg::<String>(&args, "--mode").as_deref() {
+                    Some("drop") => RejectMode::Drop,
+                    _ => RejectMode::Reset,
+                };
+                let mut e = NetEnforcer::load().map_err(|e| e.to_string())?;
+                e.attach_netns(std::path::Path::new("/proc/thread-self/ns/net"))
+                    .map_err(|e| e.to_string())?;
+                let rule = Rule {
+                    rate: (rate > 0.0).then_some(rate),
+                    burst: 1,
+                    mode,
+                    exempt: vec![],
+                };
+                e.set_port(port, &rule).map_err(|e| e.to_string())?;
+                println!("ready");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                while Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let v = e.port_verdicts().map_err(|e| e.to_string())?;
+                let v = v.get(&port).copied().unwrap_or_default();
+                println!("admitted={} refused={}", v.admitted, v.refused);
             }
             "churn" => {
                 // Create cgroups one by one, run in each for a moment, leave,
