@@ -111,19 +111,7 @@ impl NetnsWorker {
                         diag.listen_queues()
                             .map_err(anyhow::Error::from)
                             .map(|qs| NetReading {
-                                queues: qs
-                                    .into_iter()
-                                    .map(|q| {
-                                        (
-                                            q.port,
-                                            ListenerQueue {
-                                                depth: q.accept_queue,
-                                                limit: q.accept_queue_max,
-                                                full: q.any_full,
-                                            },
-                                        )
-                                    })
-                                    .collect(),
+                                queues: crate::sensor::queues_by_port(qs),
                                 listen: procfs::listen_counters(proc_self).ok(),
                             });
                     let _ = reply.send(reading);

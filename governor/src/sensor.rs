@@ -42,6 +42,25 @@ pub struct ListenerQueue {
     pub full: bool,
 }
 
+/// Per-port accept queues as the sensor keeps them, from sock_diag's listing.
+pub fn queues_by_port(
+    queues: Vec<crate::sense::sockdiag::ListenQueue>,
+) -> HashMap<u16, ListenerQueue> {
+    queues
+        .into_iter()
+        .map(|q| {
+            (
+                q.port,
+                ListenerQueue {
+                    depth: q.accept_queue,
+                    limit: q.accept_queue_max,
+                    full: q.any_full,
+                },
+            )
+        })
+        .collect()
+}
+
 /// Source of per-port accept-queue readings (sock_diag in production).
 pub type ListenerReader = Box<dyn FnMut() -> anyhow::Result<HashMap<u16, ListenerQueue>> + Send>;
 
@@ -122,22 +141,7 @@ impl Sensor {
         let fs = CgroupFs::discover(std::path::Path::new(crate::sense::cgroupfs::DEFAULT_ROOT))
             .context("finding the cgroup2 hierarchy")?;
         let mut diag = SockDiag::new().context("opening sock_diag")?;
-        let reader: ListenerReader = Box::new(move || {
-            Ok(diag
-                .listen_queues()?
-                .into_iter()
-                .map(|q| {
-                    (
-                        q.port,
-                        ListenerQueue {
-                            depth: q.accept_queue,
-                            limit: q.accept_queue_max,
-                            full: q.any_full,
-                        },
-                    )
-                })
-                .collect())
-        });
+        let reader: ListenerReader = Box::new(move || Ok(queues_by_port(diag.listen_queues()?)));
         Ok(Self::new(
             probes,
             CgroupIndex::new(fs),

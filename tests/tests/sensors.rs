@@ -13,11 +13,11 @@ use std::{
 use governor::{
     sense::cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
     sense::sockdiag::SockDiag,
-    sensor::{ListenerQueue, ListenerReader, Sensor, SensorScope},
+    sensor::{ListenerReader, Sensor, SensorScope, queues_by_port},
     snapshot::{CgroupPath, Snapshot},
 };
 use governor_integration::{
-    Children, TestCgroup, enter_own_netns, eventually, field, probes, require_root,
+    Children, CpuTestCgroup, TestCgroup, enter_own_netns, eventually, field, probes, require_root,
 };
 
 fn cgroup_index() -> CgroupIndex {
@@ -27,22 +27,7 @@ fn cgroup_index() -> CgroupIndex {
 /// A sock_diag reader of the calling thread's network namespace.
 fn listeners_here() -> ListenerReader {
     let mut diag = SockDiag::new().expect("sock_diag");
-    Box::new(move || {
-        Ok(diag
-            .listen_queues()?
-            .into_iter()
-            .map(|q| {
-                (
-                    q.port,
-                    ListenerQueue {
-                        depth: q.accept_queue,
-                        limit: q.accept_queue_max,
-                        full: q.any_full,
-                    },
-                )
-            })
-            .collect())
-    })
+    Box::new(move || Ok(queues_by_port(diag.listen_queues()?)))
 }
 
 fn sensor(subtrees: Vec<CgroupPath>, proc_root: &str, listeners: Option<ListenerReader>) -> Sensor {
@@ -67,18 +52,27 @@ fn runq_of(s: &Snapshot, path: &CgroupPath) -> governor::snapshot::RunqStats {
 #[test]
 fn runq_p99_of_a_crowded_cpu_is_ten_times_a_quiet_ones_and_counts_match_wakeups() {
     require_root();
-    let a = TestCgroup::new("runq-a");
-    let b = TestCgroup::new("runq-b");
+    // A and B are siblings under a parent that outweighs the rest of the
+    // host, so that other work on a shared machine does not crowd B's CPU.
+    let parent = CpuTestCgroup::new("runq");
+    parent.outweigh_the_host();
+    let ca = parent.child("a");
+    let cb = parent.child("b");
+    let (a, b) = (&ca.v2, &cb.v2);
     let mut sensor = sensor(vec![a.path.clone(), b.path.clone()], "/proc", None);
 
     let (pa, pb) = (a.procs(), b.procs());
     let (pa, pb) = (pa.to_str().expect("utf-8"), pb.to_str().expect("utf-8"));
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
     let secs = "3";
-    kids.spawn(&["hog", "--cpu", "0", "--seconds", secs, "--join", pa]);
-    kids.spawn(&["hog", "--cpu", "0", "--seconds", secs, "--join", pa]);
+    for _ in 0..2 {
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", secs, "--join", pa]);
+        ca.join(kids.procs[h].id());
+    }
     let wa = kids.spawn(&["worker", "--cpu", "0", "--seconds", secs, "--join", pa]);
+    ca.join(kids.procs[wa].id());
     let wb = kids.spawn(&["worker", "--cpu", "1", "--seconds", secs, "--join", pb]);
+    cb.join(kids.procs[wb].id());
     let out_a = kids.wait_output(wa);
     let out_b = kids.wait_output(wb);
     for i in 0..2 {

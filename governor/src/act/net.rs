@@ -138,8 +138,8 @@ pub struct NetEnforcer {
     ebpf: Ebpf,
     netns: Option<(PathBuf, SkLookupLinkId)>,
     cgroups: HashMap<PathBuf, [CgroupSockAddrLinkId; 2]>,
-    exempt_of_port: HashMap<u16, Vec<Key<ExemptData>>>,
-    exempt_of_cgroup: HashMap<u64, Vec<Key<ExemptData>>>,
+    /// Exemption keys in force, by scope (a port's or a cgroup's).
+    exempt_of: HashMap<[u8; 8], Vec<Key<ExemptData>>>,
     /// The drop sink: a listener with a full accept queue, and the
     /// connection that fills it.
     sink: Option<(socket2::Socket, TcpStream)>,
@@ -153,8 +153,7 @@ impl NetEnforcer {
             ebpf,
             netns: None,
             cgroups: HashMap::new(),
-            exempt_of_port: HashMap::new(),
-            exempt_of_cgroup: HashMap::new(),
+            exempt_of: HashMap::new(),
             sink: None,
         })
     }
@@ -311,83 +310,89 @@ impl NetEnforcer {
         Ok(())
     }
 
-    /// Admits new connections to local `port` by `rule` (replacing any rule).
-    pub fn set_port(&mut self, port: u16, rule: &Rule) -> Result<(), EnforceError> {
-        let keys = exempt_keys(port_scope(port), &rule.exempt);
-        let old = self.exempt_of_port.remove(&port).unwrap_or_default();
+    /// Puts `rule` (or, with `None`, no rule) in force for one key of one
+    /// bucket map, with its exemptions under `scope`.
+    fn set_rule<K: aya::Pod>(
+        &mut self,
+        map_name: &'static str,
+        key: K,
+        scope: [u8; 8],
+        rule: Option<&Rule>,
+        what: String,
+    ) -> Result<(), EnforceError> {
+        let keys = rule.map_or_else(Vec::new, |r| exempt_keys(scope, &r.exempt));
+        let old = self.exempt_of.remove(&scope).unwrap_or_default();
         self.set_exempt(old, &keys)?;
-        self.exempt_of_port.insert(port, keys);
-        let map = self.buckets(names::MAP_PORT_BUCKETS)?;
-        let mut buckets: BpfHashMap<&mut MapData, u32, Bucket> = BpfHashMap::try_from(map)
-            .map_err(|source| EnforceError::Map {
-                what: "PORT_BUCKETS".into(),
+        if rule.is_some() {
+            self.exempt_of.insert(scope, keys);
+        }
+        let map = self.buckets(map_name)?;
+        let mut buckets: BpfHashMap<&mut MapData, K, Bucket> =
+            BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
+                what: map_name.into(),
                 source,
             })?;
-        buckets
-            .insert(u32::from(port), rule.bucket(0), 0)
-            .map_err(|source| EnforceError::Map {
-                what: format!("setting the rule of port {port}"),
-                source,
-            })
+        let result = match rule {
+            Some(r) => buckets.insert(key, r.bucket(0), 0),
+            None => match buckets.remove(&key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            },
+        };
+        result.map_err(|source| EnforceError::Map {
+            what: format!(
+                "{} the rule of {what}",
+                if rule.is_some() {
+                    "setting"
+                } else {
+                    "clearing"
+                }
+            ),
+            source,
+        })
+    }
+
+    /// Admits new connections to local `port` by `rule` (replacing any rule).
+    pub fn set_port(&mut self, port: u16, rule: &Rule) -> Result<(), EnforceError> {
+        let what = format!("port {port}");
+        self.set_rule(
+            names::MAP_PORT_BUCKETS,
+            u32::from(port),
+            port_scope(port),
+            Some(rule),
+            what,
+        )
     }
 
     /// Removes the rule of `port`: every connection is admitted again.
     pub fn clear_port(&mut self, port: u16) -> Result<(), EnforceError> {
-        let old = self.exempt_of_port.remove(&port).unwrap_or_default();
-        self.set_exempt(old, &[])?;
-        let map = self.buckets(names::MAP_PORT_BUCKETS)?;
-        let mut buckets: BpfHashMap<&mut MapData, u32, Bucket> = BpfHashMap::try_from(map)
-            .map_err(|source| EnforceError::Map {
-                what: "PORT_BUCKETS".into(),
-                source,
-            })?;
-        match buckets.remove(&u32::from(port)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(EnforceError::Map {
-                what: format!("clearing port {port}"),
-                source,
-            }),
-        }
+        let what = format!("port {port}");
+        self.set_rule(
+            names::MAP_PORT_BUCKETS,
+            u32::from(port),
+            port_scope(port),
+            None,
+            what,
+        )
     }
 
     /// Admits outbound connects of cgroup `id` (and below) by `rule`. The
     /// programs must be attached to that cgroup (or an ancestor).
     pub fn set_cgroup(&mut self, id: u64, rule: &Rule) -> Result<(), EnforceError> {
-        let keys = exempt_keys(cgroup_scope(id), &rule.exempt);
-        let old = self.exempt_of_cgroup.remove(&id).unwrap_or_default();
-        self.set_exempt(old, &keys)?;
-        self.exempt_of_cgroup.insert(id, keys);
-        let map = self.buckets(names::MAP_CGROUP_BUCKETS)?;
-        let mut buckets: BpfHashMap<&mut MapData, u64, Bucket> = BpfHashMap::try_from(map)
-            .map_err(|source| EnforceError::Map {
-                what: "CGROUP_BUCKETS".into(),
-                source,
-            })?;
-        buckets
-            .insert(id, rule.bucket(0), 0)
-            .map_err(|source| EnforceError::Map {
-                what: format!("setting the rule of cgroup {id}"),
-                source,
-            })
+        let what = format!("cgroup {id}");
+        self.set_rule(
+            names::MAP_CGROUP_BUCKETS,
+            id,
+            cgroup_scope(id),
+            Some(rule),
+            what,
+        )
     }
 
     /// Removes the rule of cgroup `id`.
     pub fn clear_cgroup(&mut self, id: u64) -> Result<(), EnforceError> {
-        let old = self.exempt_of_cgroup.remove(&id).unwrap_or_default();
-        self.set_exempt(old, &[])?;
-        let map = self.buckets(names::MAP_CGROUP_BUCKETS)?;
-        let mut buckets: BpfHashMap<&mut MapData, u64, Bucket> = BpfHashMap::try_from(map)
-            .map_err(|source| EnforceError::Map {
-                what: "CGROUP_BUCKETS".into(),
-                source,
-            })?;
-        match buckets.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(EnforceError::Map {
-                what: format!("clearing cgroup {id}"),
-                source,
-            }),
-        }
+        let what = format!("cgroup {id}");
+        self.set_rule(names::MAP_CGROUP_BUCKETS, id, cgroup_scope(id), None, what)
     }
 
     /// Admitted and refused connections per port, summed over CPUs.
