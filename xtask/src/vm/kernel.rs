@@ -4,7 +4,7 @@
 //! <cache>/kernels/<release>/
 //! ├── apt/        private apt state (sources.list, lists, cache): the host's own is untouched
 //! ├── deb/        the downloaded linux-image-*-cloud-amd64 package
-//! ├── root/       its contents (dpkg-deb -x): boot/vmlinuz-*, lib/modules/*
+//! ├── root/       its contents (dpkg-deb -x): boot/vmlinuz-*, [usr/]lib/modules/*
 //! └── package     the package's name and version; written last, so it marks a complete cache
 //! ```
 //!
@@ -112,7 +112,10 @@ pub fn fetch(spec: &KernelSpec, cache: &Path) -> anyhow::Result<Kernel> {
                 .to_owned();
             let root = dir.join("root");
             let image = only_entry(&root.join("boot"), "vmlinuz-")?;
-            let modules = only_entry(&root.join("lib/modules"), "").ok();
+            // Newer packages (trixie) ship them under /usr (merged /usr).
+            let modules = ["lib/modules", "usr/lib/modules"]
+                .iter()
+                .find_map(|d| only_entry(&root.join(d), "").ok());
             Ok(Kernel {
                 label: (*series).to_owned(),
                 description,

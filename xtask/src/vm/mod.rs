@@ -57,6 +57,10 @@ pub struct VmArgs {
     /// Time-out per kernel, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Extra kernel command-line arguments (`--append loglevel=7` shows the
+    /// stack dumps that `quiet` hides).
+    #[arg(long, default_value = "")]
+    pub append: String,
 }
 
 /// The verdict on one kernel.
@@ -119,9 +123,9 @@ pub fn vm_test(args: &VmArgs) -> anyhow::Result<ExitCode> {
     };
     let machine = qemu::Machine {
         kvm: args.kvm,
-        memory_mib: 1024,
-        cpus: 2,
         timeout: Duration::from_secs(args.timeout),
+        append: args.append.clone(),
+        ..qemu::Machine::default()
     };
     let runs = run_kernels(&specs, &machine)?;
     print_summary(&runs);
@@ -296,6 +300,18 @@ fn pack(stage: &Stage, k: &Kernel, initrd: &Path) -> anyhow::Result<()> {
         Some(dir) => modules_with_deps(dir, MODULES)?,
         None => Vec::new(),
     };
+    let absent: Vec<&str> = MODULES
+        .iter()
+        .filter(|m| !modules.iter().any(|(n, _)| n == *m))
+        .copied()
+        .collect();
+    if !absent.is_empty() {
+        eprintln!(
+            "vm {}: modules not found (built in, or not built): {}",
+            k.label,
+            absent.join(", ")
+        );
+    }
     say(format!(
         "vm {}: packing {} (init, {} test binaries, govtest-load, {} modules)",
         k.label,
@@ -481,6 +497,8 @@ pub struct Outcome {
     pub panic: Option<String>,
     /// The init's result line: (binaries, failed binaries).
     pub result: Option<(u32, u32)>,
+    /// The test that was running when the console ended, if one was.
+    pub unfinished: Option<String>,
 }
 
 impl Outcome {
@@ -489,6 +507,11 @@ impl Outcome {
         let mut p = Vec::new();
         if let Some(panic) = &self.panic {
             p.push(format!("panic: {panic}"));
+        }
+        if let Some(t) = &self.unfinished {
+            p.push(format!(
+                "unfinished test (the console ended while it ran): {t}"
+            ));
         }
         for t in &self.failed {
             p.push(format!("failed test: {t}"));
@@ -537,7 +560,12 @@ pub fn judge(lines: &[&str]) -> Outcome {
         if let Some(rest) = line.strip_prefix("GOVTEST-END ") {
             let (name, how) = rest.split_once(' ').unwrap_or((rest, ""));
             if how.trim() != "0" && failed_in_binary == 0 {
-                o.crashed.push(format!("{name} (exit {})", how.trim()));
+                let during = pending
+                    .as_deref()
+                    .map(|t| format!(", during {t}"))
+                    .unwrap_or_default();
+                o.crashed
+                    .push(format!("{name} (exit {}{during})", how.trim()));
             }
             pending = None;
             continue;
@@ -605,6 +633,7 @@ pub fn judge(lines: &[&str]) -> Outcome {
     }
     // A skip line of a test that never reported a verdict still is a skip.
     o.skipped.extend(skipped);
+    o.unfinished = pending;
     o
 }
 
@@ -673,6 +702,10 @@ mod tests {
 
         let o = judge(&["[ 1.0] Kernel panic - not syncing: Attempted to kill init!"]);
         assert!(o.panic.is_some() && o.result.is_none());
+        assert!(!o.problems().is_empty());
+
+        let o = judge(&["GOVTEST-BEGIN s", "test hangs ... [ 30.9] rcu: INFO: stall"]);
+        assert_eq!(o.unfinished.as_deref(), Some("s::hangs"));
         assert!(!o.problems().is_empty());
 
         let o = judge(&["GOVTEST-RESULT binaries=0 failed=0"]);

@@ -26,6 +26,21 @@ pub struct Machine {
     pub cpus: u32,
     /// Give up (and fail) after this long.
     pub timeout: Duration,
+    /// Appended to the kernel command line (e.g. `loglevel=7` to see stack dumps).
+    pub append: String,
+}
+
+impl Default for Machine {
+    /// TCG, 1 GiB, 2 CPUs, 10 minutes.
+    fn default() -> Self {
+        Self {
+            kvm: false,
+            memory_mib: 1024,
+            cpus: 2,
+            timeout: Duration::from_secs(600),
+            append: String::new(),
+        }
+    }
 }
 
 /// What the console showed.
@@ -58,7 +73,8 @@ pub fn boot(
         .arg(image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet {}", machine.append).trim_end())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
