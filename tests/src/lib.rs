@@ -217,11 +217,65 @@ pub fn enter_own_netns() {
         "unshare(CLONE_NEWNET): {}",
         std::io::Error::last_os_error()
     );
-    let st = std::process::Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("ip (iproute2)");
-    assert!(st.success(), "`ip link set lo up` failed");
+    if let Err(e) = loopback_up() {
+        panic!("bringing lo up in the new network namespace: {e}");
+    }
+}
+
+/// Sets IFF_UP on `lo` of the calling thread's network namespace with
+/// SIOCGIFFLAGS/SIOCSIFFLAGS: no iproute2 needed (the VM guests have none).
+fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened here and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a socket fd and an ifreq naming an interface; the kernel fills the flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above, with the flags to set.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reports the calling test as skipped, with the reason: prints
+/// `SKIPPED: <test>: <reason>` on a line of its own straight to stdout (past
+/// libtest's capture), which `cargo xtask test` and `cargo xtask vm-test`
+/// count as skipped, never as passed. The caller returns right after; use
+/// [`skip_unless!`].
+pub fn skip(reason: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test>");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\nSKIPPED: {test}: {reason}");
+    let _ = out.flush();
+}
+
+/// `skip_unless!(cond, "reason {}", x)`: unless `cond` holds, reports the
+/// test as skipped with the reason and returns from it. Only for something
+/// the running kernel lacks (a tracepoint, a cgroup file), named in the reason.
+#[macro_export]
+macro_rules! skip_unless {
+    ($cond:expr, $($reason:tt)+) => {
+        if !$cond {
+            $crate::skip(&format!($($reason)+));
+            return;
+        }
+    };
 }
 
 /// The `governor` binary: `$GOVERNOR_BIN`, else `target/<profile>/governor`

@@ -7,6 +7,7 @@ mod setup;
 mod systemd;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     Test(test::TestArgs),
     /// Benchmarks, each beside its peers in the same run (medians, ratios).
     Bench(bench::BenchArgs),
+    /// The root integration tests inside QEMU on Debian's kernels (5.10, 6.1,
+    /// 6.12) or a given kernel image; one summary line per kernel.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run::run(&args),
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::VmTest(args) => vm::vm_test(&args),
     };
     match result {
         Ok(code) => code,

@@ -36,6 +36,22 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "`systemd-analyze verify/security` of the unit file",
     ),
+    (
+        "qemu-system-x86",
+        "the VM tests (`cargo xtask vm-test`) on Debian's kernels",
+    ),
+    (
+        "qemu-utils",
+        "kept beside qemu-system-x86, whose install alone removes it (qemu-img)",
+    ),
+    (
+        "debian-archive-keyring",
+        "verifies the other releases' signatures when fetching VM kernels",
+    ),
+    (
+        "xz-utils",
+        "decompresses the VM kernels' modules (.ko.xz) before packing them",
+    ),
 ];
 
 /// What setup did.

@@ -1,0 +1,160 @@
+//! Boots one kernel with the test initramfs in QEMU and collects the serial
+//! console, line by line, with the time each line arrived.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::util::show;
+
+/// How to run QEMU.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Use KVM instead of TCG (opt-in: nested KVM hangs on the build machines).
+    pub kvm: bool,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Give up (and fail) after this long.
+    pub timeout: Duration,
+    /// Appended to the kernel command line (e.g. `loglevel=7` to see stack dumps).
+    pub append: String,
+}
+
+impl Default for Machine {
+    /// TCG, 1 GiB, 2 CPUs, 10 minutes.
+    fn default() -> Self {
+        Self {
+            kvm: false,
+            memory_mib: 1024,
+            cpus: 2,
+            timeout: Duration::from_secs(600),
+            append: String::new(),
+        }
+    }
+}
+
+/// What the console showed.
+#[derive(Debug)]
+pub struct Console {
+    /// Lines, with seconds since QEMU started.
+    pub lines: Vec<(f64, String)>,
+    /// QEMU was killed at the time-out.
+    pub timed_out: bool,
+    /// QEMU's exit status, as text.
+    pub exit: String,
+    /// Seconds from QEMU's start to its end.
+    pub secs: f64,
+}
+
+/// Boots `image` with `initrd`; every console line goes to `log` and to `each`.
+pub fn boot(
+    machine: &Machine,
+    image: &Path,
+    initrd: &Path,
+    log: &Path,
+    mut each: impl FnMut(f64, &str),
+) -> anyhow::Result<Console> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", if machine.kvm { "kvm" } else { "tcg" }])
+        .args(["-m", &machine.memory_mib.to_string()])
+        .args(["-smp", &machine.cpus.to_string()])
+        .args(["-nographic", "-monitor", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(image)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet {}", machine.append).trim_end())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    writeln!(file, "# {}", show(&cmd))?;
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "starting `{}` (is qemu-system-x86 installed? `cargo xtask setup`)",
+            show(&cmd)
+        )
+    })?;
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned();
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+                buf.clear();
+            }
+        })
+    })
+    .collect();
+    drop(tx);
+
+    let deadline = started + machine.timeout;
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((at, line)) => {
+                let t = at.duration_since(started).as_secs_f64();
+                writeln!(file, "[{t:8.3}] {line}")?;
+                each(t, &line);
+                lines.push((t, line));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                // Our own child, by its handle.
+                let _ = child.kill();
+                writeln!(
+                    file,
+                    "# timed out after {:.0}s: QEMU killed",
+                    machine.timeout.as_secs_f64()
+                )?;
+                break;
+            }
+        }
+    }
+    let status = child.wait().context("waiting for QEMU")?;
+    for r in readers {
+        let _ = r.join();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    writeln!(file, "# QEMU ended after {secs:.1}s: {status}")?;
+    Ok(Console {
+        lines,
+        timed_out,
+        exit: status.to_string(),
+        secs,
+    })
+}
