@@ -25,6 +25,29 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 /// The object built from `governor-ebpf` for `bpfel-unknown-none`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
+/// The same probes with the per-cgroup histogram map preallocated, for
+/// kernels before 6.1 (see `governor-ebpf/src/prealloc.rs`).
+pub static OBJECT_PREALLOC: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor-prealloc"));
+
+/// Memory the preallocated histogram map may take, all CPUs together.
+const PREALLOC_BUDGET: usize = 16 << 20;
+
+/// The object for the running kernel, and the histogram map's size.
+fn object_for_kernel() -> (&'static [u8], Option<u32>) {
+    let old = aya::util::KernelVersion::current()
+        .map(|v| v < aya::util::KernelVersion::new(6, 1, 0))
+        .unwrap_or(true);
+    if !old {
+        return (OBJECT, None);
+    }
+    let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+    let per_entry = std::mem::size_of::<Hist>() * cpus;
+    let entries =
+        (PREALLOC_BUDGET / per_entry).clamp(64, governor_common::limits::MAX_CGROUPS as usize);
+    (OBJECT_PREALLOC, Some(entries as u32))
+}
+
 /// Names of every program in [`OBJECT`]; used to find leftovers.
 pub const PROGRAM_NAMES: &[&str] = &[
     names::PROG_SCHED_SWITCH,
@@ -219,7 +242,14 @@ impl Probes {
             loader.override_global(name, off, true);
         }
         loader.override_global(globals::CONFIGURED, &1u32, true);
-        let ebpf = loader.load(OBJECT)?;
+        let (object, prealloc) = object_for_kernel();
+        if let Some(entries) = prealloc {
+            tracing::info!(
+                "kernel before 6.1: per-cgroup histograms preallocated for {entries} cgroups"
+            );
+            loader.map_max_entries(names::MAP_CGROUP_RUNQ, entries);
+        }
+        let ebpf = loader.load(object)?;
         Ok(Self {
             ebpf,
             missing,

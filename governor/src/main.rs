@@ -39,6 +39,9 @@ enum Command {
         /// Decide and report, but change nothing (overrides the config).
         #[arg(long)]
         dry_run: bool,
+        /// Also print one line a second of what the agent sees (for a terminal).
+        #[arg(long)]
+        live: bool,
     },
     /// Check a config file and exit: 0 if valid, 2 with every error if not.
     Check {
@@ -96,10 +99,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run { config, dry_run } => {
-            let opts = governor::agent::RunOptions { config, dry_run };
+        Command::Run {
+            config,
+            dry_run,
+            live,
+        } => {
+            let opts = governor::agent::RunOptions {
+                config,
+                dry_run,
+                live,
+            };
             match governor::agent::run(opts) {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    report_leftovers();
+                    Ok(())
+                }
                 Err(governor::agent::AgentError::Config(e)) => {
                     eprint!("{e}");
                     return ExitCode::from(2);

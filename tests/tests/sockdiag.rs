@@ -5,7 +5,6 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -20,24 +19,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BACKLOG: i32 = 8;
 const CONNECTS: usize = 20;
 
-/// Moves the calling thread (only) into a new network namespace with `lo` up.
-fn own_netns() {
-    // SAFETY: unshare takes flags only; CLONE_NEWNET affects this thread alone.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET) failed: {} (this test needs root)",
-        std::io::Error::last_os_error()
-    );
-    // A child forked from this thread inherits its network namespace.
-    let status = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("run `ip link set lo up` (iproute2)");
-    assert!(status.success(), "`ip link set lo up` failed: {status}");
-}
-
 fn queue_of(diag: &mut SockDiag, port: u16) -> Option<ListenQueue> {
     diag.listen_queues()
         .expect("sock_diag dump")
@@ -47,7 +28,7 @@ fn queue_of(diag: &mut SockDiag, port: u16) -> Option<ListenQueue> {
 
 #[test]
 fn accept_queue_of_a_flooded_listener() {
-    own_netns();
+    governor_integration::enter_own_netns();
     // This thread's namespace: /proc/net would show the main thread's.
     let proc_root = Path::new("/proc/thread-self");
     let before = listen_counters(proc_root).expect("read netstat");

@@ -27,13 +27,13 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     }
     let bin = root.join("target/release/governor");
     say(format!(
-        "starting `{} run --dry-run{}{}` with the embedded default config; Ctrl-C stops it",
+        "starting `{} run --dry-run --live{}{}` with the embedded default config; Ctrl-C stops it",
         bin.display(),
         if args.is_empty() { "" } else { " " },
         args.join(" ")
     ));
     let mut cmd = Command::new(&bin);
-    cmd.arg("run").arg("--dry-run").args(args);
+    cmd.arg("run").arg("--dry-run").arg("--live").args(args);
     // Ctrl-C reaches the whole foreground process group: let the agent handle
     // it (revert, detach, report) while we wait for it to finish.
     // SAFETY: SIG_IGN is async-signal-safe and we restore it below.

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// `--dry-run`: forces dry-run whatever the config says.
     pub dry_run: bool,
+    /// `--live`: print one line a second of what the agent sees.
+    pub live: bool,
 }
 
 /// Why the agent stopped with an error.
@@ -218,6 +220,61 @@ fn handle(
     }
 }
 
+/// One line of what the agent sees: host run-queue, the cgroup waiting
+/// longest, the busiest port, every policy's rung.
+fn live_line(s: &Snapshot, policies: &[crate::decide::PolicyStatus]) -> String {
+    let host = s
+        .host
+        .runq
+        .map(|r| {
+            format!(
+                "host runq {} waits p50 {}µs p99 {}µs",
+                r.count, r.p50_us, r.p99_us
+            )
+        })
+        .unwrap_or_else(|| "host runq missing".into());
+    let worst = s
+        .cgroups
+        .iter()
+        .filter(|c| c.runq.count >= 5)
+        .max_by_key(|c| c.runq.p99_us)
+        .map(|c| format!(" | worst {} p99 {}µs", c.path, c.runq.p99_us))
+        .unwrap_or_default();
+    let port = s
+        .ports
+        .iter()
+        .max_by_key(|p| (p.accepted, p.accept_queue))
+        .filter(|p| p.accepted > 0 || p.accept_queue > 0)
+        .map(|p| {
+            format!(
+                " | port {} {:.0}/s queue {}/{}",
+                p.port, p.accepted_per_s, p.accept_queue, p.accept_queue_max
+            )
+        })
+        .unwrap_or_default();
+    let rungs: Vec<String> = policies
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}/{}{}",
+                p.name,
+                p.rung,
+                p.rungs,
+                if p.dry_run { " (dry-run)" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "t={:>6.1}s {host}{worst}{port} | {}",
+        s.ts_ms as f64 / 1000.0,
+        if rungs.is_empty() {
+            "no policies".into()
+        } else {
+            rungs.join(", ")
+        }
+    )
+}
+
 async fn agent(
     opts: RunOptions,
     cfg: Config,
@@ -287,6 +344,7 @@ async fn agent(
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut last_missing: Vec<String> = missing;
     let mut dry_run = cfg.agent.dry_run;
+    let mut last_live = Instant::now();
     let mut source = source;
 
     loop {
@@ -304,6 +362,10 @@ async fn agent(
                             handle(&decisions, &mut actuators, &metrics, &mut recent);
                             metrics.observe(&snap, &watched);
                             last_missing = snap.missing.clone();
+                            if opts.live && last_live.elapsed() >= Duration::from_secs(1) {
+                                last_live = Instant::now();
+                                println!("{}", live_line(&snap, &state.status()));
+                            }
                         }
                     }
                     Ok(Err(_)) => anyhow::bail!("the sensor thread stopped"),

@@ -1,0 +1,379 @@
+// The probes' body, included by `main.rs` and `prealloc.rs`, which differ
+// only in CGROUP_RUNQ_FLAGS.
+
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use aya_log_ebpf::info;
+use governor_common::{
+    TaskWait, counter,
+    hist::{self, Hist},
+    limits,
+};
+
+// Field offsets, set by the agent from tracefs `format` files at load time.
+#[unsafe(no_mangle)]
+static OFF_SWITCH_PREV_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SWITCH_PREV_STATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SWITCH_NEXT_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_WAKEUP_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_WAKEUP_NEW_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_OLDSTATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_NEWSTATE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_SPORT: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_PROTOCOL: u32 = 0;
+/// `task_struct.pid` offset, from BTF (raw tracepoints only).
+#[unsafe(no_mangle)]
+static OFF_TASK_PID: u32 = 0;
+/// `task_struct.__state` (or `.state` before 5.14) offset, from BTF.
+#[unsafe(no_mangle)]
+static OFF_TASK_STATE: u32 = 0;
+/// 1 once the agent has set the offsets above.
+#[unsafe(no_mangle)]
+static CONFIGURED: u32 = 0;
+
+#[inline(always)]
+fn global(v: &u32) -> u32 {
+    // SAFETY: a read of a read-only global the loader patched in.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// Per-CPU event counters, indexed by `governor_common::counter`.
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// Per-CPU flag: has this CPU announced that its probes are live?
+#[map(name = "ANNOUNCED")]
+static ANNOUNCED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per task (pid): when its current wait started, and the last wait not yet
+/// attributed to a cgroup. One entry per task, updated in place, so a
+/// context switch costs two lookups; LRU evicts the entries of dead tasks.
+#[map(name = "TASKS")]
+static TASKS: LruHashMap<u32, TaskWait> = LruHashMap::with_max_entries(limits::MAX_WAITING, 0);
+
+/// Host-wide run-queue histogram.
+#[map(name = "HOST_RUNQ")]
+static HOST_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-cgroup run-queue histograms (cgroup id → hist). In the `governor`
+/// object it is not preallocated: memory grows with the cgroups actually
+/// seen, up to MAX_CGROUPS. Kernels before 6.1 cannot allocate map memory
+/// safely from scheduler tracepoints (they deadlock in kfree), so the
+/// `governor-prealloc` object preallocates it; the agent sizes it by the
+/// number of CPUs at load time.
+#[map(name = "CGROUP_RUNQ")]
+static CGROUP_RUNQ: PerCpuHashMap<u64, Hist> =
+    PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, CGROUP_RUNQ_FLAGS);
+
+/// An empty histogram to insert from (the BPF stack is too small for one).
+#[map(name = "HIST_ZERO")]
+static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
+
+/// Outbound connects per cgroup (cgroup id → count).
+#[map(name = "CGROUP_CONNECTS")]
+static CGROUP_CONNECTS: PerCpuHashMap<u64, u64> =
+    PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, 0);
+
+/// Accepted connections per local port (port → count).
+#[map(name = "PORT_ACCEPTS")]
+static PORT_ACCEPTS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to a per-CPU hash counter, inserting it if absent; counts a full map.
+#[inline(always)]
+fn bump_keyed<K>(map: &PerCpuHashMap<K, u64>, key: &K, full: u32) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe { *v += 1 };
+    } else if map.insert(key, 1u64, 0).is_err() {
+        bump(full);
+    }
+}
+
+#[inline(always)]
+fn hist_add(h: *mut Hist, ns: u64) {
+    let b = hist::bucket(ns);
+    if b < hist::BUCKETS {
+        // SAFETY: `h` points at this CPU's value of a per-CPU map; `b` is in bounds.
+        unsafe { (*h).counts[b] += 1 };
+    }
+}
+
+/// Logs once per CPU that the probes run there: shows the kernel side is
+/// alive and that aya-log reaches the agent.
+#[inline(always)]
+fn announce<C: aya_ebpf::EbpfContext>(ctx: &C) {
+    if let Some(flag) = ANNOUNCED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe {
+            if *flag == 0 {
+                *flag = 1;
+                info!(ctx, "governor probes live on this cpu (sched_switch)");
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn read_u32(ctx: &TracePointContext, off: &u32) -> Option<u32> {
+    // SAFETY: bpf_probe_read of the tracepoint record at an offset from its format file.
+    unsafe { ctx.read_at::<u32>(global(off) as usize).ok() }
+}
+
+/// A wait starts now for `pid` (woken, or preempted while runnable).
+#[inline(always)]
+fn wait_starts(pid: u32, now: u64) {
+    if pid == 0 {
+        return;
+    }
+    if let Some(t) = TASKS.get_ptr_mut(pid) {
+        // SAFETY: a value pointer from a lookup; a task runs on one CPU at a time.
+        unsafe { (*t).start_ns = now };
+    } else if TASKS
+        .insert(
+            pid,
+            TaskWait {
+                start_ns: now,
+                pending_ns: 0,
+            },
+            0,
+        )
+        .is_err()
+    {
+        bump(counter::START_MAP_FULL);
+    }
+}
+
+/// A context switch: `prev` goes out (it is `current`, so its cgroup is
+/// known), `next` comes in.
+#[inline(always)]
+fn on_switch(prev: u32, prev_runnable: bool, next: u32, now: u64) {
+    if prev != 0
+        && let Some(t) = TASKS.get_ptr_mut(prev)
+    {
+        // SAFETY: as in `wait_starts`.
+        unsafe {
+            if (*t).pending_ns != 0 {
+                let waited = (*t).pending_ns - 1;
+                (*t).pending_ns = 0;
+                add_cgroup_wait(bpf_get_current_cgroup_id(), waited);
+            }
+            if prev_runnable {
+                (*t).start_ns = now;
+            }
+        }
+    } else if prev_runnable {
+        wait_starts(prev, now);
+    }
+    if next != 0
+        && let Some(t) = TASKS.get_ptr_mut(next)
+    {
+        // SAFETY: as in `wait_starts`.
+        unsafe {
+            if (*t).start_ns != 0 {
+                let waited = now.saturating_sub((*t).start_ns);
+                (*t).start_ns = 0;
+                // +1 so that a zero wait is still "pending".
+                (*t).pending_ns = waited + 1;
+                bump(counter::RUNQ_SAMPLES);
+                if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
+                    hist_add(h, waited);
+                }
+            }
+        }
+    }
+}
+
+fn on_wakeup(ctx: &TracePointContext, off: &u32) {
+    bump(counter::SCHED_WAKEUP);
+    if global(&CONFIGURED) == 0 {
+        return;
+    }
+    if let Some(pid) = read_u32(ctx, off) {
+        // SAFETY: no preconditions.
+        wait_starts(pid, unsafe { bpf_ktime_get_ns() });
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup")]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    on_wakeup(&ctx, &OFF_WAKEUP_PID);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+    on_wakeup(&ctx, &OFF_WAKEUP_NEW_PID);
+    0
+}
+
+/// `prev_state` bits that mean "not runnable" (S D T t X Z P I). The bit
+/// above them marks a preemption, which leaves the task runnable.
+const SLEEP_STATE_MASK: u64 = 0xff;
+
+/// Classic-tracepoint variant (kernels without BTF): fields from the record.
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    bump(counter::SCHED_SWITCH);
+    announce(&ctx);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let prev = read_u32(&ctx, &OFF_SWITCH_PREV_PID).unwrap_or(0);
+    let next = read_u32(&ctx, &OFF_SWITCH_NEXT_PID).unwrap_or(0);
+    // SAFETY: tracepoint record read at a parsed offset.
+    let state = unsafe { ctx.read_at::<u64>(global(&OFF_SWITCH_PREV_STATE) as usize) };
+    let runnable = matches!(state, Ok(s) if s & SLEEP_STATE_MASK == 0);
+    on_switch(prev, runnable, next, now);
+    0
+}
+
+/// `task_struct` field of a task pointer, at an offset from BTF.
+#[inline(always)]
+fn task_u32(task: u64, off: &u32) -> Option<u32> {
+    if task == 0 {
+        return None;
+    }
+    let p = (task + u64::from(global(off))) as *const u32;
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault gives Err.
+    unsafe { bpf_probe_read_kernel(p).ok() }
+}
+
+/// Raw-tracepoint variant (BTF kernels): `TP_PROTO(bool preempt, struct
+/// task_struct *prev, struct task_struct *next, ...)`, the same first three
+/// arguments on every kernel since 4.x. No trace record is built, which is
+/// what makes it cheaper than the classic tracepoint.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    bump(counter::SCHED_SWITCH);
+    announce(&ctx);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let prev_task: u64 = ctx.arg(1);
+    let next_task: u64 = ctx.arg(2);
+    let prev = task_u32(prev_task, &OFF_TASK_PID).unwrap_or(0);
+    let next = task_u32(next_task, &OFF_TASK_PID).unwrap_or(0);
+    // TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
+    let runnable = preempt & 1 == 1 || task_u32(prev_task, &OFF_TASK_STATE) == Some(0);
+    on_switch(prev, runnable, next, now);
+    0
+}
+
+/// Raw `sched_wakeup` / `sched_wakeup_new`: `TP_PROTO(struct task_struct *p)`.
+#[inline(always)]
+fn on_wakeup_raw(ctx: &RawTracePointContext) {
+    bump(counter::SCHED_WAKEUP);
+    if global(&CONFIGURED) == 0 {
+        return;
+    }
+    let task: u64 = ctx.arg(0);
+    if let Some(pid) = task_u32(task, &OFF_TASK_PID) {
+        // SAFETY: no preconditions.
+        wait_starts(pid, unsafe { bpf_ktime_get_ns() });
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
+    on_wakeup_raw(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
+    on_wakeup_raw(&ctx);
+    0
+}
+
+#[inline(always)]
+fn add_cgroup_wait(cg: u64, waited: u64) {
+    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
+        hist_add(h, waited);
+        return;
+    }
+    let Some(zero) = HIST_ZERO.get(0) else {
+        return;
+    };
+    if CGROUP_RUNQ.insert(cg, zero, 0).is_err() {
+        bump(counter::CGROUP_MAP_FULL);
+        return;
+    }
+    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
+        hist_add(h, waited);
+    }
+}
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    bump(counter::SOCK_STATE);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    // SAFETY (all reads): tracepoint record at offsets parsed from its format file.
+    let (Ok(old), Ok(new), Ok(proto)) = (
+        unsafe { ctx.read_at::<i32>(global(&OFF_SOCK_OLDSTATE) as usize) },
+        unsafe { ctx.read_at::<i32>(global(&OFF_SOCK_NEWSTATE) as usize) },
+        unsafe { ctx.read_at::<u16>(global(&OFF_SOCK_PROTOCOL) as usize) },
+    ) else {
+        return 0;
+    };
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // A connection completed its handshake on a listener: `sport` is the local port.
+        // SAFETY: as above.
+        if let Ok(sport) = unsafe { ctx.read_at::<u16>(global(&OFF_SOCK_SPORT) as usize) } {
+            bump_keyed(&PORT_ACCEPTS, &u32::from(sport), counter::PORT_MAP_FULL);
+        }
+    } else if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        // connect(): runs in the connecting task's context.
+        // SAFETY: no preconditions.
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        bump_keyed(&CGROUP_CONNECTS, &cg, counter::CGROUP_MAP_FULL);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
