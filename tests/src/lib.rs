@@ -298,7 +298,10 @@ pub fn governor_bin() -> std::path::PathBuf {
     bin
 }
 
-/// A named network namespace (`ip netns add`), deleted when dropped.
+/// A named network namespace, like `ip netns add` makes (a bind mount of
+/// the namespace at `/run/netns/NAME`, so other processes can join it by
+/// path), made without iproute2 (the VM guests have none); unmounted and
+/// removed when dropped.
 pub struct NetNs {
     /// Its name.
     pub name: String,
@@ -308,16 +311,39 @@ impl NetNs {
     /// Creates `gov-<pid>-<tag>` with `lo` up.
     pub fn new(tag: &str) -> Self {
         let name = format!("gov-{}-{tag}", std::process::id());
-        let ip = |args: &[&str]| {
-            let st = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .expect("ip (iproute2)");
-            assert!(st.success(), "ip {args:?} failed");
-        };
-        ip(&["netns", "add", &name]);
         let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        let path = ns.path();
+        std::fs::create_dir_all("/run/netns").expect("mkdir /run/netns");
+        std::fs::File::create(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        let target = path.clone();
+        std::thread::spawn(move || {
+            enter_own_netns();
+            let c = |p: &std::path::Path| {
+                std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path")
+            };
+            let (src, dst) = (
+                c(std::path::Path::new("/proc/thread-self/ns/net")),
+                c(&target),
+            );
+            // SAFETY: valid NUL-terminated paths; a bind mount with no data.
+            let rc = unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "bind-mounting the namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        })
+        .join()
+        .expect("namespace thread");
         ns
     }
 
@@ -329,6 +355,17 @@ impl NetNs {
     /// Moves the calling thread into it.
     pub fn enter(&self) {
         enter_netns(&self.path());
+    }
+
+    /// Starts `cmd` inside the namespace (from a thread that joined it).
+    pub fn spawn(&self, mut cmd: std::process::Command) -> std::process::Child {
+        let path = self.path();
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            cmd.spawn().expect("start a process in the namespace")
+        })
+        .join()
+        .expect("namespace thread")
     }
 }
 
@@ -343,9 +380,12 @@ pub fn enter_netns(path: &std::path::Path) {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let path = self.path();
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }
 

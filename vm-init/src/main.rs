@@ -78,6 +78,7 @@ fn init() -> io::Result<()> {
                 ("TMPDIR", "/tmp"),
                 // Lets a test adapt to emulation, only with a stated reason.
                 ("GOVERNOR_TEST_ENV", "vm"),
+                ("GOVERNOR_BIN", "/bin/governor"),
             ])
             .current_dir("/tmp")
             .status();

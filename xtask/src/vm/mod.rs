@@ -179,8 +179,11 @@ struct Artifacts {
     init: PathBuf,
     /// (name in `/tests`, executable).
     tests: Vec<(String, PathBuf)>,
-    /// The workload binary, at the path the tests were compiled to run.
-    load: PathBuf,
+    /// The workload binaries (`govtest-*`), at the paths the tests were
+    /// compiled to run them from.
+    load: Vec<PathBuf>,
+    /// The agent binary, at `/bin/governor` in the guest (`GOVERNOR_BIN`).
+    governor: PathBuf,
 }
 
 fn build(root: &Path) -> anyhow::Result<Artifacts> {
@@ -221,7 +224,7 @@ fn build(root: &Path) -> anyhow::Result<Artifacts> {
         bail!("`{}` failed ({})", show(&cmd), out.status);
     }
     let mut tests = Vec::new();
-    let mut load = None;
+    let mut load = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -237,16 +240,32 @@ fn build(root: &Path) -> anyhow::Result<Artifacts> {
             .unwrap_or_default();
         if is_test && (kinds.contains(&"test") || kinds.contains(&"lib")) {
             tests.push((name.to_owned(), PathBuf::from(exe)));
-        } else if !is_test && name == "govtest-load" {
-            load = Some(PathBuf::from(exe));
+        } else if !is_test && name.starts_with("govtest-") {
+            load.push(PathBuf::from(exe));
         }
     }
     tests.sort();
     if tests.is_empty() {
         bail!("`{}` listed no test executables", show(&cmd));
     }
-    let load = load.context("the build did not list the govtest-load binary")?;
-    Ok(Artifacts { init, tests, load })
+    if load.is_empty() {
+        bail!("the build did not list the govtest-* workload binaries");
+    }
+    say(format!("vm: building governor for {MUSL}"));
+    run(Command::new("cargo")
+        .args(["build", "--package", "governor", "--target", MUSL])
+        .current_dir(root))?;
+    let governor = root
+        .join("target")
+        .join(MUSL)
+        .join("debug")
+        .join("governor");
+    Ok(Artifacts {
+        init,
+        tests,
+        load,
+        governor,
+    })
 }
 
 /// Binaries as packed: stripped of debug info when `strip` is there, which
@@ -255,7 +274,7 @@ struct Stage {
     init: PathBuf,
     tests: Vec<(String, PathBuf)>,
     /// (path in the guest, staged file).
-    load: (String, PathBuf),
+    load: Vec<(String, PathBuf)>,
 }
 
 fn stage_binaries(a: &Artifacts, out_dir: &Path) -> anyhow::Result<Stage> {
@@ -287,10 +306,21 @@ fn stage_binaries(a: &Artifacts, out_dir: &Path) -> anyhow::Result<Stage> {
     Ok(Stage {
         init: place(&a.init, "vm-init")?,
         tests,
-        load: (
-            a.load.to_string_lossy().into_owned(),
-            place(&a.load, "govtest-load")?,
-        ),
+        load: a
+            .load
+            .iter()
+            .map(|p| {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok((p.to_string_lossy().into_owned(), place(p, &name)?))
+            })
+            .chain(std::iter::once(Ok((
+                "/bin/governor".to_owned(),
+                place(&a.governor, "governor")?,
+            ))))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     })
 }
 
@@ -313,7 +343,7 @@ fn pack(stage: &Stage, k: &Kernel, initrd: &Path) -> anyhow::Result<()> {
         );
     }
     say(format!(
-        "vm {}: packing {} (init, {} test binaries, govtest-load, {} modules)",
+        "vm {}: packing {} (init, {} test binaries, governor and workloads, {} modules)",
         k.label,
         initrd.display(),
         stage.tests.len(),
@@ -332,7 +362,9 @@ fn pack(stage: &Stage, k: &Kernel, initrd: &Path) -> anyhow::Result<()> {
     for (name, path) in &stage.tests {
         a.file(&format!("/tests/{name}"), 0o755, &read(path)?)?;
     }
-    a.file(&stage.load.0, 0o755, &read(&stage.load.1)?)?;
+    for (guest_path, staged) in &stage.load {
+        a.file(guest_path, 0o755, &read(staged)?)?;
+    }
     for (i, (name, bytes)) in modules.iter().enumerate() {
         a.file(&format!("/modules/{i:02}-{name}.ko"), 0o644, bytes)?;
     }
