@@ -282,6 +282,11 @@ async fn agent(
     agent_cgroup: Option<CgroupPath>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Handle signals from the very start: a SIGHUP's default action would
+    // kill the agent, and a SIGTERM must still revert what was done.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let cgroupfs = CgroupFs::discover(Path::new(DEFAULT_ROOT)).context("finding cgroup2")?;
     let netns = cfg
         .agent
@@ -339,9 +344,6 @@ async fn agent(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut recent: VecDeque<DecisionRecord> = VecDeque::new();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut last_missing: Vec<String> = missing;
     let mut dry_run = cfg.agent.dry_run;
     let mut last_live = Instant::now();
