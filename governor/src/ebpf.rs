@@ -258,6 +258,14 @@ impl Probes {
         })
     }
 
+    /// Ids of our loaded programs (to check they are gone after exit).
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect()
+    }
+
     /// Signals this kernel cannot give, with the reason.
     pub fn missing(&self) -> &[String] {
         &self.missing
@@ -483,6 +491,32 @@ fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u64> {
         }
     }
     out
+}
+
+/// Waits (up to 2 s: programs are freed after an RCU grace period) until
+/// none of the programs `ids` is loaded any more, and says so in the log.
+/// Only these ids are looked at: another governor on the host is not ours.
+pub fn wait_unloaded(ids: &[u32]) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let left: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|i| i.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if left.is_empty() {
+            tracing::info!(
+                "detached: none of our {} programs remains loaded",
+                ids.len()
+            );
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(?left, "programs of ours still loaded 2 s after exit");
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Ids and names of loaded kernel programs that are ours (by name), for the

@@ -6,7 +6,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -110,10 +110,7 @@ fn main() -> ExitCode {
                 live,
             };
             match governor::agent::run(opts) {
-                Ok(()) => {
-                    report_leftovers();
-                    Ok(())
-                }
+                Ok(()) => Ok(()),
                 Err(governor::agent::AgentError::Config(e)) => {
                     eprint!("{e}");
                     return ExitCode::from(2);
@@ -205,7 +202,7 @@ fn observe(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let tty = std::io::stdout().is_terminal();
     let rt = runtime()?;
-    rt.block_on(async move {
+    let ids = rt.block_on(async move {
         let (mut sensor, forwarder) = start_sensor(SensorScope {
             subtrees,
             watched: Vec::new(),
@@ -238,31 +235,11 @@ fn observe(
             }
         }
         forwarder.abort();
+        let ids = sensor.probes().program_ids();
         drop(sensor);
-        anyhow::Ok(())
+        anyhow::Ok(ids)
     })?;
     drop(rt);
-    report_leftovers();
+    ebpf::wait_unloaded(&ids);
     Ok(())
-}
-
-/// Says whether any of our programs is still loaded after we let go of them.
-fn report_leftovers() {
-    // Programs are freed after an RCU grace period; give the kernel a moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = ebpf::loaded_program_names();
-        if left.is_empty() {
-            tracing::info!("detached: no governor program remains loaded");
-            return;
-        }
-        if Instant::now() > deadline {
-            tracing::warn!(
-                ?left,
-                "governor programs still loaded (another governor may be running)"
-            );
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

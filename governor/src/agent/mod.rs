@@ -312,6 +312,7 @@ async fn agent(
     let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
     probes.attach_all().context("attaching the probes")?;
     let missing = probes.missing().to_vec();
+    let program_ids = probes.program_ids();
     let mut sensor = Sensor::new(
         probes,
         crate::sense::cgroupfs::CgroupIndex::new(cgroupfs.clone()),
@@ -417,6 +418,8 @@ async fn agent(
     let _ = std::fs::remove_file(&cfg.agent.status_socket);
     forwarder.abort();
     drop(sensor_handle);
+    drop(actuators);
+    crate::ebpf::wait_unloaded(&program_ids);
     tracing::info!("stopped after {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
