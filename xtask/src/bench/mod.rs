@@ -13,6 +13,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 
+mod env;
+mod footprint;
+mod herd;
+mod noisy;
+mod overload;
+mod plot;
+mod reaction;
+mod report;
+
 use crate::{
     setup,
     util::{is_root, run as run_cmd, say, workspace_root},
@@ -26,7 +35,7 @@ pub struct BenchArgs {
     which: Option<Which>,
     /// Rounds; each runs every variant once, in a rotating order.
     #[arg(long, default_value_t = 5)]
-    rounds: usize,
+    pub rounds: usize,
     /// Messages per `perf bench sched pipe` run (probes).
     #[arg(long, default_value_t = 300_000)]
     loops: u64,
@@ -41,6 +50,21 @@ enum Which {
     /// `limit rate` rule: SYNs refused per second on one core across a veth
     /// pair between two namespaces.
     Enforce,
+    /// Reaction time of the real agent: signal past high for `for` → the
+    /// first connection refused, the CPU quota written (50 trips).
+    Reaction,
+    /// Noisy neighbour: a phased latency-sensitive worker beside CPU hogs,
+    /// under nothing, a static quota, static weights and governor.
+    Noisy,
+    /// Overload: a fixed-capacity request/response server offered 3× its
+    /// capacity, under nothing, an nftables rate limit and governor; then
+    /// at half the capacity with both configs unchanged.
+    Overload,
+    /// Thundering herd: 200 clients held off by a reject, then released at
+    /// once or in jittered throttle steps.
+    Herd,
+    /// The agent's RSS and CPU with a 100 ms tick, 1,000 cgroups, 100 ports.
+    Footprint,
 }
 
 /// Runs the chosen benchmarks.
@@ -63,9 +87,26 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Some(Which::Probes) => probes(args)?,
         Some(Which::Enforce) => enforce(args)?,
+        Some(Which::Reaction) => reaction::run(args)?,
+        Some(Which::Noisy) => noisy::run(args)?,
+        Some(Which::Overload) => overload::run(args)?,
+        Some(Which::Herd) => herd::run(args)?,
+        Some(Which::Footprint) => footprint::run(args)?,
         None => {
+            let started = Instant::now();
             probes(args)?;
             enforce(args)?;
+            reaction::run(args)?;
+            noisy::run(args)?;
+            overload::run(args)?;
+            herd::run(args)?;
+            footprint::run(args)?;
+            let md = std::fs::read_to_string(report::dir()?.join("results.md"))?;
+            println!("\n{md}");
+            say(format!(
+                "all benchmarks done in {:.0} s; results in target/bench/results.json, results.md and *.svg",
+                started.elapsed().as_secs_f64()
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)
