@@ -274,8 +274,11 @@ fn phased(
             }
             let now = mono_ns();
             if due <= now {
-                // Late already: the wake-up we would have had waited this long.
+                // Late already (we lost the CPU while computing): count the
+                // lateness once and start the period again from now, so
+                // that one long stall is one sample, not a backlog of them.
                 lat.push((now - due) / 1000);
+                due = now;
                 continue;
             }
             sleep_until_mono(due);
