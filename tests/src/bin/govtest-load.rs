@@ -10,7 +10,7 @@
 //! govtest-load phased  --cpu N --seconds S [--busy-ms 1000] [--idle-ms 1000] [--period-us 2000] [--work-us 1000]
 //! govtest-load counthog --cpu N --seconds S
 //! govtest-load rrserver --port P --rate R --seconds S [--backlog 128]
-//! govtest-load rrclient --addr IP:PORT --rate R --seconds S [--timeout-ms 1000]
+//! govtest-load rrclient --addr IP:PORT --rate R --seconds S [--timeout-ms 1000] [--steady-after-ms 0]
 //! govtest-load pauseserver --port P --pause-ms M --seconds S [--backlog 16]
 //! govtest-load pulse   --addr IP:PORT --rate R --seconds S
 //! govtest-load herd    --addr IP:PORT --clients 200 --seconds S [--retry-ms 50] [--timeout-ms 200]
@@ -511,7 +511,17 @@ struct Request {
 /// (connect, send a line, read the answer), each given `timeout`. Prints
 /// counts, goodput (answers per second of the run), latency percentiles of
 /// the answered requests, and per-100 ms answered/refused/timed-out counts.
-fn rr_client(addr: SocketAddr, rate: f64, secs: f64, timeout: Duration) -> Result<(), String> {
+///
+/// Requests started `steady_after` or later are also summarised on their
+/// own (`steady_goodput`, `steady_p99_us`): the loop's steady state, apart
+/// from the transient before a limit is found.
+fn rr_client(
+    addr: SocketAddr,
+    rate: f64,
+    secs: f64,
+    timeout: Duration,
+    steady_after: Duration,
+) -> Result<(), String> {
     use std::io::{Read as _, Write as _};
     raise_nofile();
     let start = Instant::now();
@@ -521,6 +531,8 @@ fn rr_client(addr: SocketAddr, rate: f64, secs: f64, timeout: Duration) -> Resul
     let bucket = |t: Instant| ((t - start).as_millis() as usize / 100).min(buckets - 1);
     let (mut sent, mut ok, mut refused, mut timedout, mut other) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut lat: Vec<u64> = Vec::new();
+    let mut steady: Vec<u64> = Vec::new();
+    let steady_from = start + steady_after;
     let mut pending: Vec<Request> = Vec::new();
     while Instant::now() < offer_until || !pending.is_empty() {
         let now = Instant::now();
@@ -573,6 +585,9 @@ fn rr_client(addr: SocketAddr, rate: f64, secs: f64, timeout: Duration) -> Resul
                     Ok(n) if n > 0 => {
                         ok += 1;
                         lat.push((now - r.started).as_micros() as u64);
+                        if r.started >= steady_from {
+                            steady.push((now - r.started).as_micros() as u64);
+                        }
                         series[bucket(now)].0 += 1;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -596,15 +611,19 @@ fn rr_client(addr: SocketAddr, rate: f64, secs: f64, timeout: Duration) -> Resul
         pending = keep;
     }
     lat.sort_unstable();
+    steady.sort_unstable();
+    let steady_secs = (secs - steady_after.as_secs_f64()).max(1e-9);
     let s: Vec<String> = series
         .iter()
         .map(|(a, b, c)| format!("{a}:{b}:{c}"))
         .collect();
     println!(
-        "sent={sent} ok={ok} refused={refused} timeout={timedout} other={other} goodput={:.1} p50_us={} p99_us={} series={}",
+        "sent={sent} ok={ok} refused={refused} timeout={timedout} other={other} goodput={:.1} p50_us={} p99_us={} steady_goodput={:.1} steady_p99_us={} series={}",
         ok as f64 / secs,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
+        steady.len() as f64 / steady_secs,
+        percentile(&steady, 0.99),
         s.join(",")
     );
     Ok(())
@@ -841,7 +860,8 @@ fn main() -> ExitCode {
                 let addr: SocketAddr = arg(&args, "--addr").ok_or("--addr IP:PORT")?;
                 let rate: f64 = arg(&args, "--rate").ok_or("--rate R")?;
                 let timeout = Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(1000));
-                rr_client(addr, rate, seconds.min(60.0), timeout)?;
+                let steady = Duration::from_millis(arg(&args, "--steady-after-ms").unwrap_or(0));
+                rr_client(addr, rate, seconds.min(60.0), timeout, steady)?;
             }
             "herd" => {
                 let addr: SocketAddr = arg(&args, "--addr").ok_or("--addr IP:PORT")?;
