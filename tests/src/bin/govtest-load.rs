@@ -13,6 +13,8 @@
 //! govtest-load rrclient --addr IP:PORT --rate R --seconds S [--timeout-ms 1000] [--steady-after-ms 0]
 //! govtest-load pauseserver --port P --pause-ms M --seconds S [--backlog 16]
 //! govtest-load pulse   --addr IP:PORT --rate R --seconds S
+//! govtest-load listeners --base-port P --count N --seconds S
+//! govtest-load visit   --base DIR --count N --seconds S
 //! govtest-load herd    --addr IP:PORT --clients 200 --seconds S [--retry-ms 50] [--timeout-ms 200]
 //! ```
 //! `--join PROCS` writes the process's pid to a `cgroup.procs` file first.
@@ -694,6 +696,46 @@ fn herd(
     Ok(())
 }
 
+/// Holds `count` listening sockets on ports `base`.. until `until`.
+fn listeners(base: u16, count: u16, until: Instant) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut held = Vec::new();
+    for p in base..base.saturating_add(count) {
+        held.push(
+            std::net::TcpListener::bind(("0.0.0.0", p)).map_err(|e| format!("bind {p}: {e}"))?,
+        );
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("listened={}", held.len());
+    Ok(())
+}
+
+/// Visits `base/c0` .. `base/c{count-1}` in turn until `until`: joins each,
+/// sleeps twice briefly (so each sees scheduler events), returns to `base`.
+fn visit(base: &std::path::Path, count: u64, until: Instant) -> Result<(), String> {
+    let me = std::process::id().to_string();
+    let mut visits = 0u64;
+    while Instant::now() < until {
+        for i in 0..count {
+            let procs = base.join(format!("c{i}")).join("cgroup.procs");
+            fs::write(&procs, &me).map_err(|e| format!("{}: {e}", procs.display()))?;
+            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(200));
+            visits += 1;
+            if Instant::now() >= until {
+                break;
+            }
+        }
+    }
+    fs::write(base.join("cgroup.procs"), &me).map_err(|e| e.to_string())?;
+    println!("visits={visits}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let role = args.first().cloned().unwrap_or_default();
@@ -872,6 +914,14 @@ fn main() -> ExitCode {
                     Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(200)),
                     until,
                 )?;
+            }
+            "listeners" => {
+                let base: u16 = arg(&args, "--base-port").ok_or("--base-port P")?;
+                listeners(base, arg(&args, "--count").unwrap_or(100), until)?;
+            }
+            "visit" => {
+                let base: PathBuf = arg(&args, "--base").ok_or("--base DIR")?;
+                visit(&base, arg(&args, "--count").unwrap_or(1000), until)?;
             }
             other => return Err(format!("unknown role {other:?}")),
         }

@@ -480,18 +480,9 @@ impl Agent {
         Ok(serde_json::from_str(&text)?)
     }
 
-    /// GET /metrics.
-    pub fn scrape(&self) -> String {
-        scrape(&self.metrics)
-    }
-
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

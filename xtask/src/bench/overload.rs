@@ -17,7 +17,7 @@ use super::{
 
 const PORT: u16 = 8080;
 const BACKLOG: &str = "32";
-const SECONDS: f64 = 8.0;
+const SECONDS: f64 = 7.0;
 /// What the nftables rule and the "tuned" figures assume: the full capacity.
 const TUNED: f64 = 200.0;
 /// Requests started this long into a run count as the steady state too.

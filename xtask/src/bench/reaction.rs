@@ -37,7 +37,8 @@ const TRIPS: usize = 50;
 /// (policy, at µs) → (at_s, held_for_ms, kind).
 type Decisions = BTreeMap<(String, u64), (f64, u64, String)>;
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+/// `--rounds` does not apply: the trips are the repetitions.
+pub fn run(_args: &BenchArgs) -> anyhow::Result<()> {
     let mut sec = Section::new(
         "reaction",
         "1. Reaction: signal past high for `for` → action in effect",
@@ -146,7 +147,7 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
             .filter(|((pol, _), (_, _, k))| pol == p && k == "applied")
             .count()
     };
-    say_progress(&format!(
+    crate::util::say(format!(
         "bench reaction: {TRIPS} trips of two policies (reject, quota), `for` {FOR_MS} ms, tick {tick_ms} ms"
     ));
     let started = Instant::now();
@@ -193,7 +194,6 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
     collect(&agent, &mut decisions);
     stop.store(true, Ordering::Relaxed);
     let quota_onsets = watcher.join().unwrap_or_default();
-    let _ = args;
 
     sec.md(&format!(
         "Two policies on one signal (accepted connections/s of a port in a test namespace, high 100/s, low 20/s, `for` {FOR_MS:.0} ms, tick {tick_ms:.0} ms), tripped repeatedly by an open-loop client at 500 connects/s; the reject lowers the signal, so the policies trip and recover in a cycle. Reaction = effect − (decision `at_s` − (`held_for` − `for`)). Effects: the client's first refused connect (it connects every 2 ms), the quota file's first change (polled every 1 ms). Took {:.0} s.\n",
@@ -263,8 +263,4 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
     drop(w);
     drop(agent);
     sec.write()
-}
-
-fn say_progress(msg: &str) {
-    crate::util::say(msg);
 }
