@@ -273,18 +273,23 @@ fn probes(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|(_, m)| *m)
         .context("no bare runs")?;
     println!();
-    println!(
-        "| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |"
+    let mut sec = report::Section::new(
+        "probes",
+        "Probe overhead: perf bench sched pipe on CPU 0",
+        &format!("cargo xtask bench probes --rounds {}", args.rounds),
     );
-    println!("|---|---|---|---|");
+    sec.md("| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |");
+    sec.md("|---|---|---|---|");
     let mut variants_json = serde_json::Map::new();
     for (v, m) in &mut medians {
         let ratio = *m / bare;
-        println!(
+        sec.md(&format!(
             "| {} | {m:.3} | {ratio:.3} | {:+.1}% |",
             v.name(),
             (ratio - 1.0) * 100.0
-        );
+        ));
+        sec.metric(&format!("{}: median_us_per_msg", v.name()), *m);
+        sec.metric(&format!("{}: ratio_to_bare", v.name()), ratio);
         variants_json.insert(
             v.name().to_owned(),
             serde_json::json!({ "median_us_per_msg": *m, "ratio_to_bare": ratio }),
@@ -311,6 +316,17 @@ fn probes(args: &BenchArgs) -> anyhow::Result<()> {
             "NOT met"
         }
     );
+    sec.md("");
+    sec.target(
+        "under +5% and below runqlat.bt",
+        ours < 1.05 && ours < theirs,
+        &format!(
+            "governor {:+.1}%, runqlat.bt {:+.1}%",
+            (ours - 1.0) * 100.0,
+            (theirs - 1.0) * 100.0
+        ),
+    );
+    sec.write()?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
@@ -516,11 +532,18 @@ fn enforce(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|(_, m)| *m)
         .context("no nftables runs")?;
     println!();
-    println!("| SYN flood over veth, one core | median SYN/s handled | ratio to nftables |");
-    println!("|---|---|---|");
+    let mut sec = report::Section::new(
+        "enforce",
+        "Admission cost: SYN flood over veth, one core",
+        &format!("cargo xtask bench enforce --rounds {}", args.rounds),
+    );
+    sec.md("| SYN flood over veth, one core | median SYN/s handled | ratio to nftables |");
+    sec.md("|---|---|---|");
     let mut json = serde_json::Map::new();
     for (f, m) in &medians {
-        println!("| {} | {m:.0} | {:.3} |", f.name(), m / nft);
+        sec.md(&format!("| {} | {m:.0} | {:.3} |", f.name(), m / nft));
+        sec.metric(&format!("{}: median_syn_per_s", f.name()), *m);
+        sec.metric(&format!("{}: ratio_to_nftables", f.name()), m / nft);
         json.insert(
             f.name().to_owned(),
             serde_json::json!({ "median_syn_per_s": m, "ratio_to_nftables": m / nft }),
@@ -536,6 +559,13 @@ fn enforce(args: &BenchArgs) -> anyhow::Result<()> {
         "governor (drop) handles {drop:.2}× the SYNs per second of nftables on one core. Target ≥ 1.0: {}",
         if drop >= 1.0 { "met" } else { "NOT met" }
     );
+    sec.md("");
+    sec.target(
+        "governor (drop) ≥ 1.0× nftables",
+        drop >= 1.0,
+        &format!("{drop:.2}×"),
+    );
+    sec.write()?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     fs::write(
