@@ -1,7 +1,10 @@
 //! The agent's actuators: turn applied and reverted decisions into changes,
 //! each through the mechanism the action names.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use crate::{
     act::{
@@ -63,6 +66,10 @@ pub struct Actuators {
     netns_attached: bool,
     /// Cgroups whose connect programs we attached.
     connect_attached: BTreeSet<PathBuf>,
+    /// The connection rules each policy has imposed on each target, oldest
+    /// first: lifting a rung restores the rung below it on the same target
+    /// (reject → throttle) rather than opening the target entirely.
+    imposed: BTreeMap<(String, String), Vec<Rule>>,
 }
 
 impl Actuators {
@@ -75,6 +82,7 @@ impl Actuators {
             netns,
             netns_attached: false,
             connect_attached: BTreeSet::new(),
+            imposed: BTreeMap::new(),
         }
     }
 
@@ -145,6 +153,14 @@ impl Actuators {
         let Some((target, rule)) = Self::rule(action) else {
             return self.cgroups.apply(policy, action);
         };
+        let key = (policy.to_owned(), format!("{target:?}"));
+        self.set_rule(target, &rule)?;
+        self.imposed.entry(key).or_default().push(rule);
+        Ok(())
+    }
+
+    fn set_rule(&mut self, target: Target, rule: &Rule) -> anyhow::Result<()> {
+        let rule = rule.clone();
         match target {
             Target::Port(port) => {
                 if !self.netns_attached {
@@ -181,6 +197,14 @@ impl Actuators {
         let Some((target, _)) = Self::rule(action) else {
             return self.cgroups.lift(policy, action);
         };
+        let key = (policy.to_owned(), format!("{target:?}"));
+        if let Some(stack) = self.imposed.get_mut(&key) {
+            stack.pop();
+            if let Some(below) = stack.last().cloned() {
+                return self.set_rule(target, &below);
+            }
+            self.imposed.remove(&key);
+        }
         let found = match &target {
             Target::Cgroup(c) => self.cgroup_id(c).ok(),
             Target::Port(_) => None,

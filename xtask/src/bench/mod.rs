@@ -13,6 +13,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 
+mod env;
+mod footprint;
+mod herd;
+mod noisy;
+mod overload;
+mod plot;
+mod reaction;
+mod report;
+
 use crate::{
     setup,
     util::{is_root, run as run_cmd, say, workspace_root},
@@ -26,7 +35,7 @@ pub struct BenchArgs {
     which: Option<Which>,
     /// Rounds; each runs every variant once, in a rotating order.
     #[arg(long, default_value_t = 5)]
-    rounds: usize,
+    pub rounds: usize,
     /// Messages per `perf bench sched pipe` run (probes).
     #[arg(long, default_value_t = 300_000)]
     loops: u64,
@@ -41,6 +50,21 @@ enum Which {
     /// `limit rate` rule: SYNs refused per second on one core across a veth
     /// pair between two namespaces.
     Enforce,
+    /// Reaction time of the real agent: signal past high for `for` → the
+    /// first connection refused, the CPU quota written (50 trips).
+    Reaction,
+    /// Noisy neighbour: a phased latency-sensitive worker beside CPU hogs,
+    /// under nothing, a static quota, static weights and governor.
+    Noisy,
+    /// Overload: a fixed-capacity request/response server offered 3× its
+    /// capacity, under nothing, an nftables rate limit and governor; then
+    /// at half the capacity with both configs unchanged.
+    Overload,
+    /// Thundering herd: 200 clients held off by a reject, then released at
+    /// once or in jittered throttle steps.
+    Herd,
+    /// The agent's RSS and CPU with a 100 ms tick, 1,000 cgroups, 100 ports.
+    Footprint,
 }
 
 /// Runs the chosen benchmarks.
@@ -63,9 +87,26 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Some(Which::Probes) => probes(args)?,
         Some(Which::Enforce) => enforce(args)?,
+        Some(Which::Reaction) => reaction::run(args)?,
+        Some(Which::Noisy) => noisy::run(args)?,
+        Some(Which::Overload) => overload::run(args)?,
+        Some(Which::Herd) => herd::run(args)?,
+        Some(Which::Footprint) => footprint::run(args)?,
         None => {
+            let started = Instant::now();
             probes(args)?;
             enforce(args)?;
+            reaction::run(args)?;
+            noisy::run(args)?;
+            overload::run(args)?;
+            herd::run(args)?;
+            footprint::run(args)?;
+            let md = std::fs::read_to_string(report::dir()?.join("results.md"))?;
+            println!("\n{md}");
+            say(format!(
+                "all benchmarks done in {:.0} s; results in target/bench/results.json, results.md and *.svg",
+                started.elapsed().as_secs_f64()
+            ));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -232,18 +273,23 @@ fn probes(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|(_, m)| *m)
         .context("no bare runs")?;
     println!();
-    println!(
-        "| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |"
+    let mut sec = report::Section::new(
+        "probes",
+        "Probe overhead: perf bench sched pipe on CPU 0",
+        &format!("cargo xtask bench probes --rounds {}", args.rounds),
     );
-    println!("|---|---|---|---|");
+    sec.md("| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |");
+    sec.md("|---|---|---|---|");
     let mut variants_json = serde_json::Map::new();
     for (v, m) in &mut medians {
         let ratio = *m / bare;
-        println!(
+        sec.md(&format!(
             "| {} | {m:.3} | {ratio:.3} | {:+.1}% |",
             v.name(),
             (ratio - 1.0) * 100.0
-        );
+        ));
+        sec.metric(&format!("{}: median_us_per_msg", v.name()), *m);
+        sec.metric(&format!("{}: ratio_to_bare", v.name()), ratio);
         variants_json.insert(
             v.name().to_owned(),
             serde_json::json!({ "median_us_per_msg": *m, "ratio_to_bare": ratio }),
@@ -270,6 +316,17 @@ fn probes(args: &BenchArgs) -> anyhow::Result<()> {
             "NOT met"
         }
     );
+    sec.md("");
+    sec.target(
+        "under +5% and below runqlat.bt",
+        ours < 1.05 && ours < theirs,
+        &format!(
+            "governor {:+.1}%, runqlat.bt {:+.1}%",
+            (ours - 1.0) * 100.0,
+            (theirs - 1.0) * 100.0
+        ),
+    );
+    sec.write()?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
@@ -475,11 +532,18 @@ fn enforce(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|(_, m)| *m)
         .context("no nftables runs")?;
     println!();
-    println!("| SYN flood over veth, one core | median SYN/s handled | ratio to nftables |");
-    println!("|---|---|---|");
+    let mut sec = report::Section::new(
+        "enforce",
+        "Admission cost: SYN flood over veth, one core",
+        &format!("cargo xtask bench enforce --rounds {}", args.rounds),
+    );
+    sec.md("| SYN flood over veth, one core | median SYN/s handled | ratio to nftables |");
+    sec.md("|---|---|---|");
     let mut json = serde_json::Map::new();
     for (f, m) in &medians {
-        println!("| {} | {m:.0} | {:.3} |", f.name(), m / nft);
+        sec.md(&format!("| {} | {m:.0} | {:.3} |", f.name(), m / nft));
+        sec.metric(&format!("{}: median_syn_per_s", f.name()), *m);
+        sec.metric(&format!("{}: ratio_to_nftables", f.name()), m / nft);
         json.insert(
             f.name().to_owned(),
             serde_json::json!({ "median_syn_per_s": m, "ratio_to_nftables": m / nft }),
@@ -495,6 +559,13 @@ fn enforce(args: &BenchArgs) -> anyhow::Result<()> {
         "governor (drop) handles {drop:.2}× the SYNs per second of nftables on one core. Target ≥ 1.0: {}",
         if drop >= 1.0 { "met" } else { "NOT met" }
     );
+    sec.md("");
+    sec.target(
+        "governor (drop) ≥ 1.0× nftables",
+        drop >= 1.0,
+        &format!("{drop:.2}×"),
+    );
+    sec.write()?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     fs::write(
