@@ -237,6 +237,7 @@ impl Actuators {
         self.net = None;
         self.netns_attached = false;
         self.connect_attached.clear();
+        self.imposed.clear();
         self.cgroups.revert_all()
     }
 }
