@@ -18,7 +18,7 @@ use crate::{
         procfs::{self, ListenCounters},
         sockdiag::SockDiag,
     },
-    snapshot::{CgroupPath, CgroupStats, HostStats, PortStats, Snapshot},
+    snapshot::{CgroupPath, CgroupStats, HostStats, PortStats, Psi, Snapshot, Throttling},
 };
 
 /// What to report on.
@@ -68,7 +68,21 @@ struct Previous {
     at: Instant,
     maps: MapReadings,
     listen: Option<ListenCounters>,
+}
+
+/// How often the watched cgroups' own files (PSI, `cpu.stat`) are read.
+/// PSI is a 10 s average and throttling a slow counter: reading them every
+/// tick for a thousand cgroups cost most of the agent's CPU.
+pub const SLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// The last reading of the watched cgroups' own files.
+#[derive(Default)]
+struct SlowReadings {
+    at: Option<Instant>,
+    psi: HashMap<CgroupPath, Psi>,
     throttle: HashMap<CgroupPath, CpuThrottle>,
+    /// Throttling between the last two readings.
+    throttled: HashMap<CgroupPath, Throttling>,
 }
 
 /// Builds [`Snapshot`]s from the probes and the host's files.
@@ -83,6 +97,7 @@ pub struct Sensor {
     /// Cgroup map entries reclaimed because their cgroup is gone.
     pub reclaimed: u64,
     netstat: Option<NetstatReader>,
+    slow: SlowReadings,
 }
 
 /// Source of `ListenOverflows`/`ListenDrops` other than `<proc_root>/net/netstat`
@@ -108,6 +123,7 @@ impl Sensor {
             previous: None,
             reclaimed: 0,
             netstat: None,
+            slow: SlowReadings::default(),
         }
     }
 
@@ -175,20 +191,36 @@ impl Sensor {
             at: Instant::now(),
             maps,
             listen,
-            throttle: self.read_throttles(),
         });
         Ok(())
     }
 
-    fn read_throttles(&self) -> HashMap<CgroupPath, CpuThrottle> {
-        self.scope
-            .watched
+    /// Reads the watched cgroups' PSI and `cpu.stat`, at most every [`SLOW_EVERY`].
+    fn read_slow(&mut self) {
+        if self.slow.at.is_some_and(|at| at.elapsed() < SLOW_EVERY) {
+            return;
+        }
+        let fs = self.cgroups.cgroupfs();
+        let mut psi = HashMap::new();
+        let mut throttle = HashMap::new();
+        for p in &self.scope.watched {
+            if let Some(v) = fs.psi(p).ok().flatten().and_then(|v| v.complete()) {
+                psi.insert(p.clone(), v);
+            }
+            if let Ok(Some(t)) = fs.cpu_throttle(p) {
+                throttle.insert(p.clone(), t);
+            }
+        }
+        let throttled = throttle
             .iter()
-            .filter_map(|p| {
-                let t = self.cgroups.cgroupfs().cpu_throttle(p).ok()??;
-                Some((p.clone(), t))
-            })
-            .collect()
+            .filter_map(|(p, now)| Some((p.clone(), now.since(self.slow.throttle.get(p)?))))
+            .collect();
+        self.slow = SlowReadings {
+            at: Some(Instant::now()),
+            psi,
+            throttle,
+            throttled,
+        };
     }
 
     /// One snapshot: the interval since the previous call (or [`Sensor::prime`]).
@@ -199,12 +231,11 @@ impl Sensor {
         let now = Instant::now();
         let maps = self.probes.read_maps()?;
         let listen = self.listen_counters();
-        let throttle = self.read_throttles();
+        self.read_slow();
         let prev = self.previous.take().unwrap_or_else(|| Previous {
             at: now,
             maps: MapReadings::default(),
             listen: None,
-            throttle: HashMap::new(),
         });
         let interval = now.duration_since(prev.at).max(Duration::from_millis(1));
         let secs = interval.as_secs_f64();
@@ -268,20 +299,8 @@ impl Sensor {
             if runq.count == 0 && conn_out == 0 && !watched {
                 continue;
             }
-            let psi = if watched {
-                self.cgroups
-                    .cgroupfs()
-                    .psi(path)
-                    .ok()
-                    .flatten()
-                    .and_then(|p| p.complete())
-            } else {
-                None
-            };
-            let throttling = match (throttle.get(path), prev.throttle.get(path)) {
-                (Some(now), Some(before)) => Some(now.since(before)),
-                _ => None,
-            };
+            let psi = self.slow.psi.get(path).copied();
+            let throttling = self.slow.throttled.get(path).copied();
             cgroups.push(CgroupStats {
                 path: path.clone(),
                 id,
@@ -306,17 +325,8 @@ impl Sensor {
                 runq: Default::default(),
                 conn_out: 0,
                 conn_out_per_s: 0.0,
-                psi: self
-                    .cgroups
-                    .cgroupfs()
-                    .psi(path)
-                    .ok()
-                    .flatten()
-                    .and_then(|p| p.complete()),
-                throttling: match (throttle.get(path), prev.throttle.get(path)) {
-                    (Some(now), Some(before)) => Some(now.since(before)),
-                    _ => None,
-                },
+                psi: self.slow.psi.get(path).copied(),
+                throttling: self.slow.throttled.get(path).copied(),
             });
         }
         cgroups.sort_by(|a, b| a.path.cmp(&b.path));
@@ -373,7 +383,6 @@ impl Sensor {
             at: now,
             maps,
             listen,
-            throttle,
         });
         Ok(Snapshot {
             ts_ms: u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX),

@@ -145,10 +145,12 @@ pub struct CgroupStats {
     pub conn_out: u64,
     /// `conn_out` per second.
     pub conn_out_per_s: f64,
-    /// The cgroup's own PSI, if readable.
+    /// The cgroup's own PSI, if readable (watched cgroups only; read once a
+    /// second: it is a 10 s average).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub psi: Option<Psi>,
-    /// CPU throttling, if the cgroup has a quota controller.
+    /// CPU throttling over the last second (watched cgroups only, read once
+    /// a second), if the cgroup has a quota controller.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub throttling: Option<Throttling>,
 }

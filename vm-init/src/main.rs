@@ -104,13 +104,15 @@ fn init() -> io::Result<()> {
     Ok(())
 }
 
-/// The mounts, modules and loopback a test expects of a host.
+/// The mounts, modules and loopback a test expects of a host. `/tmp` is the
+/// initramfs's own (writable) directory, not a new tmpfs: the workload
+/// binaries are packed at the absolute paths the tests were built with,
+/// which lie under /tmp when the clone does.
 fn setup() -> io::Result<()> {
     for (fstype, target) in [
         ("proc", "/proc"),
         ("sysfs", "/sys"),
         ("devtmpfs", "/dev"),
-        ("tmpfs", "/tmp"),
         ("cgroup2", "/sys/fs/cgroup"),
         ("bpf", "/sys/fs/bpf"),
         ("tracefs", "/sys/kernel/tracing"),
