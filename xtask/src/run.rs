@@ -25,7 +25,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     if !is_root() {
         anyhow::bail!("loading eBPF programs needs root (CAP_BPF, CAP_PERFMON): rerun as root");
     }
-    let bin = root.join("target/release/governor");
+    let bin = crate::util::target_dir().join("release/governor");
     say(format!(
         "starting `{} run --dry-run --live{}{}` with the embedded default config; Ctrl-C stops it",
         bin.display(),

@@ -47,6 +47,18 @@ struct Step {
 /// Runs every check; the exit code is non-zero if any step or test failed.
 pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // Build outputs are a cache like bpf-linker: kept outside the clone
+    // (unless CARGO_TARGET_DIR says otherwise), so a fresh clone reuses the
+    // compiled dependencies instead of building them all again.
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        let dir = tc::cache_dir().join("target");
+        say(format!(
+            "build outputs in {} (set CARGO_TARGET_DIR to change)",
+            dir.display()
+        ));
+        // SAFETY: set before this process starts any thread.
+        unsafe { std::env::set_var("CARGO_TARGET_DIR", &dir) };
+    }
     let root = workspace_root();
     let mut steps: Vec<Step> = Vec::new();
     let mut totals = Counts::default();
@@ -143,7 +155,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.success())
             .unwrap_or(false);
         let r = if built {
-            crate::systemd::check(&root, &root.join("target/debug/governor"))
+            crate::systemd::check(&root, &crate::util::target_dir().join("debug/governor"))
         } else {
             Err(anyhow::anyhow!("building governor failed"))
         };

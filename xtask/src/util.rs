@@ -13,6 +13,14 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// Where cargo puts build outputs: `$CARGO_TARGET_DIR`, else `target/` of
+/// the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Prints a step header.
 pub fn say(msg: impl AsRef<str>) {
     eprintln!("\x1b[1m==>\x1b[0m {}", msg.as_ref());

@@ -327,7 +327,7 @@ pub struct Place<'a> {
 }
 
 pub fn load_bin() -> PathBuf {
-    workspace_root().join("target/release/govtest-load")
+    crate::util::target_dir().join("release/govtest-load")
 }
 
 impl Workloads {
@@ -429,7 +429,7 @@ impl Agent {
             ),
         )?;
         let log = dir.0.join("governor.log");
-        let child = Command::new(workspace_root().join("target/release/governor"))
+        let child = Command::new(crate::util::target_dir().join("release/governor"))
             .args(["run", "--config"])
             .arg(&config)
             .env("GOVERNOR_LOG", "info")

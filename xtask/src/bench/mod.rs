@@ -221,7 +221,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn probes(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let governor = root.join("target/release/governor");
+    let governor = crate::util::target_dir().join("release/governor");
     let runqlat = "/usr/sbin/runqlat.bt";
     if !std::path::Path::new(runqlat).is_file() {
         bail!("{runqlat} is missing (package bpftrace; `cargo xtask setup` installs it)");
@@ -421,7 +421,7 @@ impl Filter {
 
 fn enforce(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let load = root.join("target/release/govtest-load");
+    let load = crate::util::target_dir().join("release/govtest-load");
     const PORT: &str = "8080";
     let pair = VethPair::new()?;
     say(format!(

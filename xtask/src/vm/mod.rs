@@ -198,8 +198,7 @@ fn build(root: &Path) -> anyhow::Result<Artifacts> {
             MUSL,
         ])
         .current_dir(root))?;
-    let init = root
-        .join("target")
+    let init = crate::util::target_dir()
         .join(MUSL)
         .join("release")
         .join("vm-init");
@@ -255,8 +254,7 @@ fn build(root: &Path) -> anyhow::Result<Artifacts> {
     run(Command::new("cargo")
         .args(["build", "--package", "governor", "--target", MUSL])
         .current_dir(root))?;
-    let governor = root
-        .join("target")
+    let governor = crate::util::target_dir()
         .join(MUSL)
         .join("debug")
         .join("governor");
