@@ -477,9 +477,31 @@ fn boot_and_judge(
         machine.timeout.as_secs()
     ));
     let label = k.label.clone();
-    let console = qemu::boot(machine, &k.image, initrd, &log, |t, line| {
+    let mut console = qemu::boot(machine, &k.image, initrd, &log, |t, line| {
         eprintln!("  [{label} {t:6.1}s] {line}");
     })?;
+    let mut retried = None;
+    if console.hung {
+        // Seen rarely under TCG: both vCPUs spin and the console goes
+        // silent mid-test. Boot once more; a second hang fails the run, and
+        // the summary says a retry happened either way.
+        let last = console
+            .lines
+            .last()
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default();
+        let note = format!(
+            "guest silent for {}s after {last:?}; booted once more (first console kept in {})",
+            machine.silence.as_secs(),
+            out_dir.join(format!("{}.hung.log", k.label)).display()
+        );
+        eprintln!("vm {}: {note}", k.label);
+        let _ = fs::copy(&log, out_dir.join(format!("{}.hung.log", k.label)));
+        console = qemu::boot(machine, &k.image, initrd, &log, |t, line| {
+            eprintln!("  [{label} {t:6.1}s] {line}");
+        })?;
+        retried = Some(note);
+    }
     let lines: Vec<&str> = console.lines.iter().map(|(_, l)| l.as_str()).collect();
     let outcome = judge(&lines);
     let boot_secs = console
@@ -489,13 +511,22 @@ fn boot_and_judge(
         .find(|(_, l)| l.contains("GOVTEST-INIT start"))
         .map(|(t, _)| *t);
     let mut problems = outcome.problems();
+    if console.hung {
+        problems.push(format!(
+            "the guest printed nothing for {}s (hung; QEMU killed)",
+            machine.silence.as_secs()
+        ));
+    }
+    if let Some(note) = &retried {
+        eprintln!("vm {}: retried: {note}", k.label);
+    }
     if console.timed_out {
         problems.push(format!(
             "timed out after {}s (QEMU killed)",
             machine.timeout.as_secs()
         ));
     }
-    if !console.timed_out && outcome.result.is_none() {
+    if !console.timed_out && !console.hung && outcome.result.is_none() {
         problems.push(format!(
             "QEMU ended ({}) before the result line",
             console.exit

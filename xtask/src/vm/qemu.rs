@@ -26,6 +26,8 @@ pub struct Machine {
     pub cpus: u32,
     /// Give up (and fail) after this long.
     pub timeout: Duration,
+    /// A guest that prints nothing for this long is hung (killed).
+    pub silence: Duration,
     /// Appended to the kernel command line (e.g. `loglevel=7` to see stack dumps).
     pub append: String,
 }
@@ -38,6 +40,7 @@ impl Default for Machine {
             memory_mib: 1024,
             cpus: 2,
             timeout: Duration::from_secs(600),
+            silence: Duration::from_secs(180),
             append: String::new(),
         }
     }
@@ -50,6 +53,8 @@ pub struct Console {
     pub lines: Vec<(f64, String)>,
     /// QEMU was killed at the time-out.
     pub timed_out: bool,
+    /// QEMU was killed because the guest printed nothing for `silence`.
+    pub hung: bool,
     /// QEMU's exit status, as text.
     pub exit: String,
     /// Seconds from QEMU's start to its end.
@@ -122,9 +127,10 @@ pub fn boot(
     let deadline = started + machine.timeout;
     let mut lines = Vec::new();
     let mut timed_out = false;
+    let mut hung = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        match rx.recv_timeout(left.min(machine.silence)) {
             Ok((at, line)) => {
                 let t = at.duration_since(started).as_secs_f64();
                 writeln!(file, "[{t:8.3}] {line}")?;
@@ -133,13 +139,24 @@ pub fn boot(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                } else {
+                    hung = true;
+                }
                 // Our own child, by its handle.
                 let _ = child.kill();
                 writeln!(
                     file,
-                    "# timed out after {:.0}s: QEMU killed",
-                    machine.timeout.as_secs_f64()
+                    "# {}: QEMU killed",
+                    if hung {
+                        format!(
+                            "no console output for {:.0}s",
+                            machine.silence.as_secs_f64()
+                        )
+                    } else {
+                        format!("timed out after {:.0}s", machine.timeout.as_secs_f64())
+                    }
                 )?;
                 break;
             }
@@ -154,6 +171,7 @@ pub fn boot(
     Ok(Console {
         lines,
         timed_out,
+        hung,
         exit: status.to_string(),
         secs,
     })
