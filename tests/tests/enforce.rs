@@ -300,3 +300,127 @@ fn outbound_throttle_refuses_with_eperm_at_once_and_spares_the_sibling() {
     );
     e.detach_cgroup(&limited.dir).expect("detach");
 }
+
+/// A decision of policy "p" on `action`, as the engine makes them.
+fn decision(
+    kind: governor::decide::DecisionKind,
+    change: governor::decide::Change,
+    action: governor::config::Action,
+    from: usize,
+    to: usize,
+) -> governor::decide::Decision {
+    use governor::{
+        config::{Scope, SignalKind, SignalSpec},
+        decide::{Cause, Decision, Reason},
+    };
+    Decision {
+        at: Duration::ZERO,
+        policy: "p".into(),
+        kind,
+        change,
+        target: action.target(),
+        action,
+        from_rung: from,
+        to_rung: to,
+        reason: Reason {
+            signal: SignalSpec {
+                kind: SignalKind::AcceptQueueFill,
+                scope: Scope::Port(1),
+            },
+            value: None,
+            watermark: None,
+            held_for: Duration::ZERO,
+            cause: Cause::Over,
+        },
+    }
+}
+
+/// Stepping down from reject (rung 2) to throttle (rung 1) puts the
+/// throttle back in force; it must not open the port (a bug the herd
+/// benchmark found).
+#[test]
+fn stepping_down_from_reject_restores_the_throttle_below() {
+    use governor::{
+        agent::actuate::{Actuators, CgroupActuation},
+        config::{Action, Target, units::Rate},
+        decide::{Change, DecisionKind},
+    };
+    struct NoCgroups;
+    impl CgroupActuation for NoCgroups {
+        fn apply(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+            anyhow::bail!("not in this test")
+        }
+        fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn revert_all(&mut self) -> String {
+            String::new()
+        }
+    }
+    require_root();
+    let ns = governor_integration::NetNs::new("steps");
+    let path = ns.path();
+    let outcome = thread::spawn(move || {
+        governor_integration::enter_netns(&path);
+        let server = Server::start();
+        let fs = governor::sense::cgroupfs::CgroupFs::discover(Path::new(
+            governor::sense::cgroupfs::DEFAULT_ROOT,
+        ))
+        .expect("cgroup2");
+        let mut act = Actuators::new(fs, Box::new(NoCgroups), path.clone());
+        let throttle = Action::ThrottleConnections {
+            target: Target::Port(server.port),
+            rate: Rate::per_second(1.0),
+            burst: 1,
+            mode: RejectMode::Reset,
+            exempt: vec![],
+        };
+        let reject = Action::RejectConnections {
+            target: Target::Port(server.port),
+            mode: RejectMode::Reset,
+            exempt: vec![],
+        };
+        act.carry_out(&decision(
+            DecisionKind::Applied,
+            Change::Impose,
+            throttle,
+            0,
+            1,
+        ))
+        .expect("throttle");
+        act.carry_out(&decision(
+            DecisionKind::Applied,
+            Change::Impose,
+            reject.clone(),
+            1,
+            2,
+        ))
+        .expect("reject");
+        let under_reject = (0..3)
+            .filter(|_| TcpStream::connect(server.addr()).is_ok())
+            .count();
+        act.carry_out(&decision(
+            DecisionKind::Reverted,
+            Change::Lift,
+            reject,
+            2,
+            1,
+        ))
+        .expect("step down");
+        let under_throttle = (0..5)
+            .filter(|_| TcpStream::connect(server.addr()).is_ok())
+            .count();
+        (under_reject, under_throttle)
+    })
+    .join()
+    .expect("test thread");
+    println!(
+        "admitted under reject: {}, after stepping down to 1/s: {}",
+        outcome.0, outcome.1
+    );
+    assert_eq!(outcome.0, 0, "reject refuses everything");
+    assert_eq!(
+        outcome.1, 1,
+        "after stepping down, the 1/s throttle admits one of five at once"
+    );
+}
