@@ -395,37 +395,37 @@ impl NetEnforcer {
         self.set_rule(names::MAP_CGROUP_BUCKETS, id, cgroup_scope(id), None, what)
     }
 
-    /// Admitted and refused connections per port, summed over CPUs.
-    pub fn port_verdicts(&self) -> Result<HashMap<u16, Verdicts>, EnforceError> {
-        let map = self
-            .ebpf
-            .map(names::MAP_PORT_VERDICTS)
-            .ok_or(EnforceError::Missing(names::MAP_PORT_VERDICTS))?;
-        let m: PerCpuHashMap<&MapData, u32, Verdicts> =
+    /// Every entry of a per-CPU verdicts map, summed over CPUs.
+    fn verdicts<K: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, Verdicts)>, EnforceError> {
+        let map = self.ebpf.map(name).ok_or(EnforceError::Missing(name))?;
+        let m: PerCpuHashMap<&MapData, K, Verdicts> =
             PerCpuHashMap::try_from(map).map_err(|source| EnforceError::Map {
-                what: "PORT_VERDICTS".into(),
+                what: name.into(),
                 source,
             })?;
         Ok(m.iter()
             .filter_map(Result::ok)
-            .filter_map(|(port, v)| Some((u16::try_from(port).ok()?, sum(v.iter()))))
+            .map(|(k, v)| (k, sum(v.iter())))
+            .collect())
+    }
+
+    /// Admitted and refused connections per port, summed over CPUs.
+    pub fn port_verdicts(&self) -> Result<HashMap<u16, Verdicts>, EnforceError> {
+        Ok(self
+            .verdicts::<u32>(names::MAP_PORT_VERDICTS)?
+            .into_iter()
+            .filter_map(|(port, v)| Some((u16::try_from(port).ok()?, v)))
             .collect())
     }
 
     /// Admitted and refused connects per cgroup id, summed over CPUs.
     pub fn cgroup_verdicts(&self) -> Result<HashMap<u64, Verdicts>, EnforceError> {
-        let map = self
-            .ebpf
-            .map(names::MAP_CGROUP_VERDICTS)
-            .ok_or(EnforceError::Missing(names::MAP_CGROUP_VERDICTS))?;
-        let m: PerCpuHashMap<&MapData, u64, Verdicts> =
-            PerCpuHashMap::try_from(map).map_err(|source| EnforceError::Map {
-                what: "CGROUP_VERDICTS".into(),
-                source,
-            })?;
-        Ok(m.iter()
-            .filter_map(Result::ok)
-            .map(|(id, v)| (id, sum(v.iter())))
+        Ok(self
+            .verdicts::<u64>(names::MAP_CGROUP_VERDICTS)?
+            .into_iter()
             .collect())
     }
 }
