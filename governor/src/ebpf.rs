@@ -266,6 +266,20 @@ impl Probes {
             .collect()
     }
 
+    /// Loads the probes, forwards their log lines (from a tokio task) and
+    /// attaches them; warns of each signal this kernel cannot give. What the
+    /// agent and `observe` both do at start.
+    pub fn start() -> anyhow::Result<(Self, JoinHandle<()>)> {
+        use anyhow::Context as _;
+        let mut probes = Self::load().context("loading the embedded kernel programs")?;
+        let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
+        probes.attach_all().context("attaching the probes")?;
+        for m in probes.missing() {
+            tracing::warn!("signal missing on this kernel: {m}");
+        }
+        Ok((probes, forwarder))
+    }
+
     /// Signals this kernel cannot give, with the reason.
     pub fn missing(&self) -> &[String] {
         &self.missing

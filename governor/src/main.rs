@@ -159,12 +159,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Loads and attaches the probes, wires their log, and builds the sensor.
 fn start_sensor(scope: SensorScope) -> anyhow::Result<(Sensor, tokio::task::JoinHandle<()>)> {
-    let mut probes = Probes::load().context("loading the embedded kernel programs")?;
-    let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
-    probes.attach_all().context("attaching probes")?;
-    for m in probes.missing() {
-        tracing::warn!("signal missing on this kernel: {m}");
-    }
+    let (probes, forwarder) = Probes::start()?;
     let sensor = Sensor::start_host(probes, scope)?;
     Ok((sensor, forwarder))
 }

@@ -308,9 +308,7 @@ async fn agent(
         actuators.revert_all()
     );
 
-    let mut probes = Probes::load().context("loading the kernel probes")?;
-    let forwarder = probes.spawn_log_forwarder().context("wiring kernel logs")?;
-    probes.attach_all().context("attaching the probes")?;
+    let (probes, forwarder) = Probes::start()?;
     let missing = probes.missing().to_vec();
     let program_ids = probes.program_ids();
     let mut sensor = Sensor::new(
