@@ -45,7 +45,7 @@ pub fn in_netns<T: Send + 'static>(
 /// Moves the calling thread into the network namespace at `path`; a no-op
 /// if it is already there (so the default needs no setns, nor the
 /// privilege for it).
-fn join(path: &Path) -> anyhow::Result<()> {
+pub fn join(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let same =
         |a: &std::fs::Metadata, b: &std::fs::Metadata| a.ino() == b.ino() && a.dev() == b.dev();

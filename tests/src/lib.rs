@@ -371,11 +371,9 @@ impl NetNs {
 
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter_netns(path: &std::path::Path) {
-    use std::os::fd::AsRawFd as _;
-    let f = std::fs::File::open(path).expect("open netns");
-    // SAFETY: setns with a valid fd; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    if let Err(e) = governor::netns::join(path) {
+        panic!("{e:#}");
+    }
 }
 
 impl Drop for NetNs {
