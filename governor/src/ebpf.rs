@@ -154,6 +154,11 @@ pub struct Probes {
     usable: Vec<&'static str>,
     /// The scheduler probes can use raw tracepoints (BTF offsets resolved).
     sched_raw: bool,
+    /// Buffers for batch map reads; `None` once the kernel refused one
+    /// (then maps are iterated entry by entry).
+    batch: std::sync::Mutex<Option<crate::mapbatch::Batch>>,
+    /// Possible CPUs (per-CPU values come in this many copies).
+    cpus: usize,
 }
 
 /// Raw-tracepoint scheduler probes: (program, tracepoint).
@@ -255,6 +260,8 @@ impl Probes {
             missing,
             usable,
             sched_raw,
+            batch: std::sync::Mutex::new(Some(crate::mapbatch::Batch::default())),
+            cpus: aya::util::nr_cpus().unwrap_or(1).max(1),
         })
     }
 
@@ -434,6 +441,76 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name, source })?;
         out.host_runq = sum_hists(per_cpu.iter());
 
+        if !self.read_batched(&mut out) {
+            self.read_iterating(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The per-cgroup and per-port maps in a few batch lookups; false if
+    /// the kernel has none (before 5.6), and from then on.
+    fn read_batched(&self, out: &mut MapReadings) -> bool {
+        use std::os::fd::AsFd as _;
+        let Ok(mut guard) = self.batch.lock() else {
+            return false;
+        };
+        let Some(batch) = guard.as_mut() else {
+            return false;
+        };
+        let fd_of = |name| match self.ebpf.map(name) {
+            Some(aya::maps::Map::PerCpuHashMap(m)) => Some(m.fd().as_fd()),
+            _ => None,
+        };
+        let (Some(runq), Some(conns), Some(ports)) = (
+            fd_of(names::MAP_CGROUP_RUNQ),
+            fd_of(names::MAP_CGROUP_CONNECTS),
+            fd_of(names::MAP_PORT_ACCEPTS),
+        ) else {
+            return false;
+        };
+        let cpus = self.cpus;
+        let hist_stride = crate::mapbatch::per_cpu_stride(std::mem::size_of::<Hist>());
+        let u64_at =
+            |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        let counter_sum = |v: &[u8]| (0..cpus).map(|c| u64_at(v, c * 8)).sum::<u64>();
+        let result = batch
+            .for_each(runq, 8, hist_stride * cpus, |k, v| {
+                let mut sum = vec![0u64; hist::BUCKETS];
+                for cpu in v.chunks_exact(hist_stride) {
+                    for (o, c) in sum.iter_mut().zip(cpu.chunks_exact(4)) {
+                        *o += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                    }
+                }
+                out.cgroup_runq.insert(u64_at(k, 0), sum);
+            })
+            .and_then(|()| {
+                batch.for_each(conns, 8, 8 * cpus, |k, v| {
+                    out.cgroup_connects.insert(u64_at(k, 0), counter_sum(v));
+                })
+            })
+            .and_then(|()| {
+                batch.for_each(ports, 4, 8 * cpus, |k, v| {
+                    let port = u32::from_ne_bytes(k.try_into().unwrap_or_default());
+                    if let Ok(port) = u16::try_from(port) {
+                        out.port_accepts.insert(port, counter_sum(v));
+                    }
+                })
+            });
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!("batch map lookups unavailable ({e}); reading maps entry by entry");
+                *guard = None;
+                out.cgroup_runq.clear();
+                out.cgroup_connects.clear();
+                out.port_accepts.clear();
+                false
+            }
+        }
+    }
+
+    /// The per-cgroup and per-port maps, entry by entry.
+    fn read_iterating(&self, out: &mut MapReadings) -> Result<(), ProbeError> {
         let name = names::MAP_CGROUP_RUNQ;
         let cg = PerCpuHashMap::<_, u64, Hist>::try_from(self.map(name)?)
             .map_err(|source| ProbeError::Map { name, source })?;
@@ -460,6 +537,14 @@ impl Probes {
                 out.port_accepts.insert(port, values.iter().sum());
             }
         }
+        Ok(())
+    }
+
+    /// [`Probes::read_maps`] without batch lookups, one entry at a time (the
+    /// fallback on kernels without them; to compare the two).
+    pub fn read_maps_entry_by_entry(&self) -> Result<MapReadings, ProbeError> {
+        let mut out = MapReadings::default();
+        self.read_iterating(&mut out)?;
         Ok(out)
     }
 

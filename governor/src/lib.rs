@@ -12,6 +12,7 @@ pub mod btf;
 pub mod config;
 pub mod decide;
 pub mod ebpf;
+pub mod mapbatch;
 pub mod netns;
 pub mod runq;
 pub mod sense;

@@ -201,6 +201,7 @@ fn observe(
         let (mut sensor, forwarder) = start_sensor(SensorScope {
             subtrees,
             watched: Vec::new(),
+            files: Vec::new(),
         })?;
         let metrics = Arc::new(Metrics::new());
         start_metrics(&metrics);
@@ -214,8 +215,8 @@ fn observe(
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let snap = sensor.sample()?;
-                    metrics.observe(&snap, &[]);
+                    let snap = Arc::new(sensor.sample()?);
+                    metrics.observe(Arc::clone(&snap), Arc::from([]));
                     metrics.probe_counters(&sensor.probes().counters()?);
                     match format {
                         Format::Json => writeln!(out, "{}", show::observe::json_line(&snap))?,

@@ -26,9 +26,25 @@ use crate::{
 pub struct SensorScope {
     /// Only cgroups within these subtrees (all if empty).
     pub subtrees: Vec<CgroupPath>,
-    /// Cgroups whose PSI and throttling are read every interval (policy
-    /// targets): reading them for every cgroup would cost too much.
+    /// Cgroups reported every interval even when nothing of theirs ran
+    /// (policy signals and targets).
     pub watched: Vec<CgroupPath>,
+    /// Cgroups whose own files (PSI, `cpu.stat` throttling) are read, every
+    /// [`SLOW_EVERY`]: only those a signal needs; reading them for every
+    /// watched cgroup cost most of the agent's CPU with a thousand policies.
+    pub files: Vec<CgroupPath>,
+}
+
+impl SensorScope {
+    /// The same scope with `watched` sorted and deduplicated (it is
+    /// searched by bisection every interval).
+    fn normalised(mut self) -> Self {
+        self.watched.sort();
+        self.watched.dedup();
+        self.files.sort();
+        self.files.dedup();
+        self
+    }
 }
 
 /// One accept-queue reading of a listening port.
@@ -70,7 +86,7 @@ struct Previous {
     listen: Option<ListenCounters>,
 }
 
-/// How often the watched cgroups' own files (PSI, `cpu.stat`) are read.
+/// How often the cgroups' own files (PSI, `cpu.stat`) are read.
 /// PSI is a 10 s average and throttling a slow counter: reading them every
 /// tick for a thousand cgroups cost most of the agent's CPU.
 pub const SLOW_EVERY: Duration = Duration::from_secs(1);
@@ -98,6 +114,15 @@ pub struct Sensor {
     pub reclaimed: u64,
     netstat: Option<NetstatReader>,
     slow: SlowReadings,
+    order: CgroupOrder,
+}
+
+/// The cgroups the maps held at the last change of their ids, in path
+/// order (resolving and sorting a thousand paths every tick is costly).
+#[derive(Default)]
+struct CgroupOrder {
+    ids: Vec<u64>,
+    by_path: Vec<(u64, CgroupPath)>,
 }
 
 /// Source of `ListenOverflows`/`ListenDrops` other than `<proc_root>/net/netstat`
@@ -115,15 +140,16 @@ impl Sensor {
     ) -> Self {
         Self {
             probes,
+            scope: scope.normalised(),
             cgroups,
             proc_root,
             listeners,
-            scope,
             started: Instant::now(),
             previous: None,
             reclaimed: 0,
             netstat: None,
             slow: SlowReadings::default(),
+            order: CgroupOrder::default(),
         }
     }
 
@@ -139,7 +165,7 @@ impl Sensor {
 
     /// Replaces what the sensor reports on (e.g. after a reload).
     pub fn set_scope(&mut self, scope: SensorScope) {
-        self.scope = scope;
+        self.scope = scope.normalised();
     }
 
     fn listen_counters(&mut self) -> Option<ListenCounters> {
@@ -195,7 +221,7 @@ impl Sensor {
         Ok(())
     }
 
-    /// Reads the watched cgroups' PSI and `cpu.stat`, at most every [`SLOW_EVERY`].
+    /// Reads the PSI and `cpu.stat` of the cgroups in `files`, at most every [`SLOW_EVERY`].
     fn read_slow(&mut self) {
         if self.slow.at.is_some_and(|at| at.elapsed() < SLOW_EVERY) {
             return;
@@ -203,7 +229,7 @@ impl Sensor {
         let fs = self.cgroups.cgroupfs();
         let mut psi = HashMap::new();
         let mut throttle = HashMap::new();
-        for p in &self.scope.watched {
+        for p in &self.scope.files {
             if let Some(v) = fs.psi(p).ok().flatten().and_then(|v| v.complete()) {
                 psi.insert(p.clone(), v);
             }
@@ -255,39 +281,60 @@ impl Sensor {
         };
 
         // Cgroups seen by the probes; ids that no longer exist are reclaimed.
-        let ids: Vec<u64> = maps
+        let mut ids: Vec<u64> = maps
             .cgroup_runq
             .keys()
             .chain(maps.cgroup_connects.keys())
             .copied()
             .collect();
-        let paths = match self.cgroups.resolve_all(ids.iter().copied()) {
-            Ok(p) => p,
-            Err(e) => {
-                missing.push(format!("cgroup paths: {e}"));
-                HashMap::new()
+        ids.sort_unstable();
+        ids.dedup();
+        if ids != self.order.ids {
+            match self.cgroups.resolve_all(ids.iter().copied()) {
+                Ok(paths) => {
+                    let gone: Vec<u64> = ids
+                        .iter()
+                        .copied()
+                        .filter(|id| !paths.contains_key(id))
+                        .collect();
+                    if !gone.is_empty() {
+                        self.reclaimed += self.probes.forget_cgroups(&gone) as u64;
+                    }
+                    let mut by_path: Vec<(u64, CgroupPath)> = paths.into_iter().collect();
+                    by_path.sort_by(|a, b| a.1.cmp(&b.1));
+                    // Reclaimed ids are gone from the maps: the next reading
+                    // will differ from `ids` and resolve again.
+                    self.order = CgroupOrder { ids, by_path };
+                }
+                Err(e) => {
+                    missing.push(format!("cgroup paths: {e}"));
+                    self.order = CgroupOrder::default();
+                }
             }
-        };
-        let mut gone: Vec<u64> = ids
-            .iter()
-            .copied()
-            .filter(|id| !paths.contains_key(id))
-            .collect();
-        gone.sort_unstable();
-        gone.dedup();
-        if !gone.is_empty() && missing.iter().all(|m| !m.starts_with("cgroup paths")) {
-            self.reclaimed += self.probes.forget_cgroups(&gone) as u64;
         }
         let mut cgroups: Vec<CgroupStats> = Vec::new();
-        let mut by_id: Vec<(&u64, &CgroupPath)> = paths.iter().collect();
-        by_id.sort_by(|a, b| a.1.cmp(b.1));
+        let by_id = self.order.by_path.iter().map(|(id, p)| (id, p));
+        // Both lists are in path order: one merge walk finds the watched.
+        let watched = &self.scope.watched;
+        let mut seen = vec![false; watched.len()];
+        let mut w = 0;
+        let files = !self.slow.psi.is_empty() || !self.slow.throttled.is_empty();
         for (&id, path) in by_id {
+            while w < watched.len() && watched[w] < *path {
+                w += 1;
+            }
+            let is_watched = w < watched.len() && watched[w] == *path;
             if !within_any(path, &self.scope.subtrees) {
                 continue;
             }
             let h = maps.cgroup_runq.get(&id).map(Vec::as_slice).unwrap_or(&[]);
             let ph = prev.maps.cgroup_runq.get(&id).map(Vec::as_slice);
-            let runq = runq::stats(&runq::delta(h, ph));
+            // Most cgroups ran nothing since the last tick: same histogram.
+            let runq = if ph == Some(h) {
+                Default::default()
+            } else {
+                runq::stats(&runq::delta(h, ph))
+            };
             let conn_now = maps.cgroup_connects.get(&id).copied().unwrap_or(0);
             let conn_prev = prev.maps.cgroup_connects.get(&id).copied().unwrap_or(0);
             let conn_out = if conn_now >= conn_prev {
@@ -295,12 +342,20 @@ impl Sensor {
             } else {
                 conn_now
             };
-            let watched = self.scope.watched.contains(path);
-            if runq.count == 0 && conn_out == 0 && !watched {
+            if runq.count == 0 && conn_out == 0 && !is_watched {
                 continue;
             }
-            let psi = self.slow.psi.get(path).copied();
-            let throttling = self.slow.throttled.get(path).copied();
+            if is_watched {
+                seen[w] = true;
+            }
+            let (psi, throttling) = if files {
+                (
+                    self.slow.psi.get(path).copied(),
+                    self.slow.throttled.get(path).copied(),
+                )
+            } else {
+                (None, None)
+            };
             cgroups.push(CgroupStats {
                 path: path.clone(),
                 id,
@@ -311,15 +366,13 @@ impl Sensor {
                 throttling,
             });
         }
-        // Watched cgroups that ran nothing this interval still appear.
-        for path in &self.scope.watched {
-            if cgroups.iter().any(|c| &c.path == path) {
-                continue;
-            }
+        // Watched cgroups the maps do not hold still appear.
+        let mut idle = Vec::new();
+        for (path, _) in watched.iter().zip(&seen).filter(|(_, seen)| !**seen) {
             let Ok(Some(id)) = self.cgroups.cgroupfs().id_of(path) else {
                 continue;
             };
-            cgroups.push(CgroupStats {
+            idle.push(CgroupStats {
                 path: path.clone(),
                 id,
                 runq: Default::default(),
@@ -329,7 +382,10 @@ impl Sensor {
                 throttling: self.slow.throttled.get(path).copied(),
             });
         }
-        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+        if !idle.is_empty() {
+            cgroups.append(&mut idle);
+            cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+        }
 
         // Ports: accepts from the probe, queues from sock_diag.
         let queues = match self.listeners.as_mut().map(|read| read()) {

@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 
 /// A cgroup path relative to the cgroup2 mount, always starting with `/`
 /// and never ending with one (except the root, `/`). Example: `/workload/api`.
+///
+/// Shared, so that the snapshot of every tick can name a thousand cgroups
+/// without copying their paths.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct CgroupPath(String);
+pub struct CgroupPath(std::sync::Arc<str>);
 
 /// Why a string is not a [`CgroupPath`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +33,7 @@ pub enum CgroupPathError {
 impl CgroupPath {
     /// The root cgroup, `/`.
     pub fn root() -> Self {
-        Self("/".to_owned())
+        Self("/".into())
     }
 
     /// Parses and normalises (`//a/b/` becomes `/a/b`).
@@ -49,7 +52,7 @@ impl CgroupPath {
         if out.is_empty() {
             out.push('/');
         }
-        Ok(Self(out))
+        Ok(Self(out.into()))
     }
 
     /// The path as a string, e.g. `/workload/api`.
@@ -64,9 +67,10 @@ impl CgroupPath {
 
     /// True if `self` is `other` or lies below it.
     pub fn is_within(&self, other: &CgroupPath) -> bool {
-        other.0 == "/"
-            || self.0 == other.0
-            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+        let (me, other) = (&*self.0, &*other.0);
+        other == "/"
+            || me == other
+            || (me.starts_with(other) && me.as_bytes().get(other.len()) == Some(&b'/'))
     }
 }
 
@@ -85,7 +89,7 @@ impl TryFrom<String> for CgroupPath {
 
 impl From<CgroupPath> for String {
     fn from(p: CgroupPath) -> Self {
-        p.0
+        p.0.to_string()
     }
 }
 
@@ -198,13 +202,23 @@ impl Snapshot {
     }
 
     /// Figures of the cgroup at `path`, if it was seen.
+    ///
+    /// The sensor lists cgroups in path order, so this bisects; a snapshot
+    /// built in another order is still searched correctly (linearly).
     pub fn cgroup(&self, path: &CgroupPath) -> Option<&CgroupStats> {
-        self.cgroups.iter().find(|c| &c.path == path)
+        match self.cgroups.binary_search_by(|c| c.path.cmp(path)) {
+            Ok(i) => Some(&self.cgroups[i]),
+            Err(_) => self.cgroups.iter().find(|c| &c.path == path),
+        }
     }
 
-    /// Figures of local port `port`, if it was seen.
+    /// Figures of local port `port`, if it was seen (ports are in order,
+    /// as for [`Snapshot::cgroup`]).
     pub fn port(&self, port: u16) -> Option<&PortStats> {
-        self.ports.iter().find(|p| p.port == port)
+        match self.ports.binary_search_by_key(&port, |p| p.port) {
+            Ok(i) => Some(&self.ports[i]),
+            Err(_) => self.ports.iter().find(|p| p.port == port),
+        }
     }
 }
 

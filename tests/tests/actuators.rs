@@ -173,6 +173,7 @@ fn cpu_weight_idle_on_hogs_cuts_a_workers_runq_p99_tenfold() {
         SensorScope {
             subtrees: vec![worker.v2.path.clone()],
             watched: Vec::new(),
+            files: Vec::new(),
         },
     );
     sensor.prime().expect("first reading");

@@ -39,6 +39,7 @@ fn sensor(subtrees: Vec<CgroupPath>, proc_root: &str, listeners: Option<Listener
         SensorScope {
             subtrees,
             watched: Vec::new(),
+            files: Vec::new(),
         },
     );
     s.prime().expect("first reading");
@@ -260,6 +261,28 @@ fn entries_of_a_thousand_removed_cgroups_are_reclaimed() {
         seen >= 900,
         "the probes keyed at least 900 of the 1000 cgroups ({seen})"
     );
+
+    // The batch read (a few system calls) and the entry-by-entry read see
+    // the same histograms for these cgroups: they are gone, so frozen.
+    let batched = sensor.probes().read_maps().expect("batch read");
+    let iterated = sensor
+        .probes()
+        .read_maps_entry_by_entry()
+        .expect("iterated read");
+    let mut same = 0;
+    for id in ids
+        .iter()
+        .filter(|id| iterated.cgroup_runq.contains_key(id))
+    {
+        assert_eq!(
+            batched.cgroup_runq.get(id),
+            iterated.cgroup_runq.get(id),
+            "cgroup {id}: the batch read differs from the entry-by-entry one"
+        );
+        same += 1;
+    }
+    assert_eq!(same, seen, "both reads hold every keyed test cgroup");
+    println!("batch and entry-by-entry reads agree on {same} cgroups");
 
     sensor.sample().expect("a snapshot reclaims");
     let after = sensor.probes().cgroup_ids().expect("map keys");

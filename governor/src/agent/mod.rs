@@ -35,7 +35,7 @@ use crate::{
 
 use self::{
     actuate::{Actuators, CgroupActuation},
-    status::{DecisionRecord, StatusReport},
+    status::DecisionRecord,
 };
 
 /// How `governor run` was asked to run.
@@ -91,9 +91,13 @@ fn load(
 /// What the sensor must read every interval for these policies.
 fn scope_of(cfg: &Config) -> SensorScope {
     let mut watched = Vec::new();
+    let mut files = Vec::new();
     for p in &cfg.policies {
         if let Scope::Cgroup(c) = &p.signal.scope {
             watched.push(c.clone());
+            if p.signal.kind.is_psi() {
+                files.push(c.clone());
+            }
         }
         for a in &p.ladder.rungs {
             if let Target::Cgroup(c) = a.target() {
@@ -106,6 +110,7 @@ fn scope_of(cfg: &Config) -> SensorScope {
     SensorScope {
         subtrees: Vec::new(),
         watched,
+        files,
     }
 }
 
@@ -325,12 +330,21 @@ async fn agent(
         Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
         Err(e) => tracing::warn!("{e:#}; running without /metrics"),
     }
-    let report = Arc::new(Mutex::new(String::from("{}")));
+    let report = Arc::new(Mutex::new(status::Published {
+        config: source.clone(),
+        dry_run: cfg.agent.dry_run,
+        tick: cfg.agent.tick,
+        missing: missing.clone(),
+        ..Default::default()
+    }));
     let status_task = status::serve(&cfg.agent.status_socket, Arc::clone(&report))?;
 
     let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
     let mut state = State::new(&cfg, protected, cfg.agent.seed.unwrap_or_else(host_seed));
-    let mut watched = scope_of(&cfg).watched;
+    if let Ok(mut r) = report.lock() {
+        r.policies = Arc::new(state.status());
+    }
+    let mut watched: Arc<[CgroupPath]> = scope_of(&cfg).watched.into();
     let tick = cfg.agent.tick;
     let (tx, mut rx) = watch::channel(None);
     let sensor_handle = start_sensor(sensor, tick, tx);
@@ -343,10 +357,7 @@ async fn agent(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut recent: VecDeque<DecisionRecord> = VecDeque::new();
-    let mut last_missing: Vec<String> = missing;
-    let mut dry_run = cfg.agent.dry_run;
     let mut last_live = Instant::now();
-    let mut source = source;
 
     loop {
         tokio::select! {
@@ -361,8 +372,15 @@ async fn agent(
                         if let Some(snap) = snap {
                             let decisions = state.step(&snap, now);
                             handle(&decisions, &mut actuators, &metrics, &mut recent);
-                            metrics.observe(&snap, &watched);
-                            last_missing = snap.missing.clone();
+                            metrics.observe(Arc::clone(&snap), Arc::clone(&watched));
+                            if let Ok(mut r) = report.lock() {
+                                if !decisions.is_empty() {
+                                    r.recent = recent.iter().cloned().collect();
+                                }
+                                if r.missing != snap.missing {
+                                    r.missing = snap.missing.clone();
+                                }
+                            }
                             if opts.live && last_live.elapsed() >= Duration::from_secs(1) {
                                 last_live = Instant::now();
                                 println!("{}", live_line(&snap, &state.status()));
@@ -376,10 +394,11 @@ async fn agent(
                     }
                 }
                 actuators.retry_pending();
-                let statuses = state.status();
-                metrics.policies(&statuses);
+                let statuses = Arc::new(state.status());
+                metrics.policies(Arc::clone(&statuses));
                 if let Ok(mut r) = report.lock() {
-                    *r = StatusReport::new(&source, dry_run, tick, now, &statuses, &recent, &last_missing).to_json();
+                    r.now = now;
+                    r.policies = statuses;
                 }
                 metrics.tick_duration.observe(t0.elapsed().as_secs_f64());
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -394,12 +413,15 @@ async fn agent(
                         state = new_state;
                         handle(&decisions, &mut actuators, &metrics, &mut recent);
                         let scope = scope_of(&new_cfg);
-                        watched = scope.watched.clone();
+                        watched = scope.watched.clone().into();
                         if let Ok(mut s) = sensor_handle.scope.lock() {
                             *s = Some(scope);
                         }
-                        dry_run = new_cfg.agent.dry_run;
-                        source = new_source;
+                        if let Ok(mut r) = report.lock() {
+                            r.config = new_source;
+                            r.dry_run = new_cfg.agent.dry_run;
+                            r.recent = recent.iter().cloned().collect();
+                        }
                         tracing::info!(policies = new_cfg.policies.len(), "reloaded");
                     }
                 }

@@ -2,7 +2,6 @@
 //! recent decisions with their reasons, dry-run, missing signals.
 
 use std::{
-    collections::VecDeque,
     os::unix::fs::PermissionsExt as _,
     path::Path,
     sync::{Arc, Mutex},
@@ -103,13 +102,13 @@ pub struct StatusReport {
 
 impl StatusReport {
     /// Builds the report.
-    pub fn new(
+    pub fn new<'a>(
         config: &str,
         dry_run: bool,
         tick: Duration,
         now: Duration,
         policies: &[PolicyStatus],
-        recent: &VecDeque<DecisionRecord>,
+        recent: impl Iterator<Item = &'a DecisionRecord>,
         missing: &[String],
     ) -> Self {
         Self {
@@ -133,7 +132,7 @@ impl StatusReport {
                         .map(|t| t.saturating_sub(now).as_secs_f64()),
                 })
                 .collect(),
-            recent: recent.iter().cloned().collect(),
+            recent: recent.cloned().collect(),
             missing: missing.to_vec(),
         }
     }
@@ -211,9 +210,45 @@ impl StatusReport {
     }
 }
 
-/// Serves `report` on a unix socket at `path` (mode 0600): each connection
-/// gets the latest JSON and is closed.
-pub fn serve(path: &Path, report: Arc<Mutex<String>>) -> anyhow::Result<JoinHandle<()>> {
+/// What the loop publishes for the status socket. The report is built from
+/// it when somebody asks (serialising a thousand policies every tick cost
+/// more than deciding them).
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The config it runs.
+    pub config: String,
+    /// Global dry-run.
+    pub dry_run: bool,
+    /// The tick.
+    pub tick: Duration,
+    /// Time since start at the last tick.
+    pub now: Duration,
+    /// Every policy's state at the last tick.
+    pub policies: Arc<Vec<PolicyStatus>>,
+    /// The last decisions, oldest first.
+    pub recent: Vec<DecisionRecord>,
+    /// Signals that cannot be measured, with the reason.
+    pub missing: Vec<String>,
+}
+
+impl Published {
+    /// The report of what was published.
+    pub fn report(&self) -> StatusReport {
+        StatusReport::new(
+            &self.config,
+            self.dry_run,
+            self.tick,
+            self.now,
+            &self.policies,
+            self.recent.iter(),
+            &self.missing,
+        )
+    }
+}
+
+/// Serves the report of `published` on a unix socket at `path` (mode 0600):
+/// each connection gets the latest JSON and is closed.
+pub fn serve(path: &Path, published: Arc<Mutex<Published>>) -> anyhow::Result<JoinHandle<()>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -234,7 +269,10 @@ pub fn serve(path: &Path, report: Arc<Mutex<String>>) -> anyhow::Result<JoinHand
             let Ok((mut conn, _)) = listener.accept().await else {
                 continue;
             };
-            let json = report.lock().map(|r| r.clone()).unwrap_or_default();
+            let json = published
+                .lock()
+                .map(|p| p.report().to_json())
+                .unwrap_or_default();
             let _ = conn.write_all(json.as_bytes()).await;
             let _ = conn.shutdown().await;
         }

@@ -270,6 +270,14 @@ pub enum SignalKind {
 }
 
 impl SignalKind {
+    /// True for the kinds read from PSI files.
+    pub fn is_psi(self) -> bool {
+        matches!(
+            self,
+            Self::PsiCpuSome | Self::PsiMemorySome | Self::PsiIoSome
+        )
+    }
+
     /// Every kind, in the order the docs list them.
     pub const ALL: [SignalKind; 8] = [
         Self::RunqP99,

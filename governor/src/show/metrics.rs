@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CgroupPath, Snapshot};
 
 /// Cgroups exported per interval besides the watched ones, by run-queue p99.
 pub const TOP_CGROUPS: usize = 20;
@@ -46,7 +46,19 @@ pub struct Metrics {
     action_errors: IntCounterVec,
     stale_ticks: prometheus::IntCounter,
     exported_cgroups: Mutex<HashSet<String>>,
+    pending: Mutex<Pending>,
     last_counters: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// What the gauges will be set from at the next scrape. Setting a thousand
+/// labelled gauges every tick cost more than everything else the agent
+/// does, for scrapes that come every 15 s or so; counters that must not
+/// miss an interval (listen overflows) are summed here meanwhile.
+#[derive(Default)]
+struct Pending {
+    snapshot: Option<(Arc<Snapshot>, Arc<[CgroupPath]>)>,
+    overflows: std::collections::BTreeMap<u16, u64>,
+    policies: Option<Arc<Vec<crate::decide::PolicyStatus>>>,
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -170,6 +182,7 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("metric: {e}")),
             exported_cgroups: Mutex::new(HashSet::new()),
+            pending: Mutex::new(Pending::default()),
             last_counters: Mutex::new(Default::default()),
         };
         for c in [
@@ -200,8 +213,45 @@ impl Metrics {
         m
     }
 
-    /// Updates the gauges from one snapshot; `watched` cgroups are always exported.
-    pub fn observe(&self, s: &Snapshot, watched: &[crate::snapshot::CgroupPath]) {
+    /// Records one snapshot; the gauges show the latest at the next scrape.
+    /// `watched` cgroups (sorted) are always exported.
+    pub fn observe(&self, s: Arc<Snapshot>, watched: Arc<[CgroupPath]>) {
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        for port in s.ports.iter().filter(|p| p.overflows > 0) {
+            *p.overflows.entry(port.port).or_default() += port.overflows;
+        }
+        p.snapshot = Some((s, watched));
+    }
+
+    /// Records every policy's rung, signal and holds, shown at the next scrape.
+    pub fn policies(&self, statuses: Arc<Vec<crate::decide::PolicyStatus>>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.policies = Some(statuses);
+        }
+    }
+
+    /// Sets the gauges from what was recorded since the last scrape.
+    fn apply_pending(&self) {
+        let pending = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return,
+        };
+        if let Some((s, watched)) = &pending.snapshot {
+            self.set_snapshot(s, watched);
+        }
+        for (port, n) in &pending.overflows {
+            self.port_overflows
+                .with_label_values(&[&port.to_string()])
+                .inc_by(*n);
+        }
+        if let Some(p) = &pending.policies {
+            self.set_policies(p);
+        }
+    }
+
+    fn set_snapshot(&self, s: &Snapshot, watched: &[CgroupPath]) {
         let set_runq = |scope: &str, r: &crate::snapshot::RunqStats| {
             for (q, v) in [("0.5", r.p50_us), ("0.99", r.p99_us), ("1", r.max_us)] {
                 self.runq_seconds
@@ -232,7 +282,7 @@ impl Metrics {
         for c in s
             .cgroups
             .iter()
-            .filter(|c| watched.contains(&c.path))
+            .filter(|c| watched.binary_search(&c.path).is_ok())
             .chain(ranked.into_iter().take(TOP_CGROUPS))
         {
             let path = c.path.to_string();
@@ -263,9 +313,8 @@ impl Metrics {
             self.port_queue_max
                 .with_label_values(&[&port])
                 .set(f64::from(p.accept_queue_max));
-            self.port_overflows
-                .with_label_values(&[&port])
-                .inc_by(p.overflows);
+            // Counted in `observe`, so that no interval is missed.
+            let _ = self.port_overflows.with_label_values(&[&port]);
         }
         self.missing_signals
             .set(i64::try_from(s.missing.len()).unwrap_or(i64::MAX));
@@ -313,8 +362,7 @@ impl Metrics {
         self.stale_ticks.inc();
     }
 
-    /// Rungs, signal values and holds of every policy.
-    pub fn policies(&self, statuses: &[crate::decide::PolicyStatus]) {
+    fn set_policies(&self, statuses: &[crate::decide::PolicyStatus]) {
         for p in statuses {
             self.policy_rung
                 .with_label_values(&[&p.name])
@@ -335,6 +383,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        self.apply_pending();
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
