@@ -371,6 +371,7 @@ fn stepping_down_from_reject_restores_the_throttle_below() {
         let throttle = Action::ThrottleConnections {
             target: Target::Port(server.port),
             rate: Rate::per_second(1.0),
+            of_accepted: None,
             burst: 1,
             mode: RejectMode::Reset,
             exempt: vec![],

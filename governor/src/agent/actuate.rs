@@ -123,11 +123,14 @@ impl Actuators {
                 burst,
                 mode,
                 exempt,
+                ..
             } => Some((
                 target.clone(),
+                // A share of the accepted rate is resolved by `decide`
+                // before it gets here; never a bucket of 0 regardless.
                 Rule {
-                    rate: Some(rate.as_per_second()),
-                    burst: *burst,
+                    rate: Some(rate.as_per_second().max(1.0)),
+                    burst: (*burst).max(1),
                     mode: *mode,
                     exempt: exempt.clone(),
                 },

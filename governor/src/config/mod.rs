@@ -463,9 +463,15 @@ pub enum Action {
     ThrottleConnections {
         /// `port` (inbound) or `cgroup` (outbound connects).
         target: Target,
-        /// `rate`: e.g. `"200/s"`.
+        /// `rate`: e.g. `"200/s"`; for a rate written as a percentage, the
+        /// rate it was resolved to when the rung was applied (0 until then).
         rate: Rate,
-        /// `burst`: bucket size. Default: one second's worth of `rate`.
+        /// `rate = "95%"`: a share of the port's accepted rate, measured
+        /// while the signal was over `high` (the server's demonstrated
+        /// capacity), resolved when the rung is applied. Inbound ports only.
+        of_accepted: Option<OfAccepted>,
+        /// `burst`: bucket size. Default: one second's worth of `rate` (0:
+        /// resolved with the rate).
         burst: u32,
         /// `mode`: `"reset"` (default) or `"drop"`.
         mode: RejectMode,
@@ -566,18 +572,97 @@ impl fmt::Display for Action {
             Self::ThrottleConnections {
                 target,
                 rate,
+                of_accepted,
                 burst,
                 mode,
                 ..
             } => {
-                write!(
-                    f,
-                    "throttle_connections {rate} burst {burst} ({mode}) on {target}"
-                )
+                f.write_str("throttle_connections ")?;
+                match of_accepted {
+                    None => write!(f, "{rate}")?,
+                    Some(OfAccepted {
+                        share,
+                        measured: None,
+                    }) => write!(f, "{}% of the accepted rate", trim_pct(share.get()))?,
+                    Some(OfAccepted {
+                        share,
+                        measured: Some(m),
+                    }) => write!(
+                        f,
+                        "{rate} ({}% of the accepted {}/s)",
+                        trim_pct(share.get()),
+                        m.round()
+                    )?,
+                }
+                if *burst > 0 {
+                    write!(f, " burst {burst}")?;
+                }
+                write!(f, " ({mode}) on {target}")
             }
             Self::RejectConnections { target, mode, .. } => {
                 write!(f, "reject_connections ({mode}) on {target}")
             }
+        }
+    }
+}
+
+fn trim_pct(share: f64) -> String {
+    let p = (share * 1000.0).round() / 10.0;
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p:.1}")
+    }
+}
+
+/// A throttle rate written as a share of the accepted rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OfAccepted {
+    /// The share, e.g. 0.95.
+    pub share: Ratio,
+    /// The accepted rate it was resolved from (connections per second),
+    /// `None` in the config.
+    pub measured: Option<f64>,
+}
+
+impl Action {
+    /// This action with a rate written as a share of the accepted rate
+    /// resolved against `accepted` connections per second (at least 1/s;
+    /// the burst, if left to its default, one second's worth). Other
+    /// actions are returned as they are.
+    pub fn resolved(&self, accepted: f64) -> Action {
+        let mut a = self.clone();
+        if let Action::ThrottleConnections {
+            rate,
+            of_accepted: Some(of),
+            burst,
+            ..
+        } = &mut a
+        {
+            let accepted = if accepted.is_finite() {
+                accepted.max(0.0)
+            } else {
+                0.0
+            };
+            let r = (of.share.get() * accepted).max(1.0);
+            *rate = Rate::per_second(r.round().max(1.0));
+            of.measured = Some(accepted);
+            if *burst == 0 {
+                *burst = rate.as_per_second().ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+            }
+        }
+        a
+    }
+
+    /// The port whose accepted rate this action's rate is a share of.
+    pub fn of_accepted_port(&self) -> Option<u16> {
+        match self {
+            Action::ThrottleConnections {
+                target: Target::Port(p),
+                of_accepted: Some(_),
+                ..
+            } => Some(*p),
+            _ => None,
         }
     }
 }

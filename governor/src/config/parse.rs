@@ -13,8 +13,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use super::{
     Action, AgentConfig, Backoff, Config, ConfigError, CpuWeight, Cpus, FlapBudget, Ladder, Level,
-    LoadOptions, PolicyConfig, Protected, Rate, Ratio, RejectMode, Scope, SignalKind, SignalSpec,
-    SignalUnit, Target, Watermarks,
+    LoadOptions, OfAccepted, PolicyConfig, Protected, Rate, Ratio, RejectMode, Scope, SignalKind,
+    SignalSpec, SignalUnit, Target, Watermarks,
     units::{Bytes, UnitError, parse_duration},
 };
 use crate::snapshot::CgroupPath;
@@ -324,6 +324,33 @@ fn number_or_str<T: std::str::FromStr<Err = UnitError>>(
         Item::Value(Value::Float(f)) => f.value().to_string().parse(),
         _ => Err(expected(what, example, item)),
     }
+}
+
+/// A throttle's `rate`: fixed, or a share of the accepted rate.
+enum ThrottleRate {
+    Fixed(Rate),
+    Share(Ratio),
+}
+
+fn throttle_rate(item: &Item) -> Result<ThrottleRate, UnitError> {
+    if let Some(text) = item.as_str().map(str::trim)
+        && text.ends_with('%')
+    {
+        let share: Ratio = text.parse().map_err(|_| {
+            UnitError::new(
+                format!("rate {text:?} is not a percentage between 0% and 100%"),
+                "write a share of the port's accepted rate, e.g. \"95%\", or a fixed rate, e.g. \"200/s\"",
+            )
+        })?;
+        if share.get() <= 0.0 {
+            return Err(UnitError::new(
+                "a rate of 0% admits nothing",
+                "use reject_connections to refuse all, or write a share above 0, e.g. \"95%\"",
+            ));
+        }
+        return Ok(ThrottleRate::Share(share));
+    }
+    rate(item).map(ThrottleRate::Fixed)
 }
 
 fn rate(item: &Item) -> Result<Rate, UnitError> {
@@ -1023,9 +1050,38 @@ fn rung(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<(Action, Span)> {
                     target.1,
                 ));
             }
-            let rate = t.req(cx, "rate", "\"200/s\"", rate);
-            let (rate, _) = rate?;
-            let default_burst = rate.as_per_second().ceil().clamp(1.0, u32::MAX as f64) as u32;
+            let rate = t.req(cx, "rate", "\"200/s\"", throttle_rate);
+            let (rate, rate_span) = rate?;
+            let (rate, of_accepted) = match rate {
+                ThrottleRate::Fixed(r) => (r, None),
+                ThrottleRate::Share(share) => {
+                    if !matches!(target.0, Target::Port(_)) {
+                        cx.error(
+                            &rate_span,
+                            format!(
+                                "rate = \"{}%\" in {} is a share of a port's accepted rate, but the target is a cgroup",
+                                share.get() * 100.0,
+                                t.what
+                            ),
+                            "write a fixed rate for outbound connects, e.g. \"200/s\"",
+                        );
+                        return None;
+                    }
+                    (
+                        Rate::per_second(0.0),
+                        Some(OfAccepted {
+                            share,
+                            measured: None,
+                        }),
+                    )
+                }
+            };
+            // One second's worth; a share's is set when it is resolved.
+            let default_burst = if of_accepted.is_some() {
+                0
+            } else {
+                rate.as_per_second().ceil().clamp(1.0, u32::MAX as f64) as u32
+            };
             let burst = t.or(cx, "burst", default_burst, |item| match item.as_integer() {
                 Some(b @ 1..=0xFFFF_FFFF) => Ok(b as u32),
                 Some(b) => Err(UnitError::new(
@@ -1038,6 +1094,7 @@ fn rung(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<(Action, Span)> {
                 Action::ThrottleConnections {
                     target: target.0,
                     rate,
+                    of_accepted,
                     burst,
                     mode,
                     exempt,

@@ -381,3 +381,54 @@ fn check_command_prints_a_summary_or_every_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_throttle_rate_may_be_a_share_of_a_ports_accepted_rate_only() {
+    let ok = from_str(
+        r#"
+[[policy]]
+name = "p"
+signal = { kind = "accept_queue_fill", port = 8080 }
+high = 0.5
+low = 0.1
+ladder = [{ action = "throttle_connections", port = 8080, rate = "95%" }]
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    match &ok.policies[0].ladder.rungs[0] {
+        Action::ThrottleConnections {
+            of_accepted, burst, ..
+        } => {
+            assert_eq!(of_accepted.map(|o| o.share.get()), Some(0.95));
+            assert_eq!(*burst, 0, "the default burst is set with the rate");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        ok.policies[0].ladder.rungs[0].to_string(),
+        "throttle_connections 95% of the accepted rate (reset) on port 8080"
+    );
+    let text = errors_of(
+        r#"
+[[policy]]
+name = "p"
+signal = { kind = "connect_rate", cgroup = "/c" }
+high = "50/s"
+low = "10/s"
+ladder = [
+  { action = "throttle_connections", cgroup = "/b", rate = "50%" },
+  { action = "throttle_connections", port = 80, rate = "0%" },
+  { action = "throttle_connections", port = 81, rate = "150%" },
+]
+"#,
+    )
+    .to_string();
+    for needle in [
+        "test.toml:8:60: error: rate = \"50%\" in rung 1 of policy \"p\" (throttle_connections) is a share of a port's accepted rate, but the target is a cgroup",
+        "a rate of 0% admits nothing",
+        "rate \"150%\" is not a percentage between 0% and 100%",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

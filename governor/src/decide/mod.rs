@@ -7,7 +7,8 @@
 //! exactly from its seed and its snapshots.
 //!
 //! Per policy (see `design.md`, "Policy semantics"):
-//! - at or over `high` for `for` → one rung up, then wait `settle` before the next;
+//! - at or over `high` for `for` → one rung up, then wait `settle` before the
+//!   next, and while the signal still reaches new lows (within `settle`);
 //! - under `low` for `for` → one rung down every `recover_every`, each delay
 //!   stretched by up to `jitter` of itself;
 //! - between the watermarks nothing changes (hysteresis);
@@ -31,7 +32,7 @@ use serde::Serialize;
 
 pub use self::decision::{Cause, Change, Decision, DecisionKind, Edge, Reason};
 use crate::{
-    config::{AgentConfig, Config, Level, PolicyConfig, Protected},
+    config::{Action, AgentConfig, Config, Level, PolicyConfig, Protected},
     snapshot::Snapshot,
 };
 
@@ -81,7 +82,16 @@ struct Memory {
     /// The rung whose action was refused as protected (reported once).
     refused: Option<Rung>,
     no_data: bool,
+    /// Accepted rates of the ports whose throttles are a share of them,
+    /// read every tick of the current episode over `high` (the server is
+    /// saturated then: what it accepts is its capacity).
+    accepted: Vec<(u16, Vec<f64>)>,
+    /// The lowest signal since the last step up, and when it was reached.
+    lowest_since_up: Option<(f64, Duration)>,
 }
+
+/// Readings kept per port for a share-of-accepted throttle (the mean is used).
+const ACCEPTED_READINGS: usize = 20;
 
 /// What `status` and metrics show of a policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -126,9 +136,17 @@ impl State {
     /// Runs one tick: see [`step`].
     pub fn step(&mut self, snapshot: &Snapshot, now: Duration) -> Vec<Decision> {
         let mut out = Vec::new();
+        let accepted = |port: u16| snapshot.port(port).map(|p| p.accepted_per_s);
         for p in &mut self.policies {
             let value = signal::read(&p.config.signal, snapshot);
-            p.step(value, now, &self.protected, &mut self.rng, &mut out);
+            p.step(
+                value,
+                now,
+                &accepted,
+                &self.protected,
+                &mut self.rng,
+                &mut out,
+            );
         }
         out
     }
@@ -242,10 +260,12 @@ impl Policy {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &mut self,
         value: Option<f64>,
         now: Duration,
+        accepted: &dyn Fn(u16) -> Option<f64>,
         protected: &Protected,
         rng: &mut ChaCha8Rng,
         out: &mut Vec<Decision>,
@@ -282,6 +302,11 @@ impl Policy {
             return;
         };
         m.no_data = false;
+        match m.lowest_since_up {
+            Some((low, _)) if v >= low => {}
+            _ if m.rung > 0 => m.lowest_since_up = Some((v, now)),
+            _ => {}
+        }
         if v >= c.watermarks.high.value {
             m.over_since.get_or_insert(now);
             m.clear_since = None;
@@ -299,6 +324,23 @@ impl Policy {
 
         if m.over_since.is_none() {
             m.trip_counted = false;
+            m.accepted.clear();
+        } else {
+            for port in c.ladder.rungs.iter().filter_map(Action::of_accepted_port) {
+                let Some(rate) = accepted(port) else { continue };
+                let i = match m.accepted.iter().position(|(p, _)| *p == port) {
+                    Some(i) => i,
+                    None => {
+                        m.accepted.push((port, Vec::new()));
+                        m.accepted.len() - 1
+                    }
+                };
+                let readings = &mut m.accepted[i].1;
+                if readings.len() == ACCEPTED_READINGS {
+                    readings.remove(0);
+                }
+                readings.push(rate);
+            }
         }
         if let Some(since) = m.over_since.filter(|&s| now - s >= c.hold_for) {
             m.next_down_at = None;
@@ -316,7 +358,13 @@ impl Policy {
                 m.last_trip = Some(now);
             }
             let settled = m.last_up.is_none_or(|t| now - t >= c.settle);
-            if m.rung < c.ladder.len() && settled {
+            // A rung in force whose effect is still showing (the signal
+            // reached a new low within `settle`, e.g. a backlog draining)
+            // is given time.
+            let improving = m.rung > 0
+                && m.lowest_since_up
+                    .is_some_and(|(_, at)| now.saturating_sub(at) < c.settle);
+            if m.rung < c.ladder.len() && settled && !improving {
                 self.step_up(v, now - since, now, protected, out);
             }
         } else if let Some(since) = m.clear_since.filter(|&s| now - s >= c.hold_for) {
@@ -348,9 +396,30 @@ impl Policy {
         out: &mut Vec<Decision>,
     ) {
         let (from, to) = (self.memory.rung, self.memory.rung + 1);
-        let Some(action) = self.config.ladder.action(to).cloned() else {
+        let Some(mut action) = self.config.ladder.action(to).cloned() else {
             return;
         };
+        if let Some(port) = action.of_accepted_port() {
+            // The mean accepted rate of this episode over `high`, without
+            // its first tick (the queue was filling during part of it).
+            let readings = self
+                .memory
+                .accepted
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map_or(&[][..], |(_, r)| r.as_slice());
+            let readings = if readings.len() >= 2 {
+                &readings[1..]
+            } else {
+                readings
+            };
+            let mean = if readings.is_empty() {
+                0.0
+            } else {
+                readings.iter().sum::<f64>() / readings.len() as f64
+            };
+            action = action.resolved(mean);
+        }
         let value = Some(self.level(v));
         let reason = |cause| Reason {
             signal: self.config.signal.clone(),
@@ -398,6 +467,7 @@ impl Policy {
         let m = &mut self.memory;
         m.rung = to;
         m.last_up = Some(now);
+        m.lowest_since_up = Some((v, now));
         m.transitions.push_back(now);
     }
 
@@ -449,6 +519,7 @@ impl Policy {
         let m = &mut self.memory;
         m.rung = to;
         m.last_down = Some(now);
+        m.lowest_since_up = None;
         m.transitions.push_back(now);
         m.refused = None;
         m.next_down_at = (to > 0).then(|| now + step_down_delay(c, m.retrips, rng));

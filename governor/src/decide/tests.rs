@@ -318,3 +318,130 @@ fn changed_ladder_restarts_and_release_all_lifts_everything() {
         d[0]
     );
 }
+
+/// A snapshot of port 8080 with accept-queue fill `fill` (of 100) and
+/// `accepted` connections per second.
+fn port_snap(fill: u32, accepted: f64) -> Snapshot {
+    Snapshot {
+        interval_ms: 100,
+        ports: vec![crate::snapshot::PortStats {
+            port: 8080,
+            accepted: (accepted / 10.0) as u64,
+            accepted_per_s: accepted,
+            accept_queue: fill,
+            accept_queue_max: 100,
+            overflows: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_share_of_the_accepted_rate_is_resolved_from_the_episode_over_high() {
+    let src = r#"
+[[policy]]
+name = "shed"
+signal = { kind = "accept_queue_fill", port = 8080 }
+high = 0.5
+low = 0.1
+for = "300ms"
+ladder = [
+  { action = "throttle_connections", port = 8080, rate = "90%", burst = 5 },
+  { action = "reject_connections", port = 8080 },
+]
+"#;
+    let cfg = config::from_str(src, "test").unwrap();
+    let mut state = State::new(&cfg, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    let mut decisions = Vec::new();
+    // Calm at 50/s (not counted), then saturated: the first tick over high
+    // is partial (120/s), then the server's capacity, 200/s.
+    for (fill, acc) in [
+        (5, 50.0),
+        (5, 50.0),
+        (80, 120.0),
+        (100, 200.0),
+        (100, 200.0),
+        (100, 200.0),
+    ] {
+        decisions.extend(state.step(&port_snap(fill, acc), t));
+        t += TICK;
+    }
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    let d = &decisions[0];
+    match &d.action {
+        Action::ThrottleConnections { rate, burst, .. } => {
+            assert_eq!(rate.as_per_second(), 180.0, "90% of 200/s");
+            assert_eq!(*burst, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        d.to_string()
+            .contains("throttle_connections 180/s (90% of the accepted 200/s) burst 5"),
+        "{d}"
+    );
+
+    // The same config against a server of half the capacity: no re-tuning.
+    let mut state = State::new(&cfg, Protected::builtin(None), 1);
+    let mut decisions = Vec::new();
+    for (fill, acc) in [(80, 60.0), (100, 100.0), (100, 100.0), (100, 100.0)] {
+        decisions.extend(state.step(&port_snap(fill, acc), t));
+        t += TICK;
+    }
+    match &decisions[0].action {
+        Action::ThrottleConnections { rate, .. } => assert_eq!(rate.as_per_second(), 90.0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_share_of_nothing_accepted_admits_one_per_second_not_zero() {
+    let a = config::from_str(
+        r#"
+[[policy]]
+name = "shed"
+signal = { kind = "accept_queue_fill", port = 8080 }
+high = 0.5
+low = 0.1
+ladder = [{ action = "throttle_connections", port = 8080, rate = "95%" }]
+"#,
+        "test",
+    )
+    .unwrap()
+    .policies[0]
+        .ladder
+        .rungs[0]
+        .resolved(0.0);
+    match a {
+        Action::ThrottleConnections { rate, burst, .. } => {
+            assert_eq!(rate.as_per_second(), 1.0);
+            assert_eq!(burst, 1, "one second's worth by default");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_step_up_waits_while_the_signal_still_falls() {
+    // for 1s, settle 2s: rung 1 at 1 s over high.
+    let cfg = config("");
+    let mut state = State::new(&cfg, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut state, &mut t, 11, Some(10_000));
+    assert_eq!(rung(&state), 1);
+    // Over high but falling every tick, well past `settle`: it holds.
+    let mut p99 = 9_900;
+    for _ in 0..40 {
+        state.step(&snap(Some(p99)), t);
+        t += TICK;
+        p99 -= 100;
+    }
+    assert!(p99 > 2_000, "still over high");
+    assert_eq!(rung(&state), 1, "a falling signal holds the rung");
+    // It stops falling: the next rung once no new low came for `settle`.
+    let d = run(&mut state, &mut t, 19, Some(p99 + 100));
+    assert_eq!(rung(&state), 1, "{d:?}");
+    let d = run(&mut state, &mut t, 2, Some(p99 + 100));
+    assert_eq!(rung(&state), 2, "{d:?}");
+}

@@ -23,6 +23,8 @@ const TUNED: f64 = 200.0;
 /// Requests started this long into a run count as the steady state too.
 const STEADY_AFTER: f64 = 3.0;
 const HIGH: f64 = 0.25;
+const SHARE1: &str = "95%";
+const SHARE2: &str = "80%";
 const LOW: f64 = 0.05;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,19 +52,10 @@ impl Variant {
 }
 
 fn policy() -> String {
-    // A geometric ladder that knows nothing of the server's capacity: the
-    // watermarks find the rung at which the queue holds between them.
-    let rungs: Vec<String> = [400, 280, 200, 140, 100, 70, 50]
-        .iter()
-        .map(|r| {
-            format!(
-                "{{ action = \"throttle_connections\", port = {PORT}, rate = \"{r}/s\", burst = 5, mode = \"reset\" }}"
-            )
-        })
-        .chain(std::iter::once(format!(
-            "{{ action = \"reject_connections\", port = {PORT}, mode = \"reset\" }}"
-        )))
-        .collect();
+    // Knows nothing of the server's capacity: the throttle admits a share
+    // of what the port accepted while its queue was over `high` (the
+    // server's demonstrated capacity), a smaller share if the queue stays
+    // over, then rejects.
     format!(
         r#"
 [[policy]]
@@ -71,14 +64,15 @@ signal = {{ kind = "accept_queue_fill", port = {PORT} }}
 high = {HIGH}
 low = {LOW}
 for = "200ms"
-settle = "500ms"
-recover_every = "1s"
+settle = "1s"
+recover_every = "5s"
 jitter = 0.3
 ladder = [
-  {}
+  {{ action = "throttle_connections", port = {PORT}, rate = "{SHARE1}", burst = 5, mode = "reset" }},
+  {{ action = "throttle_connections", port = {PORT}, rate = "{SHARE2}", burst = 5, mode = "reset" }},
+  {{ action = "reject_connections", port = {PORT}, mode = "reset" }},
 ]
-"#,
-        rungs.join(",\n  ")
+"#
     )
 }
 
@@ -227,7 +221,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ));
     let variants = [Variant::Nothing, Variant::Nftables, Variant::Governor];
     sec.md(&format!(
-        "Server: one request at a time, paced to its capacity, backlog {BACKLOG}, in a test namespace. Client: open loop at 3× capacity for {SECONDS} s, a connection per request, 1 s timeout; goodput = answered requests per second offered (also shown for requests started {STEADY_AFTER} s or later, after the loop's transient: targets are judged on the whole run); latency = connect to answer, answered requests only. Unloaded: 0.3× capacity. nftables: `tcp flags syn limit rate over {TUNED}/second burst 5 packets reject with tcp reset`, tuned by hand to the full capacity. Governor: `accept_queue_fill` high {HIGH} low {LOW}, `for` 200 ms, ladder throttle 400 → 280 → 200 → 140 → 100 → 70 → 50/s (burst 5, reset) → reject; the same config at both capacities. Medians of {} rounds.\n",
+        "Server: one request at a time, paced to its capacity, backlog {BACKLOG}, in a test namespace. Client: open loop at 3× capacity for {SECONDS} s, a connection per request, 1 s timeout; goodput = answered requests per second offered (also shown for requests started {STEADY_AFTER} s or later, after the loop's transient); latency = connect to answer, answered requests only. Unloaded: 0.3× capacity. nftables: `tcp flags syn limit rate over {TUNED}/second burst 5 packets reject with tcp reset`, tuned by hand to the full capacity. Governor: `accept_queue_fill` high {HIGH} low {LOW}, `for` 200 ms, settle 1 s, `recover_every` 5 s, ladder throttle `rate = \"{SHARE1}\"` → `\"{SHARE2}\"` of the port's accepted rate while over high (burst 5, reset) → reject; the same config at both capacities. Targets are judged on the whole run and on requests started {STEADY_AFTER} s or later. Medians of {} rounds.\n",
         args.rounds
     ));
     sec.md(&format!("| capacity | variant | goodput /s | % of capacity | p99 ms | p99 / unloaded p99 | after {STEADY_AFTER} s: goodput % | after {STEADY_AFTER} s: p99 ms | refused | timed out |"));
@@ -300,6 +294,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 .map(|(_, g, p)| (*g, *p))
                 .unwrap_or((f64::NAN, f64::NAN))
         };
+        let steady = |v: Variant| {
+            res.iter()
+                .find(|(x, _)| *x == v)
+                .map(|(_, os)| {
+                    (
+                        median(&os.iter().map(|o| o.steady_goodput).collect::<Vec<_>>()),
+                        median(&os.iter().map(|o| o.steady_p99_ms).collect::<Vec<_>>()),
+                    )
+                })
+                .unwrap_or((f64::NAN, f64::NAN))
+        };
+        let (sg, sp) = steady(Variant::Governor);
+        let (sfg, sfp) = steady(Variant::Nftables);
+        verdicts.push((
+            format!("at {capacity:.0}/s, after {STEADY_AFTER} s: governor goodput ≥ 90% of capacity, p99 ≤ 3× unloaded and ≤ (b)'s"),
+            sg >= 0.9 * capacity && sp <= 3.0 * unl && sp <= sfp,
+            format!(
+                "{:.0}%, {:.1}× ({sp:.1} ms vs unloaded {unl:.1} ms; (b) {:.0}%, {sfp:.1} ms)",
+                100.0 * sg / capacity,
+                sp / unl,
+                100.0 * sfg / capacity,
+            ),
+        ));
         let (gg, gp) = get(Variant::Governor);
         let (ng, np) = get(Variant::Nothing);
         let (fg, fp) = get(Variant::Nftables);
@@ -354,7 +371,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     ],
                 },
                 plot::Panel {
-                    title: "rung (1–7 throttle 400…50/s, 8 reject)".into(),
+                    title: format!(
+                        "rung (1 throttle {SHARE1}, 2 throttle {SHARE2} of accepted, 3 reject)"
+                    ),
                     series: vec![plot::Series {
                         label: "rung".into(),
                         points: samples.iter().map(|s| (s.t, s.rung)).collect(),
