@@ -82,12 +82,43 @@ struct Memory {
     /// The rung whose action was refused as protected (reported once).
     refused: Option<Rung>,
     no_data: bool,
-    /// Accepted rates of the ports whose throttles are a share of them,
-    /// read every tick of the current episode over `high` (the server is
-    /// saturated then: what it accepts is its capacity).
-    accepted: Vec<(u16, Vec<f64>)>,
+    /// The ports whose throttles are a share of their accepted rate.
+    accepted: Vec<PortTrack>,
     /// The lowest signal since the last step up, and when it was reached.
     lowest_since_up: Option<(f64, Duration)>,
+}
+
+/// What a policy follows of a port whose throttle is a share of its
+/// accepted rate.
+#[derive(Debug, Clone)]
+struct PortTrack {
+    port: u16,
+    /// Its accept-queue depth at the last tick.
+    last_depth: Option<u32>,
+    /// The rates the server took connections out of the queue at, every
+    /// tick of the current episode over `high` (the server is saturated
+    /// then: that is its capacity).
+    readings: Vec<f64>,
+}
+
+/// One tick of a port as a share-of-accepted throttle needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct PortTick {
+    /// Handshakes completed (connections queued) in the interval.
+    pub queued: u64,
+    /// The accept queue's depth at its end.
+    pub depth: u32,
+    /// The interval, seconds.
+    pub interval_s: f64,
+}
+
+impl PortTick {
+    /// The rate the server took connections out of the queue at: what was
+    /// queued, less what the queue grew by.
+    fn dequeued_per_s(self, last_depth: u32) -> f64 {
+        let taken = self.queued as f64 + f64::from(last_depth) - f64::from(self.depth);
+        (taken.max(0.0) / self.interval_s.max(1e-3)).max(0.0)
+    }
 }
 
 /// Readings kept per port for a share-of-accepted throttle (the mean is used).
@@ -136,7 +167,14 @@ impl State {
     /// Runs one tick: see [`step`].
     pub fn step(&mut self, snapshot: &Snapshot, now: Duration) -> Vec<Decision> {
         let mut out = Vec::new();
-        let accepted = |port: u16| snapshot.port(port).map(|p| p.accepted_per_s);
+        let interval_s = snapshot.interval().as_secs_f64();
+        let accepted = |port: u16| {
+            snapshot.port(port).map(|p| PortTick {
+                queued: p.accepted,
+                depth: p.accept_queue,
+                interval_s,
+            })
+        };
         for p in &mut self.policies {
             let value = signal::read(&p.config.signal, snapshot);
             p.step(
@@ -265,7 +303,7 @@ impl Policy {
         &mut self,
         value: Option<f64>,
         now: Duration,
-        accepted: &dyn Fn(u16) -> Option<f64>,
+        accepted: &dyn Fn(u16) -> Option<PortTick>,
         protected: &Protected,
         rng: &mut ChaCha8Rng,
         out: &mut Vec<Decision>,
@@ -296,6 +334,9 @@ impl Policy {
             // timers so that only continuous evidence moves the ladder.
             m.no_data = true;
             m.over_since = None;
+            for t in &mut m.accepted {
+                t.readings.clear();
+            }
             m.trip_counted = false;
             m.clear_since = None;
             m.next_down_at = None;
@@ -324,23 +365,30 @@ impl Policy {
 
         if m.over_since.is_none() {
             m.trip_counted = false;
-            m.accepted.clear();
-        } else {
-            for port in c.ladder.rungs.iter().filter_map(Action::of_accepted_port) {
-                let Some(rate) = accepted(port) else { continue };
-                let i = match m.accepted.iter().position(|(p, _)| *p == port) {
-                    Some(i) => i,
-                    None => {
-                        m.accepted.push((port, Vec::new()));
-                        m.accepted.len() - 1
-                    }
-                };
-                let readings = &mut m.accepted[i].1;
-                if readings.len() == ACCEPTED_READINGS {
-                    readings.remove(0);
+        }
+        for port in c.ladder.rungs.iter().filter_map(Action::of_accepted_port) {
+            let i = match m.accepted.iter().position(|t| t.port == port) {
+                Some(i) => i,
+                None => {
+                    m.accepted.push(PortTrack {
+                        port,
+                        last_depth: None,
+                        readings: Vec::new(),
+                    });
+                    m.accepted.len() - 1
                 }
-                readings.push(rate);
+            };
+            let track = &mut m.accepted[i];
+            let tick = accepted(port);
+            if m.over_since.is_none() {
+                track.readings.clear();
+            } else if let (Some(tick), Some(last)) = (tick, track.last_depth) {
+                if track.readings.len() == ACCEPTED_READINGS {
+                    track.readings.remove(0);
+                }
+                track.readings.push(tick.dequeued_per_s(last));
             }
+            track.last_depth = tick.map(|t| t.depth);
         }
         if let Some(since) = m.over_since.filter(|&s| now - s >= c.hold_for) {
             m.next_down_at = None;
@@ -400,25 +448,30 @@ impl Policy {
             return;
         };
         if let Some(port) = action.of_accepted_port() {
-            // The mean accepted rate of this episode over `high`, without
-            // its first tick (the queue was filling during part of it).
-            let readings = self
+            // The median rate of this episode over `high`, without its
+            // first tick (the queue was filling during part of it); the
+            // median, as a tick now and then takes stale connections out
+            // of the queue much faster than the server's capacity.
+            let mut readings: Vec<f64> = self
                 .memory
                 .accepted
                 .iter()
-                .find(|(p, _)| *p == port)
-                .map_or(&[][..], |(_, r)| r.as_slice());
-            let readings = if readings.len() >= 2 {
-                &readings[1..]
-            } else {
-                readings
+                .find(|t| t.port == port)
+                .map(|t| {
+                    t.readings
+                        .iter()
+                        .skip(usize::from(t.readings.len() >= 2))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            readings.sort_by(f64::total_cmp);
+            let median = match readings.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => readings[n / 2],
+                n => (readings[n / 2 - 1] + readings[n / 2]) / 2.0,
             };
-            let mean = if readings.is_empty() {
-                0.0
-            } else {
-                readings.iter().sum::<f64>() / readings.len() as f64
-            };
-            action = action.resolved(mean);
+            action = action.resolved(median);
         }
         let value = Some(self.level(v));
         let reason = |cause| Reason {

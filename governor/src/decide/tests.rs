@@ -319,16 +319,16 @@ fn changed_ladder_restarts_and_release_all_lifts_everything() {
     );
 }
 
-/// A snapshot of port 8080 with accept-queue fill `fill` (of 100) and
-/// `accepted` connections per second.
-fn port_snap(fill: u32, accepted: f64) -> Snapshot {
+/// A 100 ms snapshot of port 8080 whose accept queue (limit 100) holds
+/// `depth` after `queued` handshakes completed in the interval.
+fn port_snap(depth: u32, queued: u64) -> Snapshot {
     Snapshot {
         interval_ms: 100,
         ports: vec![crate::snapshot::PortStats {
             port: 8080,
-            accepted: (accepted / 10.0) as u64,
-            accepted_per_s: accepted,
-            accept_queue: fill,
+            accepted: queued,
+            accepted_per_s: queued as f64 * 10.0,
+            accept_queue: depth,
             accept_queue_max: 100,
             overflows: 0,
         }],
@@ -354,17 +354,12 @@ ladder = [
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
     let mut decisions = Vec::new();
-    // Calm at 50/s (not counted), then saturated: the first tick over high
-    // is partial (120/s), then the server's capacity, 200/s.
-    for (fill, acc) in [
-        (5, 50.0),
-        (5, 50.0),
-        (80, 120.0),
-        (100, 200.0),
-        (100, 200.0),
-        (100, 200.0),
-    ] {
-        decisions.extend(state.step(&port_snap(fill, acc), t));
+    // A server taking 20 connections a tick (200/s): calm, then offered 3×
+    // its capacity. Handshakes complete at the offered rate while the queue
+    // fills (the probe counts 750/s, 600/s), then as fast as it frees slots;
+    // what the server takes is queued less the queue's growth: 200/s.
+    for (depth, queued) in [(5, 20), (5, 20), (60, 75), (100, 60), (100, 20), (100, 20)] {
+        decisions.extend(state.step(&port_snap(depth, queued), t));
         t += TICK;
     }
     assert_eq!(decisions.len(), 1, "{decisions:?}");
@@ -385,8 +380,8 @@ ladder = [
     // The same config against a server of half the capacity: no re-tuning.
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut decisions = Vec::new();
-    for (fill, acc) in [(80, 60.0), (100, 100.0), (100, 100.0), (100, 100.0)] {
-        decisions.extend(state.step(&port_snap(fill, acc), t));
+    for (depth, queued) in [(5, 10), (60, 65), (100, 50), (100, 10), (100, 10)] {
+        decisions.extend(state.step(&port_snap(depth, queued), t));
         t += TICK;
     }
     match &decisions[0].action {
@@ -444,4 +439,31 @@ fn a_step_up_waits_while_the_signal_still_falls() {
     assert_eq!(rung(&state), 1, "{d:?}");
     let d = run(&mut state, &mut t, 2, Some(p99 + 100));
     assert_eq!(rung(&state), 2, "{d:?}");
+}
+
+#[test]
+fn a_tick_that_drains_stale_connections_fast_does_not_inflate_the_share() {
+    let src = r#"
+[[policy]]
+name = "shed"
+signal = { kind = "accept_queue_fill", port = 8080 }
+high = 0.5
+low = 0.1
+for = "400ms"
+ladder = [{ action = "throttle_connections", port = 8080, rate = "90%", burst = 5 }]
+"#;
+    let cfg = config::from_str(src, "test").unwrap();
+    let mut state = State::new(&cfg, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    let mut decisions = Vec::new();
+    // Saturated at 20 a tick, but one tick takes 36 (clients that gave up):
+    // the mean would be 232/s, the median is the capacity.
+    for (depth, queued) in [(5, 20), (100, 115), (100, 20), (100, 36), (100, 20), (100, 20)] {
+        decisions.extend(state.step(&port_snap(depth, queued), t));
+        t += TICK;
+    }
+    match &decisions[0].action {
+        Action::ThrottleConnections { rate, .. } => assert_eq!(rate.as_per_second(), 180.0),
+        other => panic!("{other:?}"),
+    }
 }

@@ -197,6 +197,17 @@ fn one(v: Variant, capacity: f64, plot_it: bool) -> anyhow::Result<(Outcome, Opt
     let offset = t0.elapsed().as_secs_f64();
     let o = client(&ns, &mut w, 3.0 * capacity, SECONDS)?;
     let plotted = sampler.map(|s| (s.finish(), o.series.clone(), offset));
+    if let Some(a) = &agent {
+        // The decisions, each with its reason (and the rate a share resolved to).
+        for line in std::fs::read_to_string(&a.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("policy shed:"))
+        {
+            let at = line.find("policy shed:").unwrap_or(0);
+            eprintln!("      {}", &line[at..]);
+        }
+    }
     drop(agent);
     Ok((o, plotted))
 }
