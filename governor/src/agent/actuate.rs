@@ -91,6 +91,7 @@ impl Actuators {
     pub fn carry_out(&mut self, d: &Decision) -> anyhow::Result<()> {
         match (d.kind, d.change) {
             (DecisionKind::Applied, Change::Impose) => self.impose(&d.policy, &d.action),
+            (DecisionKind::Applied, Change::Adjust) => self.adjust(&d.policy, &d.action),
             (DecisionKind::Applied | DecisionKind::Reverted, Change::Lift) => {
                 self.lift(&d.policy, &d.action)
             }
@@ -159,6 +160,20 @@ impl Actuators {
         let key = (policy.to_owned(), format!("{target:?}"));
         self.set_rule(target, &rule)?;
         self.imposed.entry(key).or_default().push(rule);
+        Ok(())
+    }
+
+    /// Replaces the rule a policy has in force on a target (the top of its
+    /// stack) with `action`'s.
+    fn adjust(&mut self, policy: &str, action: &Action) -> anyhow::Result<()> {
+        let Some((target, rule)) = Self::rule(action) else {
+            anyhow::bail!("only connection rules are re-set, not {action}");
+        };
+        let key = (policy.to_owned(), format!("{target:?}"));
+        self.set_rule(target, &rule)?;
+        let stack = self.imposed.entry(key).or_default();
+        stack.pop();
+        stack.push(rule);
         Ok(())
     }
 

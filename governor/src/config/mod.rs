@@ -583,16 +583,24 @@ impl fmt::Display for Action {
                     Some(OfAccepted {
                         share,
                         measured: None,
+                        ..
                     }) => write!(f, "{}% of the accepted rate", trim_pct(share.get()))?,
                     Some(OfAccepted {
                         share,
                         measured: Some(m),
-                    }) => write!(
-                        f,
-                        "{rate} ({}% of the accepted {}/s)",
-                        trim_pct(share.get()),
-                        m.round()
-                    )?,
+                        drain,
+                    }) => {
+                        write!(
+                            f,
+                            "{rate} ({}% of the accepted {}/s",
+                            trim_pct(share.get()),
+                            m.round()
+                        )?;
+                        if *drain > 0.0 {
+                            write!(f, ", less {drain}/s to drain the queue")?;
+                        }
+                        f.write_str(")")?;
+                    }
                 }
                 if *burst > 0 {
                     write!(f, " burst {burst}")?;
@@ -623,6 +631,9 @@ pub struct OfAccepted {
     /// The accepted rate it was resolved from (connections per second),
     /// `None` in the config.
     pub measured: Option<f64>,
+    /// Connections per second held back to drain the backlog found when it
+    /// was resolved (0 once drained).
+    pub drain: f64,
 }
 
 impl Action {
@@ -631,6 +642,12 @@ impl Action {
     /// the burst, if left to its default, one second's worth). Other
     /// actions are returned as they are.
     pub fn resolved(&self, accepted: f64) -> Action {
+        self.resolved_draining(accepted, 0.0)
+    }
+
+    /// [`Action::resolved`], less `drain` connections per second (to drain
+    /// a backlog), still at least 1/s.
+    pub fn resolved_draining(&self, accepted: f64, drain: f64) -> Action {
         let mut a = self.clone();
         if let Action::ThrottleConnections {
             rate,
@@ -639,14 +656,12 @@ impl Action {
             ..
         } = &mut a
         {
-            let accepted = if accepted.is_finite() {
-                accepted.max(0.0)
-            } else {
-                0.0
-            };
-            let r = (of.share.get() * accepted).max(1.0);
+            let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+            let (accepted, drain) = (finite(accepted), finite(drain));
+            let r = of.share.get() * accepted - drain;
             *rate = Rate::per_second(r.round().max(1.0));
             of.measured = Some(accepted);
+            of.drain = drain.round();
             if *burst == 0 {
                 *burst = rate.as_per_second().ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
             }

@@ -1072,6 +1072,7 @@ fn rung(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<(Action, Span)> {
                         Some(OfAccepted {
                             share,
                             measured: None,
+                            drain: 0.0,
                         }),
                     )
                 }

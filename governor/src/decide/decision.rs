@@ -41,6 +41,9 @@ pub enum Change {
     Impose,
     /// Lift a rung's action (step down, removal).
     Lift,
+    /// Re-set the rung in force (a share-of-accepted throttle's rate, once
+    /// the backlog it found has drained); the rung does not change.
+    Adjust,
 }
 
 /// Which watermark a reason refers to.
@@ -76,6 +79,14 @@ pub enum Cause {
     PolicyChanged,
     /// The agent is stopping.
     Shutdown,
+    /// A share-of-accepted throttle re-set: the server's capacity, and the
+    /// backlog to drain over `settle`.
+    Backlog {
+        /// What the server took from the queue, per second, while saturated.
+        capacity: f64,
+        /// Connections waiting in the accept queue now.
+        queued: u32,
+    },
 }
 
 /// Why a decision was made: the signal, its value, the watermark it was
@@ -129,6 +140,13 @@ impl fmt::Display for Decision {
             (DecisionKind::Would, Change::Lift) => "would lift",
             (DecisionKind::Refused, Change::Impose) => "refused to apply",
             (DecisionKind::Refused, Change::Lift) => "refused to lift",
+            (DecisionKind::Would, Change::Adjust) => "would re-set",
+            (DecisionKind::Refused, Change::Adjust) => "refused to re-set",
+        };
+        let verb = if self.change == Change::Adjust && self.kind == DecisionKind::Applied {
+            "re-set"
+        } else {
+            verb
         };
         write!(
             f,
@@ -172,6 +190,12 @@ impl fmt::Display for Decision {
                 f.write_str("the policy's signal, ladder or mode changed; it restarts at rung 0")
             }
             (Cause::Shutdown, _) => f.write_str("the agent is stopping"),
+            (Cause::Backlog { capacity, queued }, _) => write!(
+                f,
+                "the server takes {}/s and {queued} wait in its accept queue ({} is {value})",
+                capacity.round(),
+                r.signal
+            ),
         }
     }
 }

@@ -86,6 +86,21 @@ struct Memory {
     accepted: Vec<PortTrack>,
     /// The lowest signal since the last step up, and when it was reached.
     lowest_since_up: Option<(f64, Duration)>,
+    /// Share-of-accepted throttles in force, by rung.
+    shares: Vec<ShareInForce>,
+}
+
+/// A share-of-accepted throttle in force: what it was resolved from.
+#[derive(Debug, Clone)]
+struct ShareInForce {
+    rung: Rung,
+    port: u16,
+    /// The server's capacity measured when it was applied.
+    capacity: f64,
+    /// The rate in force.
+    rate: f64,
+    /// When it was last set.
+    at: Duration,
 }
 
 /// What a policy follows of a port whose throttle is a share of its
@@ -177,6 +192,7 @@ impl State {
         };
         for p in &mut self.policies {
             let value = signal::read(&p.config.signal, snapshot);
+            let before = out.len();
             p.step(
                 value,
                 now,
@@ -185,6 +201,9 @@ impl State {
                 &mut self.rng,
                 &mut out,
             );
+            if out.len() == before {
+                p.readjust(now, &mut out);
+            }
         }
         out
     }
@@ -471,7 +490,26 @@ impl Policy {
                 n if n % 2 == 1 => readings[n / 2],
                 n => (readings[n / 2 - 1] + readings[n / 2]) / 2.0,
             };
-            action = action.resolved(median);
+            // Drain the backlog found over `settle`; re-set once drained.
+            let depth = self
+                .memory
+                .accepted
+                .iter()
+                .find(|t| t.port == port)
+                .and_then(|t| t.last_depth)
+                .unwrap_or(0);
+            let drain = f64::from(depth) / self.config.settle.as_secs_f64().max(0.1);
+            action = action.resolved_draining(median, drain);
+            if let Action::ThrottleConnections { rate, .. } = &action {
+                self.memory.shares.retain(|s| s.rung < to);
+                self.memory.shares.push(ShareInForce {
+                    rung: to,
+                    port,
+                    capacity: median,
+                    rate: rate.as_per_second(),
+                    at: now,
+                });
+            }
         }
         let value = Some(self.level(v));
         let reason = |cause| Reason {
@@ -573,6 +611,7 @@ impl Policy {
         m.rung = to;
         m.last_down = Some(now);
         m.lowest_since_up = None;
+        m.shares.retain(|s| s.rung <= to);
         m.transitions.push_back(now);
         m.refused = None;
         m.next_down_at = (to > 0).then(|| now + step_down_delay(c, m.retrips, rng));
@@ -580,6 +619,70 @@ impl Policy {
 
     fn budget_spent(&self) -> bool {
         self.memory.transitions.len() >= self.config.flap_budget.transitions as usize
+    }
+
+    /// Re-sets a share-of-accepted throttle in force once `settle` has
+    /// passed since it was set, if the rate it would get now (its share of
+    /// the capacity, less the backlog left to drain) differs by 5% or more.
+    fn readjust(&mut self, now: Duration, out: &mut Vec<Decision>) {
+        let c = &self.config;
+        let m = &mut self.memory;
+        let Some(s) = m.shares.last_mut().filter(|s| s.rung == m.rung) else {
+            return;
+        };
+        if now.saturating_sub(s.at) < c.settle {
+            return;
+        }
+        let Some(depth) = m
+            .accepted
+            .iter()
+            .find(|t| t.port == s.port)
+            .and_then(|t| t.last_depth)
+        else {
+            return;
+        };
+        let Some(config_action) = c.ladder.action(s.rung) else {
+            return;
+        };
+        let drain = f64::from(depth) / c.settle.as_secs_f64().max(0.1);
+        let action = config_action.resolved_draining(s.capacity, drain);
+        let Action::ThrottleConnections { rate, .. } = &action else {
+            return;
+        };
+        let rate = rate.as_per_second();
+        if (rate - s.rate).abs() < 0.05 * s.rate.max(1.0) {
+            return;
+        }
+        s.rate = rate;
+        s.at = now;
+        let capacity = s.capacity;
+        out.push(Decision {
+            at: now,
+            policy: c.name.clone(),
+            kind: if self.dry_run {
+                DecisionKind::Would
+            } else {
+                DecisionKind::Applied
+            },
+            change: Change::Adjust,
+            target: action.target(),
+            action,
+            from_rung: m.rung,
+            to_rung: m.rung,
+            reason: Reason {
+                signal: c.signal.clone(),
+                value: m.last_value.map(|v| Level {
+                    unit: c.signal.kind.unit(),
+                    value: v,
+                }),
+                watermark: None,
+                held_for: Duration::ZERO,
+                cause: Cause::Backlog {
+                    capacity,
+                    queued: depth,
+                },
+            },
+        });
     }
 
     fn budget_cause(&self) -> Cause {

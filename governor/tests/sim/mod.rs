@@ -287,6 +287,7 @@ impl Trace {
                         gaps.push((d.at - u).as_secs_f64());
                     }
                 }
+                Change::Adjust => {}
             }
         }
         gaps
