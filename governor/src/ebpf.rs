@@ -185,6 +185,9 @@ pub struct MapReadings {
     pub host_runq: Vec<u64>,
     /// Run-queue histogram per cgroup id.
     pub cgroup_runq: HashMap<u64, Vec<u64>>,
+    /// Waits counted in each of those histograms (an unchanged total means
+    /// no new wait, without comparing the histograms).
+    pub cgroup_runq_total: HashMap<u64, u64>,
     /// Outbound connects per cgroup id.
     pub cgroup_connects: HashMap<u64, u64>,
     /// Accepted connections per local port.
@@ -481,7 +484,9 @@ impl Probes {
                         *o += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
                     }
                 }
-                out.cgroup_runq.insert(u64_at(k, 0), sum);
+                let id = u64_at(k, 0);
+                out.cgroup_runq_total.insert(id, sum.iter().sum());
+                out.cgroup_runq.insert(id, sum);
             })
             .and_then(|()| {
                 batch.for_each(conns, 8, 8 * cpus, |k, v| {
@@ -502,6 +507,7 @@ impl Probes {
                 tracing::info!("batch map lookups unavailable ({e}); reading maps entry by entry");
                 *guard = None;
                 out.cgroup_runq.clear();
+                out.cgroup_runq_total.clear();
                 out.cgroup_connects.clear();
                 out.port_accepts.clear();
                 false
@@ -517,7 +523,9 @@ impl Probes {
         for entry in cg.iter() {
             // An entry deleted between key and value reads is skipped.
             let Ok((id, values)) = entry else { continue };
-            out.cgroup_runq.insert(id, sum_hists(values.iter()));
+            let sum = sum_hists(values.iter());
+            out.cgroup_runq_total.insert(id, sum.iter().sum());
+            out.cgroup_runq.insert(id, sum);
         }
 
         let name = names::MAP_CGROUP_CONNECTS;

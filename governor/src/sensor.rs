@@ -329,8 +329,10 @@ impl Sensor {
             }
             let h = maps.cgroup_runq.get(&id).map(Vec::as_slice).unwrap_or(&[]);
             let ph = prev.maps.cgroup_runq.get(&id).map(Vec::as_slice);
-            // Most cgroups ran nothing since the last tick: same histogram.
-            let runq = if ph == Some(h) {
+            // Most cgroups ran nothing since the last tick: same total.
+            let unchanged = ph.is_some()
+                && maps.cgroup_runq_total.get(&id) == prev.maps.cgroup_runq_total.get(&id);
+            let runq = if unchanged {
                 Default::default()
             } else {
                 runq::stats(&runq::delta(h, ph))

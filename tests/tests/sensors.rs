@@ -279,6 +279,15 @@ fn entries_of_a_thousand_removed_cgroups_are_reclaimed() {
             iterated.cgroup_runq.get(id),
             "cgroup {id}: the batch read differs from the entry-by-entry one"
         );
+        assert_eq!(
+            batched.cgroup_runq_total.get(id),
+            batched
+                .cgroup_runq
+                .get(id)
+                .map(|h| h.iter().sum::<u64>())
+                .as_ref(),
+            "cgroup {id}: the total is the histogram's sum"
+        );
         same += 1;
     }
     assert_eq!(same, seen, "both reads hold every keyed test cgroup");
