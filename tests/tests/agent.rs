@@ -105,6 +105,11 @@ struct Setup {
 }
 
 fn write_config(ns: &NetNs, port: u16, dry_run: bool, tag: &str) -> Setup {
+    write_config_rate(ns, port, dry_run, tag, "60/s")
+}
+
+/// [`write_config`] with the throttle's `rate` as given.
+fn write_config_rate(ns: &NetNs, port: u16, dry_run: bool, tag: &str, rate: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("governor.sock");
     let metrics_port = 20_000 + (std::process::id() % 20_000) as u16 + u16::from(dry_run);
@@ -132,7 +137,7 @@ settle = "1s"
 recover_every = "5s"
 jitter = 0.3
 ladder = [
-  {{ action = "throttle_connections", port = {port}, rate = "60/s", burst = 5, mode = "reset" }},
+  {{ action = "throttle_connections", port = {port}, rate = "{rate}", burst = 5, mode = "reset" }},
   {{ action = "reject_connections", port = {port}, mode = "reset" }},
 ]
 "#,
@@ -161,6 +166,71 @@ fn offer_load(ns: &NetNs, port: u16) -> String {
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
     kids.procs.push(ns.spawn(cmd));
     kids.wait_output(0)
+}
+
+/// The rate in `throttle_connections N/s (...)` of a decision's text.
+fn throttle_rate(text: &str) -> Option<f64> {
+    let after = text.split("throttle_connections ").nth(1)?;
+    after.split("/s").next()?.trim().parse().ok()
+}
+
+#[test]
+fn a_share_throttle_admits_a_share_of_the_servers_capacity_and_is_re_set_once_drained() {
+    require_root();
+    let ns = NetNs::new("shr");
+    let server = SlowServer::start(&ns, Duration::from_millis(10)); // 100/s
+    let setup = write_config_rate(&ns, server.port, false, "share", "90%");
+    let agent = AgentProcess::start(&setup.config, &setup.socket, &setup.log);
+    let out = offer_load(&ns, server.port);
+    println!("clients: {out}");
+    let status = agent.status().expect("status");
+    for d in &status.recent {
+        println!("{:>6.1}s {}", d.at_s, d.text);
+    }
+    let applied = status
+        .recent
+        .iter()
+        .find(|d| d.kind == "applied" && d.to_rung == 1 && d.from_rung == 0)
+        .expect("the share throttle was applied");
+    let capacity = applied
+        .text
+        .split("of the accepted ")
+        .nth(1)
+        .and_then(|t| t.split("/s").next())
+        .and_then(|t| t.parse::<f64>().ok())
+        .expect("the decision names the accepted rate it was resolved from");
+    let reset = status
+        .recent
+        .iter()
+        .find(|d| d.kind == "applied" && d.text.contains(": re-set throttle_connections"))
+        .unwrap_or_else(|| panic!("the rate was re-set once drained: {:?}", status.recent));
+    let rate = throttle_rate(&reset.text).expect("a rate");
+    println!("measured capacity {capacity}/s, re-set to {rate}/s");
+    assert!(
+        (rate - (0.9 * capacity).round()).abs() <= 1.0,
+        "re-set to 90% of the measured {capacity}/s: {rate}/s"
+    );
+    assert!(
+        throttle_rate(&applied.text).is_some_and(|r| r < rate),
+        "the first rate held back some to drain the backlog: {}",
+        applied.text
+    );
+    assert!(
+        field(&out, "refused") > 0,
+        "the excess was refused at once (RST): {out}"
+    );
+    // The measured capacity is the server's (100/s) on real CPUs; an
+    // emulated CPU serves far less, which is what the share is about.
+    if std::env::var("GOVERNOR_TEST_ENV").is_ok_and(|v| v == "vm") {
+        governor_integration::skip(&format!(
+            "the server's nominal capacity needs real CPUs (emulated: measured {capacity}/s)"
+        ));
+        return;
+    }
+    assert!(
+        (70.0..=130.0).contains(&capacity),
+        "the measured capacity is the server's 100/s: {capacity}/s"
+    );
 }
 
 #[test]

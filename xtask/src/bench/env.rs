@@ -411,6 +411,17 @@ pub struct Agent {
 static PORTS: AtomicU32 = AtomicU32::new(0);
 
 impl Agent {
+    /// Prints the decisions of `policy` logged so far, one line each with
+    /// its reason, indented under the run they belong to.
+    pub fn print_decisions(&self, policy: &str) {
+        let needle = format!("policy {policy}:");
+        for line in fs::read_to_string(&self.log).unwrap_or_default().lines() {
+            if let Some(at) = line.find(&needle) {
+                eprintln!("      {}", &line[at..]);
+            }
+        }
+    }
+
     /// Starts the agent with `policies` (TOML `[[policy]]` tables) and the
     /// `[agent]` keys it needs, plus `extra` agent keys (e.g. `netns = ...`).
     pub fn start(extra: &str, policies: &str) -> anyhow::Result<Self> {

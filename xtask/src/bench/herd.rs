@@ -47,7 +47,7 @@ impl Variant {
             ),
             Self::Jittered => (
                 format!(
-                    "{{ action = \"throttle_connections\", port = {PORT}, rate = \"200/s\", burst = 2, mode = \"reset\" }},\n  {{ action = \"throttle_connections\", port = {PORT}, rate = \"50/s\", burst = 2, mode = \"reset\" }},\n  {{ action = \"reject_connections\", port = {PORT}, mode = \"reset\" }}"
+                    "{{ action = \"throttle_connections\", port = {PORT}, rate = \"200/s\", burst = 10, mode = \"reset\" }},\n  {{ action = \"throttle_connections\", port = {PORT}, rate = \"50/s\", burst = 3, mode = \"reset\" }},\n  {{ action = \"reject_connections\", port = {PORT}, mode = \"reset\" }}"
                 ),
                 0.5,
             ),
@@ -83,11 +83,16 @@ struct Run {
 impl Run {
     /// The largest count in a 10 ms bin after the server began accepting.
     fn peak(&self) -> f64 {
+        self.peak_at().1
+    }
+
+    /// The 10 ms bin (ms since the herd started) of [`Run::peak`], and its count.
+    fn peak_at(&self) -> (u64, f64) {
         self.hist
             .iter()
             .filter(|(t, _)| *t >= PAUSE_MS)
-            .map(|(_, c)| f64::from(*c))
-            .fold(0.0, f64::max)
+            .map(|(t, c)| (*t, f64::from(*c)))
+            .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a })
     }
 }
 
@@ -136,6 +141,7 @@ fn one(v: Variant) -> anyhow::Result<Run> {
     let out = w.output(c)?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     let samples = sampler.finish();
+    agent.print_decisions("herd");
     let hist = field_str(&out, "hist")
         .unwrap_or("")
         .split(',')
@@ -172,9 +178,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         for k in 0..variants.len() {
             let v = variants[(round + k) % variants.len()];
             let r = one(v)?;
-            let peak = r.peak();
+            let (peak_t, peak) = r.peak_at();
             eprintln!(
-                "  round {}  {:<62} peak {:>3.0} connects/10 ms ({:>5.0}/s), {} of {CLIENTS} through",
+                "  round {}  {:<62} peak {:>3.0} connects/10 ms ({:>5.0}/s) at {peak_t} ms, {} of {CLIENTS} through",
                 round + 1,
                 v.name(),
                 peak,
@@ -191,7 +197,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     sec.md(&format!(
-        "{CLIENTS} clients in a test namespace, each retrying its connect every 50 ms (200 ms timeout) until one succeeds; the server does not accept for its first {PAUSE_MS} ms (backlog 16), so the accept queue fills and governor (`accept_queue_fill` high 0.5, low 0.1, `for` 300 ms, `recover_every` 1 s) rejects them; then it accepts everything. Peak = the most successful connects in one 10 ms bin after the server resumed. Medians of {} rounds.\n",
+        "{CLIENTS} clients in a test namespace, each retrying its connect every 50 ms (200 ms timeout) until one succeeds; the server does not accept for its first {PAUSE_MS} ms (backlog 16), so the accept queue fills and governor (`accept_queue_fill` high 0.5, low 0.1, `for` 300 ms, `recover_every` 1 s) rejects them; then it accepts everything. The jittered ladder's throttles have bursts of 10 (200/s) and 3 (50/s), a retry period's worth: the clients retry in step, and a smaller bucket admits one burst per retry wave, far below the rate. Peak = the most successful connects in one 10 ms bin after the server resumed. Medians of {} rounds.\n",
         args.rounds
     ));
     sec.md("| recovery | peak connects / 10 ms | peak rate /s | clients through |");

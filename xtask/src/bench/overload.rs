@@ -199,14 +199,7 @@ fn one(v: Variant, capacity: f64, plot_it: bool) -> anyhow::Result<(Outcome, Opt
     let plotted = sampler.map(|s| (s.finish(), o.series.clone(), offset));
     if let Some(a) = &agent {
         // The decisions, each with its reason (and the rate a share resolved to).
-        for line in std::fs::read_to_string(&a.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("policy shed:"))
-        {
-            let at = line.find("policy shed:").unwrap_or(0);
-            eprintln!("      {}", &line[at..]);
-        }
+        a.print_decisions("shed");
     }
     drop(agent);
     Ok((o, plotted))
