@@ -69,11 +69,12 @@ fn ticks(d: Duration) -> u64 {
     (d.as_millis() / TICK.as_millis()) as u64
 }
 
-/// Transitions (not refusals) in the sliding window never exceed the budget.
+/// Rung transitions (not refusals, not re-sets of a rung in force) in the
+/// sliding window never exceed the budget.
 fn max_transitions_per_window(decisions: &[Decision], window: Duration) -> usize {
     let times: Vec<Duration> = decisions
         .iter()
-        .filter(|d| d.kind != DecisionKind::Refused)
+        .filter(|d| d.kind != DecisionKind::Refused && d.change != Change::Adjust)
         .map(|d| d.at)
         .collect();
     times

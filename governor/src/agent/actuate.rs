@@ -177,26 +177,37 @@ impl Actuators {
         Ok(())
     }
 
+    /// Loads the enforcement programs and attaches inbound admission to the
+    /// namespace, with no rule yet (every connection passes), if not done.
+    /// The agent calls it at start when a live policy acts on ports, so the
+    /// first trip does not wait for the verifier, and a kernel that cannot
+    /// do it says so at once.
+    pub fn attach_inbound(&mut self) -> anyhow::Result<()> {
+        if self.netns_attached {
+            return Ok(());
+        }
+        let ns = self.netns.clone();
+        // The drop sink must live in the namespace: attach from a thread
+        // that joined it.
+        let mut enforcer = match self.net.take() {
+            Some(e) => e,
+            None => NetEnforcer::load()?,
+        };
+        let ns2 = ns.clone();
+        let enforcer = crate::netns::in_netns(&ns, move || {
+            enforcer.attach_netns(&ns2)?;
+            Ok(enforcer)
+        })?;
+        self.net = Some(enforcer);
+        self.netns_attached = true;
+        Ok(())
+    }
+
     fn set_rule(&mut self, target: Target, rule: &Rule) -> anyhow::Result<()> {
         let rule = rule.clone();
         match target {
             Target::Port(port) => {
-                if !self.netns_attached {
-                    let ns = self.netns.clone();
-                    // The drop sink must live in the namespace: attach from
-                    // a thread that joined it.
-                    let mut enforcer = match self.net.take() {
-                        Some(e) => e,
-                        None => NetEnforcer::load()?,
-                    };
-                    let ns2 = ns.clone();
-                    let enforcer = crate::netns::in_netns(&ns, move || {
-                        enforcer.attach_netns(&ns2)?;
-                        Ok(enforcer)
-                    })?;
-                    self.net = Some(enforcer);
-                    self.netns_attached = true;
-                }
+                self.attach_inbound()?;
                 self.enforcer()?.set_port(port, &rule)?;
             }
             Target::Cgroup(c) => {

@@ -312,6 +312,27 @@ async fn agent(
         cfg.agent.journal_dir.display(),
         actuators.revert_all()
     );
+    // Live policies that act on ports: load and attach inbound admission now
+    // (no rule yet, everything passes), so a trip does not wait for the
+    // verifier and a kernel that cannot do it says so at start.
+    let acts_on_ports = cfg.policies.iter().any(|p| {
+        !p.is_dry_run(&cfg.agent)
+            && p.ladder
+                .rungs
+                .iter()
+                .any(|a| matches!(a.target(), Target::Port(_)))
+    });
+    if acts_on_ports {
+        match actuators.attach_inbound() {
+            Ok(()) => tracing::info!(
+                "inbound admission attached to {} (no rule yet)",
+                netns.display()
+            ),
+            Err(e) => tracing::warn!(
+                "inbound admission could not be attached yet (retried at the first trip): {e:#}"
+            ),
+        }
+    }
 
     let (probes, forwarder) = Probes::start()?;
     let missing = probes.missing().to_vec();

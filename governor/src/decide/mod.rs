@@ -90,6 +90,28 @@ struct Memory {
     shares: Vec<ShareInForce>,
 }
 
+impl Memory {
+    /// What the server took from `port`'s queue per second in this episode
+    /// over `high`: the lower median of its ticks without the first (the
+    /// queue was filling during part of it). The median, as a tick now and
+    /// then takes stale connections out much faster than the server's
+    /// capacity; the lower one of an even count, to err on the safe side.
+    fn episode_capacity(&self, port: u16) -> Option<f64> {
+        let t = self.accepted.iter().find(|t| t.port == port)?;
+        let mut readings: Vec<f64> = t
+            .readings
+            .iter()
+            .skip(usize::from(t.readings.len() >= 2))
+            .copied()
+            .collect();
+        if readings.is_empty() {
+            return None;
+        }
+        readings.sort_by(f64::total_cmp);
+        Some(readings[(readings.len() - 1) / 2])
+    }
+}
+
 /// A share-of-accepted throttle in force: what it was resolved from.
 #[derive(Debug, Clone)]
 struct ShareInForce {
@@ -432,7 +454,12 @@ impl Policy {
                 && m.lowest_since_up
                     .is_some_and(|(_, at)| now.saturating_sub(at) < c.settle);
             if m.rung < c.ladder.len() && settled && !improving {
-                self.step_up(v, now - since, now, protected, out);
+                // A share throttle in force over a server now slower than
+                // measured: re-set it to the new capacity first; the next
+                // rung only if that does not help.
+                if !self.reset_share(now, out, true) {
+                    self.step_up(v, now - since, now, protected, out);
+                }
             }
         } else if let Some(since) = m.clear_since.filter(|&s| now - s >= c.hold_for) {
             if m.rung == 0 {
@@ -467,29 +494,7 @@ impl Policy {
             return;
         };
         if let Some(port) = action.of_accepted_port() {
-            // The median rate of this episode over `high`, without its
-            // first tick (the queue was filling during part of it); the
-            // median, as a tick now and then takes stale connections out
-            // of the queue much faster than the server's capacity.
-            let mut readings: Vec<f64> = self
-                .memory
-                .accepted
-                .iter()
-                .find(|t| t.port == port)
-                .map(|t| {
-                    t.readings
-                        .iter()
-                        .skip(usize::from(t.readings.len() >= 2))
-                        .copied()
-                        .collect()
-                })
-                .unwrap_or_default();
-            readings.sort_by(f64::total_cmp);
-            let median = match readings.len() {
-                0 => 0.0,
-                n if n % 2 == 1 => readings[n / 2],
-                n => (readings[n / 2 - 1] + readings[n / 2]) / 2.0,
-            };
+            let median = self.memory.episode_capacity(port).unwrap_or(0.0);
             // Drain the backlog found over `settle`; re-set once drained.
             let depth = self
                 .memory
@@ -625,13 +630,32 @@ impl Policy {
     /// passed since it was set, if the rate it would get now (its share of
     /// the capacity, less the backlog left to drain) differs by 5% or more.
     fn readjust(&mut self, now: Duration, out: &mut Vec<Decision>) {
+        self.reset_share(now, out, false);
+    }
+
+    /// Re-sets the share-of-accepted throttle of the rung in force. With
+    /// `remeasure` (the queue is over `high` again and not going down), only
+    /// if this episode measured a capacity 3% or more below the one in use,
+    /// which it adopts; otherwise once `settle` has passed since it was set,
+    /// if its rate would change by 5% or more. True if it was re-set.
+    fn reset_share(&mut self, now: Duration, out: &mut Vec<Decision>, remeasure: bool) -> bool {
+        let fresh = self
+            .memory
+            .shares
+            .last()
+            .and_then(|s| self.memory.episode_capacity(s.port));
         let c = &self.config;
         let m = &mut self.memory;
         let Some(s) = m.shares.last_mut().filter(|s| s.rung == m.rung) else {
-            return;
+            return false;
         };
-        if now.saturating_sub(s.at) < c.settle {
-            return;
+        if remeasure {
+            match fresh {
+                Some(f) if f < 0.97 * s.capacity => s.capacity = f,
+                _ => return false,
+            }
+        } else if now.saturating_sub(s.at) < c.settle {
+            return false;
         }
         let Some(depth) = m
             .accepted
@@ -639,19 +663,19 @@ impl Policy {
             .find(|t| t.port == s.port)
             .and_then(|t| t.last_depth)
         else {
-            return;
+            return false;
         };
         let Some(config_action) = c.ladder.action(s.rung) else {
-            return;
+            return false;
         };
         let drain = f64::from(depth) / c.settle.as_secs_f64().max(0.1);
         let action = config_action.resolved_draining(s.capacity, drain);
         let Action::ThrottleConnections { rate, .. } = &action else {
-            return;
+            return false;
         };
         let rate = rate.as_per_second();
-        if (rate - s.rate).abs() < 0.05 * s.rate.max(1.0) {
-            return;
+        if !remeasure && (rate - s.rate).abs() < 0.05 * s.rate.max(1.0) {
+            return false;
         }
         s.rate = rate;
         s.at = now;
@@ -683,6 +707,12 @@ impl Policy {
                 },
             },
         });
+        // A re-set is an action taken: give it `settle` before another step.
+        if remeasure {
+            m.last_up = Some(now);
+            m.lowest_since_up = None;
+        }
+        true
     }
 
     fn budget_cause(&self) -> Cause {

@@ -500,3 +500,57 @@ ladder = [{ action = "throttle_connections", port = 8080, rate = "90%", burst = 
         decisions[0]
     );
 }
+
+#[test]
+fn a_server_that_slows_down_gets_its_share_re_measured_before_the_next_rung() {
+    let src = r#"
+[[policy]]
+name = "shed"
+signal = { kind = "accept_queue_fill", port = 8080 }
+high = 0.5
+low = 0.1
+for = "300ms"
+settle = "1s"
+ladder = [
+  { action = "throttle_connections", port = 8080, rate = "90%", burst = 5 },
+  { action = "reject_connections", port = 8080 },
+]
+"#;
+    let cfg = config::from_str(src, "test").unwrap();
+    let mut state = State::new(&cfg, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    let mut d = Vec::new();
+    for (depth, queued) in [(5, 20), (60, 75), (100, 60), (100, 20), (100, 20)] {
+        d.extend(state.step(&port_snap(depth, queued), t));
+        t += TICK;
+    }
+    assert_eq!(rung(&state), 1, "{d:?}");
+    // Drained; then the server halves its speed (10 a tick) and the queue
+    // fills past high again, and stays full.
+    for _ in 0..20 {
+        state.step(&port_snap(0, 14), t);
+        t += TICK;
+    }
+    let mut later = Vec::new();
+    for (depth, queued) in [
+        (30, 40),
+        (60, 40),
+        (90, 40),
+        (100, 20),
+        (100, 10),
+        (100, 10),
+        (100, 10),
+    ] {
+        later.extend(state.step(&port_snap(depth, queued), t));
+        t += TICK;
+    }
+    assert_eq!(rung(&state), 1, "re-measured, not escalated: {later:?}");
+    // (It may first be re-set for the backlog at the old capacity.)
+    assert!(
+        later
+            .iter()
+            .any(|d| d.change == Change::Adjust
+                && d.to_string().contains("(90% of the accepted 100/s")),
+        "re-set to 90% of the new 100/s: {later:#?}"
+    );
+}

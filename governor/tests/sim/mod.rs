@@ -244,7 +244,7 @@ impl Trace {
     pub fn transitions(&self) -> Vec<&Decision> {
         self.decisions
             .iter()
-            .filter(|d| d.kind != DecisionKind::Refused)
+            .filter(|d| d.kind != DecisionKind::Refused && d.change != Change::Adjust)
             .collect()
     }
 

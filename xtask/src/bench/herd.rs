@@ -81,12 +81,8 @@ struct Run {
 }
 
 impl Run {
-    /// The largest count in a 10 ms bin after the server began accepting.
-    fn peak(&self) -> f64 {
-        self.peak_at().1
-    }
-
-    /// The 10 ms bin (ms since the herd started) of [`Run::peak`], and its count.
+    /// The largest count in a 10 ms bin after the server began accepting,
+    /// and that bin (ms since the herd started).
     fn peak_at(&self) -> (u64, f64) {
         self.hist
             .iter()

@@ -63,7 +63,7 @@ name = "shed"
 signal = {{ kind = "accept_queue_fill", port = {PORT} }}
 high = {HIGH}
 low = {LOW}
-for = "200ms"
+for = "300ms"
 settle = "1s"
 recover_every = "10s"
 jitter = 0.3
@@ -225,7 +225,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ));
     let variants = [Variant::Nothing, Variant::Nftables, Variant::Governor];
     sec.md(&format!(
-        "Server: one request at a time, paced to its capacity, backlog {BACKLOG}, in a test namespace. Client: open loop at 3× capacity for {SECONDS} s, a connection per request, 1 s timeout; goodput = answered requests per second offered (also shown for requests started {STEADY_AFTER} s or later, after the loop's transient); latency = connect to answer, answered requests only. Unloaded: 0.3× capacity. nftables: `tcp flags syn limit rate over {TUNED}/second burst 5 packets reject with tcp reset`, tuned by hand to the full capacity. Governor: `accept_queue_fill` high {HIGH} low {LOW}, `for` 200 ms, settle 1 s, `recover_every` 10 s, ladder throttle `rate = \"{SHARE1}\"` → `\"{SHARE2}\"` of the port's accepted rate while over high (burst 5, reset) → reject; the same config at both capacities. Targets are judged on the whole run and on requests started {STEADY_AFTER} s or later. Medians of {} rounds.\n",
+        "Server: one request at a time, paced to its capacity, backlog {BACKLOG}, in a test namespace. Client: open loop at 3× capacity for {SECONDS} s, a connection per request, 1 s timeout; goodput = answered requests per second offered (also shown for requests started {STEADY_AFTER} s or later, after the loop's transient); latency = connect to answer, answered requests only. Unloaded: 0.3× capacity. nftables: `tcp flags syn limit rate over {TUNED}/second burst 5 packets reject with tcp reset`, tuned by hand to the full capacity. Governor: `accept_queue_fill` high {HIGH} low {LOW}, `for` 300 ms, settle 1 s, `recover_every` 10 s, ladder throttle `rate = \"{SHARE1}\"` → `\"{SHARE2}\"` of the port's accepted rate while over high (burst 5, reset) → reject; the same config at both capacities. Targets are judged on the whole run and on requests started {STEADY_AFTER} s or later. Medians of {} rounds.\n",
         args.rounds
     ));
     sec.md(&format!("| capacity | variant | goodput /s | % of capacity | p99 ms | p99 / unloaded p99 | after {STEADY_AFTER} s: goodput % | after {STEADY_AFTER} s: p99 ms | refused | timed out |"));
