@@ -638,16 +638,10 @@ pub struct OfAccepted {
 
 impl Action {
     /// This action with a rate written as a share of the accepted rate
-    /// resolved against `accepted` connections per second (at least 1/s;
-    /// the burst, if left to its default, one second's worth). Other
-    /// actions are returned as they are.
-    pub fn resolved(&self, accepted: f64) -> Action {
-        self.resolved_draining(accepted, 0.0)
-    }
-
-    /// [`Action::resolved`], less `drain` connections per second (to drain
-    /// a backlog), still at least 1/s.
-    pub fn resolved_draining(&self, accepted: f64, drain: f64) -> Action {
+    /// resolved against `accepted` connections per second, less `drain`
+    /// per second (to drain a backlog), at least 1/s; the burst, if left to
+    /// its default, one second's worth. Other actions are returned as they are.
+    pub fn resolved(&self, accepted: f64, drain: f64) -> Action {
         let mut a = self.clone();
         if let Action::ThrottleConnections {
             rate,

@@ -91,6 +91,14 @@ struct Memory {
 }
 
 impl Memory {
+    /// `port`'s accept-queue depth at the last tick, if it was seen.
+    fn queue_depth(&self, port: u16) -> Option<u32> {
+        self.accepted
+            .iter()
+            .find(|t| t.port == port)
+            .and_then(|t| t.last_depth)
+    }
+
     /// What the server took from `port`'s queue per second in this episode
     /// over `high`: the lower median of its ticks without the first (the
     /// queue was filling during part of it). The median, as a tick now and
@@ -110,6 +118,11 @@ impl Memory {
         readings.sort_by(f64::total_cmp);
         Some(readings[(readings.len() - 1) / 2])
     }
+}
+
+/// Connections per second that drain a backlog of `depth` within `settle`.
+fn drain_per_s(depth: u32, settle: Duration) -> f64 {
+    f64::from(depth) / settle.as_secs_f64().max(0.1)
 }
 
 /// A share-of-accepted throttle in force: what it was resolved from.
@@ -224,7 +237,7 @@ impl State {
                 &mut out,
             );
             if out.len() == before {
-                p.readjust(now, &mut out);
+                p.reset_share(now, &mut out, false);
             }
         }
         out
@@ -496,15 +509,8 @@ impl Policy {
         if let Some(port) = action.of_accepted_port() {
             let median = self.memory.episode_capacity(port).unwrap_or(0.0);
             // Drain the backlog found over `settle`; re-set once drained.
-            let depth = self
-                .memory
-                .accepted
-                .iter()
-                .find(|t| t.port == port)
-                .and_then(|t| t.last_depth)
-                .unwrap_or(0);
-            let drain = f64::from(depth) / self.config.settle.as_secs_f64().max(0.1);
-            action = action.resolved_draining(median, drain);
+            let depth = self.memory.queue_depth(port).unwrap_or(0);
+            action = action.resolved(median, drain_per_s(depth, self.config.settle));
             if let Action::ThrottleConnections { rate, .. } = &action {
                 self.memory.shares.retain(|s| s.rung < to);
                 self.memory.shares.push(ShareInForce {
@@ -629,21 +635,19 @@ impl Policy {
     /// Re-sets a share-of-accepted throttle in force once `settle` has
     /// passed since it was set, if the rate it would get now (its share of
     /// the capacity, less the backlog left to drain) differs by 5% or more.
-    fn readjust(&mut self, now: Duration, out: &mut Vec<Decision>) {
-        self.reset_share(now, out, false);
-    }
-
     /// Re-sets the share-of-accepted throttle of the rung in force. With
     /// `remeasure` (the queue is over `high` again and not going down), only
     /// if this episode measured a capacity 3% or more below the one in use,
     /// which it adopts; otherwise once `settle` has passed since it was set,
     /// if its rate would change by 5% or more. True if it was re-set.
     fn reset_share(&mut self, now: Duration, out: &mut Vec<Decision>, remeasure: bool) -> bool {
-        let fresh = self
-            .memory
-            .shares
-            .last()
-            .and_then(|s| self.memory.episode_capacity(s.port));
+        let Some(port) = self.memory.shares.last().map(|s| s.port) else {
+            return false;
+        };
+        let fresh = self.memory.episode_capacity(port);
+        let Some(depth) = self.memory.queue_depth(port) else {
+            return false;
+        };
         let c = &self.config;
         let m = &mut self.memory;
         let Some(s) = m.shares.last_mut().filter(|s| s.rung == m.rung) else {
@@ -657,19 +661,10 @@ impl Policy {
         } else if now.saturating_sub(s.at) < c.settle {
             return false;
         }
-        let Some(depth) = m
-            .accepted
-            .iter()
-            .find(|t| t.port == s.port)
-            .and_then(|t| t.last_depth)
-        else {
-            return false;
-        };
         let Some(config_action) = c.ladder.action(s.rung) else {
             return false;
         };
-        let drain = f64::from(depth) / c.settle.as_secs_f64().max(0.1);
-        let action = config_action.resolved_draining(s.capacity, drain);
+        let action = config_action.resolved(s.capacity, drain_per_s(depth, c.settle));
         let Action::ThrottleConnections { rate, .. } = &action else {
             return false;
         };

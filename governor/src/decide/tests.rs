@@ -337,21 +337,25 @@ fn port_snap(depth: u32, queued: u64) -> Snapshot {
     }
 }
 
+/// A policy "shed" on port 8080's accept-queue fill (high 0.5, low 0.1)
+/// with `keys` (timings) and the rungs of `ladder`.
+fn shed_config(keys: &str, ladder: &[&str]) -> Config {
+    let src = format!(
+        "[[policy]]\nname = \"shed\"\nsignal = {{ kind = \"accept_queue_fill\", port = 8080 }}\nhigh = 0.5\nlow = 0.1\n{keys}\nladder = [{}]\n",
+        ladder.join(", ")
+    );
+    config::from_str(&src, "test").unwrap()
+}
+
+/// Throttles port 8080 to 90% of its measured capacity, burst 5.
+const THROTTLE_90: &str =
+    r#"{ action = "throttle_connections", port = 8080, rate = "90%", burst = 5 }"#;
+/// Rejects every new connection to port 8080.
+const REJECT: &str = r#"{ action = "reject_connections", port = 8080 }"#;
+
 #[test]
 fn a_share_of_the_accepted_rate_is_resolved_from_the_episode_over_high() {
-    let src = r#"
-[[policy]]
-name = "shed"
-signal = { kind = "accept_queue_fill", port = 8080 }
-high = 0.5
-low = 0.1
-for = "300ms"
-ladder = [
-  { action = "throttle_connections", port = 8080, rate = "90%", burst = 5 },
-  { action = "reject_connections", port = 8080 },
-]
-"#;
-    let cfg = config::from_str(src, "test").unwrap();
+    let cfg = shed_config("for = \"300ms\"", &[THROTTLE_90, REJECT]);
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
     let mut decisions = Vec::new();
@@ -415,22 +419,14 @@ ladder = [
 
 #[test]
 fn a_share_of_nothing_accepted_admits_one_per_second_not_zero() {
-    let a = config::from_str(
-        r#"
-[[policy]]
-name = "shed"
-signal = { kind = "accept_queue_fill", port = 8080 }
-high = 0.5
-low = 0.1
-ladder = [{ action = "throttle_connections", port = 8080, rate = "95%" }]
-"#,
-        "test",
+    let a = shed_config(
+        "",
+        &[r#"{ action = "throttle_connections", port = 8080, rate = "95%" }"#],
     )
-    .unwrap()
     .policies[0]
         .ladder
         .rungs[0]
-        .resolved(0.0);
+        .resolved(0.0, 0.0);
     match a {
         Action::ThrottleConnections { rate, burst, .. } => {
             assert_eq!(rate.as_per_second(), 1.0);
@@ -466,16 +462,7 @@ fn a_step_up_waits_while_the_signal_still_falls() {
 
 #[test]
 fn a_tick_that_drains_stale_connections_fast_does_not_inflate_the_share() {
-    let src = r#"
-[[policy]]
-name = "shed"
-signal = { kind = "accept_queue_fill", port = 8080 }
-high = 0.5
-low = 0.1
-for = "400ms"
-ladder = [{ action = "throttle_connections", port = 8080, rate = "90%", burst = 5 }]
-"#;
-    let cfg = config::from_str(src, "test").unwrap();
+    let cfg = shed_config("for = \"400ms\"", &[THROTTLE_90]);
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
     let mut decisions = Vec::new();
@@ -503,20 +490,7 @@ ladder = [{ action = "throttle_connections", port = 8080, rate = "90%", burst = 
 
 #[test]
 fn a_server_that_slows_down_gets_its_share_re_measured_before_the_next_rung() {
-    let src = r#"
-[[policy]]
-name = "shed"
-signal = { kind = "accept_queue_fill", port = 8080 }
-high = 0.5
-low = 0.1
-for = "300ms"
-settle = "1s"
-ladder = [
-  { action = "throttle_connections", port = 8080, rate = "90%", burst = 5 },
-  { action = "reject_connections", port = 8080 },
-]
-"#;
-    let cfg = config::from_str(src, "test").unwrap();
+    let cfg = shed_config("for = \"300ms\"\nsettle = \"1s\"", &[THROTTLE_90, REJECT]);
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
     let mut d = Vec::new();
