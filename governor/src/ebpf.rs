@@ -194,6 +194,17 @@ pub struct MapReadings {
     pub port_accepts: HashMap<u16, u64>,
 }
 
+impl MapReadings {
+    /// Fills `cgroup_runq_total` from the histograms.
+    fn total_waits(&mut self) {
+        self.cgroup_runq_total = self
+            .cgroup_runq
+            .iter()
+            .map(|(id, h)| (*id, h.iter().sum()))
+            .collect();
+    }
+}
+
 impl Probes {
     /// Loads the embedded object with field offsets parsed from the running
     /// kernel's tracefs (mounting it if needed). Nothing is attached yet.
@@ -447,6 +458,7 @@ impl Probes {
         if !self.read_batched(&mut out) {
             self.read_iterating(&mut out)?;
         }
+        out.total_waits();
         Ok(out)
     }
 
@@ -484,9 +496,7 @@ impl Probes {
                         *o += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
                     }
                 }
-                let id = u64_at(k, 0);
-                out.cgroup_runq_total.insert(id, sum.iter().sum());
-                out.cgroup_runq.insert(id, sum);
+                out.cgroup_runq.insert(u64_at(k, 0), sum);
             })
             .and_then(|()| {
                 batch.for_each(conns, 8, 8 * cpus, |k, v| {
@@ -507,7 +517,6 @@ impl Probes {
                 tracing::info!("batch map lookups unavailable ({e}); reading maps entry by entry");
                 *guard = None;
                 out.cgroup_runq.clear();
-                out.cgroup_runq_total.clear();
                 out.cgroup_connects.clear();
                 out.port_accepts.clear();
                 false
@@ -523,9 +532,7 @@ impl Probes {
         for entry in cg.iter() {
             // An entry deleted between key and value reads is skipped.
             let Ok((id, values)) = entry else { continue };
-            let sum = sum_hists(values.iter());
-            out.cgroup_runq_total.insert(id, sum.iter().sum());
-            out.cgroup_runq.insert(id, sum);
+            out.cgroup_runq.insert(id, sum_hists(values.iter()));
         }
 
         let name = names::MAP_CGROUP_CONNECTS;
@@ -553,6 +560,7 @@ impl Probes {
     pub fn read_maps_entry_by_entry(&self) -> Result<MapReadings, ProbeError> {
         let mut out = MapReadings::default();
         self.read_iterating(&mut out)?;
+        out.total_waits();
         Ok(out)
     }
 

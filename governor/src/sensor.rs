@@ -313,13 +313,13 @@ impl Sensor {
             }
         }
         let mut cgroups: Vec<CgroupStats> = Vec::new();
-        let by_id = self.order.by_path.iter().map(|(id, p)| (id, p));
         // Both lists are in path order: one merge walk finds the watched.
         let watched = &self.scope.watched;
         let mut seen = vec![false; watched.len()];
         let mut w = 0;
         let files = !self.slow.psi.is_empty() || !self.slow.throttled.is_empty();
-        for (&id, path) in by_id {
+        for (id, path) in &self.order.by_path {
+            let id = *id;
             while w < watched.len() && watched[w] < *path {
                 w += 1;
             }
