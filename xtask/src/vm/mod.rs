@@ -483,15 +483,16 @@ fn boot_and_judge(
     let mut retried = None;
     if console.hung {
         // Seen rarely under TCG: both vCPUs spin and the console goes
-        // silent mid-test. Boot once more; a second hang fails the run, and
-        // the summary says a retry happened either way.
+        // silent mid-test, or the kernel reports a soft lockup. Boot once
+        // more; a second hang fails the run, and the summary says a retry
+        // happened either way.
         let last = console
             .lines
             .last()
             .map(|(_, l)| l.clone())
             .unwrap_or_default();
         let note = format!(
-            "guest silent for {}s after {last:?}; booted once more (first console kept in {})",
+            "guest hung (silent for {}s, or a kernel lockup) after {last:?}; booted once more (first console kept in {})",
             machine.silence.as_secs(),
             out_dir.join(format!("{}.hung.log", k.label)).display()
         );
@@ -513,7 +514,7 @@ fn boot_and_judge(
     let mut problems = outcome.problems();
     if console.hung {
         problems.push(format!(
-            "the guest printed nothing for {}s (hung; QEMU killed)",
+            "the guest hung (nothing printed for {}s, or a kernel lockup; QEMU killed)",
             machine.silence.as_secs()
         ));
     }

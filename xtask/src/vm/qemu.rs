@@ -26,7 +26,8 @@ pub struct Machine {
     pub cpus: u32,
     /// Give up (and fail) after this long.
     pub timeout: Duration,
-    /// A guest that prints nothing for this long is hung (killed).
+    /// A guest that prints nothing for this long is hung (killed); so is
+    /// one whose kernel reports a lockup.
     pub silence: Duration,
     /// Appended to the kernel command line (e.g. `loglevel=7` to see stack dumps).
     pub append: String,
@@ -135,7 +136,17 @@ pub fn boot(
                 let t = at.duration_since(started).as_secs_f64();
                 writeln!(file, "[{t:8.3}] {line}")?;
                 each(t, &line);
+                // A kernel that reports a lockup keeps printing about it
+                // every minute: hung all the same, without going silent.
+                let lockup = is_lockup(&line);
                 lines.push((t, line));
+                if lockup {
+                    hung = true;
+                    // Our own child, by its handle.
+                    let _ = child.kill();
+                    writeln!(file, "# the guest kernel reported a lockup: QEMU killed")?;
+                    break;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -175,4 +186,25 @@ pub fn boot(
         exit: status.to_string(),
         secs,
     })
+}
+
+/// A console line by which the guest kernel says a CPU is stuck.
+fn is_lockup(line: &str) -> bool {
+    line.contains("BUG: soft lockup - CPU#") || line.contains("rcu_preempt self-detected stall")
+}
+
+#[cfg(test)]
+mod lockup_tests {
+    use super::is_lockup;
+
+    #[test]
+    fn soft_lockups_and_rcu_stalls_are_lockups() {
+        assert!(is_lockup(
+            "[  156.566066] watchdog: BUG: soft lockup - CPU#0 stuck for 44s! [a_full_accept_q:336]"
+        ));
+        assert!(is_lockup(
+            "[  131.257019] rcu: INFO: rcu_preempt self-detected stall on CPU"
+        ));
+        assert!(!is_lockup("GOVTEST-BEGIN sensors"));
+    }
 }
