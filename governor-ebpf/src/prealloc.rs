@@ -1,10 +1,13 @@
-//! governor's kernel probes for kernels before 6.1: the same programs as
-//! `main.rs`, with the per-cgroup histogram map preallocated (those kernels
-//! deadlock when a scheduler tracepoint allocates map memory).
+//! governor's kernel probes with the per-cgroup histogram map
+//! preallocated: the same programs as `main.rs`. Used on kernels before 6.1
+//! (they deadlock when a scheduler tracepoint allocates map memory) and on
+//! hosts whose CPUs are few enough for the map to fit its memory budget
+//! (the agent empties the map every tick; inserting and deleting through a
+//! free list is cheaper than allocating per-CPU memory each time).
 #![no_std]
 #![no_main]
 
-/// Histograms are preallocated (kernels < 6.1).
+/// Histograms are preallocated.
 const CGROUP_RUNQ_FLAGS: u32 = 0;
 
 include!("probes.rs");

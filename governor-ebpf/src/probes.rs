@@ -68,12 +68,15 @@ static TASKS: LruHashMap<u32, TaskWait> = LruHashMap::with_max_entries(limits::M
 #[map(name = "HOST_RUNQ")]
 static HOST_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-cgroup run-queue histograms (cgroup id → hist). In the `governor`
-/// object it is not preallocated: memory grows with the cgroups actually
-/// seen, up to MAX_CGROUPS. Kernels before 6.1 cannot allocate map memory
-/// safely from scheduler tracepoints (they deadlock in kfree), so the
-/// `governor-prealloc` object preallocates it; the agent sizes it by the
-/// number of CPUs at load time.
+/// Per-cgroup run-queue histograms (cgroup id → hist) since the agent last
+/// took them out (it empties this map every tick; an entry is inserted
+/// again at its cgroup's next wait). In the `governor` object it is not
+/// preallocated: memory grows with the cgroups that ran something in a
+/// tick, up to MAX_CGROUPS. The `governor-prealloc` object preallocates it,
+/// sized by the agent from the number of CPUs at load time: on kernels
+/// before 6.1, which cannot allocate map memory safely from scheduler
+/// tracepoints (they deadlock in kfree), and wherever it fits the budget
+/// (cheaper inserts and deletes).
 #[map(name = "CGROUP_RUNQ")]
 static CGROUP_RUNQ: PerCpuHashMap<u64, Hist> =
     PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, CGROUP_RUNQ_FLAGS);
@@ -82,12 +85,12 @@ static CGROUP_RUNQ: PerCpuHashMap<u64, Hist> =
 #[map(name = "HIST_ZERO")]
 static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
 
-/// Outbound connects per cgroup (cgroup id → count).
+/// Outbound connects per cgroup (cgroup id → count), emptied by the agent every tick.
 #[map(name = "CGROUP_CONNECTS")]
 static CGROUP_CONNECTS: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, 0);
 
-/// Accepted connections per local port (port → count).
+/// Completed handshakes per local port (port → count), emptied by the agent every tick.
 #[map(name = "PORT_ACCEPTS")]
 static PORT_ACCEPTS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);

@@ -26,26 +26,41 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
 /// The same probes with the per-cgroup histogram map preallocated, for
-/// kernels before 6.1 (see `governor-ebpf/src/prealloc.rs`).
+/// kernels before 6.1 and hosts with few CPUs (see `governor-ebpf/src/prealloc.rs`).
 pub static OBJECT_PREALLOC: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor-prealloc"));
 
 /// Memory the preallocated histogram map may take, all CPUs together.
 const PREALLOC_BUDGET: usize = 16 << 20;
 
+/// Cgroups a preallocated map must hold for it to be used on kernels that
+/// can grow the map instead: the cgroups that ran something within one
+/// tick (the agent empties the map every tick).
+const PREALLOC_ENOUGH: usize = 2048;
+
 /// The object for the running kernel, and the histogram map's size.
+///
+/// The agent takes the entries out of the map every tick and the probes
+/// insert them again: in a growing map every insert allocates per-CPU
+/// memory and every delete frees it, which cost the agent more CPU than
+/// the reads (`footprint` bench: 2.85% of a core against 2.00%), so the
+/// preallocated map, whose deletes and inserts go through a free list, is
+/// used wherever the budget holds [`PREALLOC_ENOUGH`] cgroups (up to 11
+/// CPUs). Kernels before 6.1 always use it: they deadlock allocating map
+/// memory from a scheduler tracepoint.
 fn object_for_kernel() -> (&'static [u8], Option<u32>) {
     let old = aya::util::KernelVersion::current()
         .map(|v| v < aya::util::KernelVersion::new(6, 1, 0))
         .unwrap_or(true);
-    if !old {
-        return (OBJECT, None);
-    }
     let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
     let per_entry = std::mem::size_of::<Hist>() * cpus;
     let entries =
         (PREALLOC_BUDGET / per_entry).clamp(64, governor_common::limits::MAX_CGROUPS as usize);
-    (OBJECT_PREALLOC, Some(entries as u32))
+    if old || entries >= PREALLOC_ENOUGH {
+        (OBJECT_PREALLOC, Some(entries as u32))
+    } else {
+        (OBJECT, None)
+    }
 }
 
 /// Names of every program in [`OBJECT`]; used to find leftovers.
@@ -156,9 +171,11 @@ pub struct Probes {
     sched_raw: bool,
     /// Buffers for batch map reads; `None` once the kernel refused one
     /// (then maps are iterated entry by entry).
-    batch: std::sync::Mutex<Option<crate::mapbatch::Batch>>,
+    batch: Option<crate::mapbatch::Batch>,
     /// Possible CPUs (per-CPU values come in this many copies).
     cpus: usize,
+    /// Programs attached.
+    attached: Vec<&'static str>,
 }
 
 /// Raw-tracepoint scheduler probes: (program, tracepoint).
@@ -178,30 +195,39 @@ fn is_classic_sched(program: &str) -> bool {
     .contains(&program)
 }
 
-/// Cumulative figures read from the maps (since load).
+/// Figures taken from the maps: the host histogram is cumulative (since
+/// load); the per-cgroup and per-port entries are those the probes wrote
+/// since the previous read, which took them out of the maps (see
+/// [`Probes::read_maps`]).
 #[derive(Debug, Default, Clone)]
 pub struct MapReadings {
-    /// Host-wide run-queue histogram.
+    /// Host-wide run-queue histogram, cumulative.
     pub host_runq: Vec<u64>,
-    /// Run-queue histogram per cgroup id.
+    /// Run-queue histogram per cgroup id, of the cgroups that had waits.
     pub cgroup_runq: HashMap<u64, Vec<u64>>,
-    /// Waits counted in each of those histograms (an unchanged total means
-    /// no new wait, without comparing the histograms).
-    pub cgroup_runq_total: HashMap<u64, u64>,
     /// Outbound connects per cgroup id.
     pub cgroup_connects: HashMap<u64, u64>,
-    /// Accepted connections per local port.
+    /// Completed handshakes per local port.
     pub port_accepts: HashMap<u16, u64>,
 }
 
+/// How [`Probes::read_maps_with`] reads the per-cgroup and per-port maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMode {
+    /// A few batch system calls (when the kernel has them and is trusted
+    /// with them) rather than entry by entry.
+    pub batch: bool,
+    /// Delete the entries read (the agent's way); `false` leaves the maps
+    /// as they are (to compare the read paths).
+    pub drain: bool,
+}
+
 impl MapReadings {
-    /// Fills `cgroup_runq_total` from the histograms.
-    fn total_waits(&mut self) {
-        self.cgroup_runq_total = self
-            .cgroup_runq
-            .iter()
-            .map(|(id, h)| (*id, h.iter().sum()))
-            .collect();
+    /// The histogram of cgroup `id`, added to the first time as zeros.
+    fn hist_mut(&mut self, id: u64) -> &mut Vec<u64> {
+        self.cgroup_runq
+            .entry(id)
+            .or_insert_with(|| vec![0; hist::BUCKETS])
     }
 }
 
@@ -263,9 +289,7 @@ impl Probes {
         loader.override_global(globals::CONFIGURED, &1u32, true);
         let (object, prealloc) = object_for_kernel();
         if let Some(entries) = prealloc {
-            tracing::info!(
-                "kernel before 6.1: per-cgroup histograms preallocated for {entries} cgroups"
-            );
+            tracing::info!("per-cgroup histograms preallocated for {entries} cgroups");
             loader.map_max_entries(names::MAP_CGROUP_RUNQ, entries);
         }
         let ebpf = loader.load(object)?;
@@ -274,10 +298,9 @@ impl Probes {
             missing,
             usable,
             sched_raw,
-            batch: std::sync::Mutex::new(
-                batch_reads_trusted().then(crate::mapbatch::Batch::default),
-            ),
+            batch: batch_reads_trusted().then(crate::mapbatch::Batch::default),
             cpus: aya::util::nr_cpus().unwrap_or(1).max(1),
+            attached: Vec::new(),
         })
     }
 
@@ -306,6 +329,11 @@ impl Probes {
     /// Signals this kernel cannot give, with the reason.
     pub fn missing(&self) -> &[String] {
         &self.missing
+    }
+
+    /// True if the probe counting completed handshakes per port is attached.
+    pub fn counts_handshakes(&self) -> bool {
+        self.attached.contains(&names::PROG_SOCK_STATE)
     }
 
     /// Starts forwarding the kernel programs' log lines (aya-log) to the
@@ -390,6 +418,7 @@ impl Probes {
             .attach(category, event)
             .map_err(|source| ProbeError::Program { name, source })?;
         tracing::debug!(program = name, "attached to {category}:{event}");
+        self.attached.push(name);
         Ok(())
     }
 
@@ -445,10 +474,28 @@ impl Probes {
         Ok(out)
     }
 
-    /// Reads the cumulative histograms and counters (summed over CPUs).
-    pub fn read_maps(&self) -> Result<MapReadings, ProbeError> {
-        let mut out = MapReadings::default();
+    /// Reads the host histogram and takes the per-cgroup and per-port
+    /// entries out of their maps (a batch lookup-and-delete, or entry by
+    /// entry on kernels without a trusted one).
+    ///
+    /// Taking them out means a map holds only what happened since the last
+    /// tick: the agent copies the entries of the cgroups that ran something,
+    /// not of every cgroup ever seen (with a thousand cgroups that copy was
+    /// most of the agent's CPU), and the entries of removed cgroups go away
+    /// by themselves. The probes re-insert an entry at its next event. A
+    /// count the probes add to an entry while it is being copied and
+    /// deleted is lost (a window of nanoseconds in the batch, about a
+    /// microsecond entry by entry).
+    pub fn read_maps(&mut self) -> Result<MapReadings, ProbeError> {
+        self.read_maps_with(ReadMode {
+            batch: true,
+            drain: true,
+        })
+    }
 
+    /// [`Probes::read_maps`], choosing the read path and whether to delete.
+    pub fn read_maps_with(&mut self, mode: ReadMode) -> Result<MapReadings, ProbeError> {
+        let mut out = MapReadings::default();
         let name = names::MAP_HOST_RUNQ;
         let host = PerCpuArray::<_, Hist>::try_from(self.map(name)?)
             .map_err(|source| ProbeError::Map { name, source })?;
@@ -457,21 +504,18 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name, source })?;
         out.host_runq = sum_hists(per_cpu.iter());
 
-        if !self.read_batched(&mut out) {
-            self.read_iterating(&mut out)?;
+        if !(mode.batch && self.read_batched(&mut out, mode.drain)) {
+            self.read_iterating(&mut out, mode.drain)?;
         }
-        out.total_waits();
         Ok(out)
     }
 
     /// The per-cgroup and per-port maps in a few batch lookups; false if
-    /// the kernel has none (before 5.6), and from then on.
-    fn read_batched(&self, out: &mut MapReadings) -> bool {
+    /// the kernel has none (before 5.6), and from then on. On a refusal
+    /// midway what was read is kept and the caller reads the rest.
+    fn read_batched(&mut self, out: &mut MapReadings, drain: bool) -> bool {
         use std::os::fd::AsFd as _;
-        let Ok(mut guard) = self.batch.lock() else {
-            return false;
-        };
-        let Some(batch) = guard.as_mut() else {
+        let Some(batch) = self.batch.as_mut() else {
             return false;
         };
         let fd_of = |name| match self.ebpf.map(name) {
@@ -491,25 +535,24 @@ impl Probes {
             |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or_default());
         let counter_sum = |v: &[u8]| (0..cpus).map(|c| u64_at(v, c * 8)).sum::<u64>();
         let result = batch
-            .for_each(runq, 8, hist_stride * cpus, |k, v| {
-                let mut sum = vec![0u64; hist::BUCKETS];
+            .for_each(runq, 8, hist_stride * cpus, drain, |k, v| {
+                let sum = out.hist_mut(u64_at(k, 0));
                 for cpu in v.chunks_exact(hist_stride) {
                     for (o, c) in sum.iter_mut().zip(cpu.chunks_exact(4)) {
                         *o += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
                     }
                 }
-                out.cgroup_runq.insert(u64_at(k, 0), sum);
             })
             .and_then(|()| {
-                batch.for_each(conns, 8, 8 * cpus, |k, v| {
-                    out.cgroup_connects.insert(u64_at(k, 0), counter_sum(v));
+                batch.for_each(conns, 8, 8 * cpus, drain, |k, v| {
+                    *out.cgroup_connects.entry(u64_at(k, 0)).or_default() += counter_sum(v);
                 })
             })
             .and_then(|()| {
-                batch.for_each(ports, 4, 8 * cpus, |k, v| {
+                batch.for_each(ports, 4, 8 * cpus, drain, |k, v| {
                     let port = u32::from_ne_bytes(k.try_into().unwrap_or_default());
                     if let Ok(port) = u16::try_from(port) {
-                        out.port_accepts.insert(port, counter_sum(v));
+                        *out.port_accepts.entry(port).or_default() += counter_sum(v);
                     }
                 })
             });
@@ -517,53 +560,35 @@ impl Probes {
             Ok(()) => true,
             Err(e) => {
                 tracing::info!("batch map lookups unavailable ({e}); reading maps entry by entry");
-                *guard = None;
-                out.cgroup_runq.clear();
-                out.cgroup_connects.clear();
-                out.port_accepts.clear();
+                self.batch = None;
                 false
             }
         }
     }
 
-    /// The per-cgroup and per-port maps, entry by entry.
-    fn read_iterating(&self, out: &mut MapReadings) -> Result<(), ProbeError> {
-        let name = names::MAP_CGROUP_RUNQ;
-        let cg = PerCpuHashMap::<_, u64, Hist>::try_from(self.map(name)?)
-            .map_err(|source| ProbeError::Map { name, source })?;
-        for entry in cg.iter() {
-            // An entry deleted between key and value reads is skipped.
-            let Ok((id, values)) = entry else { continue };
-            out.cgroup_runq.insert(id, sum_hists(values.iter()));
-        }
-
-        let name = names::MAP_CGROUP_CONNECTS;
-        let conns = PerCpuHashMap::<_, u64, u64>::try_from(self.map(name)?)
-            .map_err(|source| ProbeError::Map { name, source })?;
-        for entry in conns.iter() {
-            let Ok((id, values)) = entry else { continue };
-            out.cgroup_connects.insert(id, values.iter().sum());
-        }
-
-        let name = names::MAP_PORT_ACCEPTS;
-        let ports = PerCpuHashMap::<_, u32, u64>::try_from(self.map(name)?)
-            .map_err(|source| ProbeError::Map { name, source })?;
-        for entry in ports.iter() {
-            let Ok((port, values)) = entry else { continue };
-            if let Ok(port) = u16::try_from(port) {
-                out.port_accepts.insert(port, values.iter().sum());
+    /// The per-cgroup and per-port maps, entry by entry, added to `out`.
+    fn read_iterating(&mut self, out: &mut MapReadings, drain: bool) -> Result<(), ProbeError> {
+        take_entries::<u64, Hist>(&mut self.ebpf, names::MAP_CGROUP_RUNQ, drain, |id, v| {
+            let sum = out.hist_mut(id);
+            for h in v.iter() {
+                for (o, c) in sum.iter_mut().zip(h.counts.iter()) {
+                    *o += u64::from(*c);
+                }
             }
-        }
-        Ok(())
-    }
-
-    /// [`Probes::read_maps`] without batch lookups, one entry at a time (the
-    /// fallback on kernels without them; to compare the two).
-    pub fn read_maps_entry_by_entry(&self) -> Result<MapReadings, ProbeError> {
-        let mut out = MapReadings::default();
-        self.read_iterating(&mut out)?;
-        out.total_waits();
-        Ok(out)
+        })?;
+        take_entries::<u64, u64>(
+            &mut self.ebpf,
+            names::MAP_CGROUP_CONNECTS,
+            drain,
+            |id, v| {
+                *out.cgroup_connects.entry(id).or_default() += v.iter().sum::<u64>();
+            },
+        )?;
+        take_entries::<u32, u64>(&mut self.ebpf, names::MAP_PORT_ACCEPTS, drain, |port, v| {
+            if let Ok(port) = u16::try_from(port) {
+                *out.port_accepts.entry(port).or_default() += v.iter().sum::<u64>();
+            }
+        })
     }
 
     /// Cgroup ids that have a run-queue histogram or connect counter now.
@@ -581,23 +606,6 @@ impl Probes {
         ids.dedup();
         Ok(ids)
     }
-
-    /// Deletes the entries of cgroups that no longer exist, so their map
-    /// slots are reused. Returns how many were removed.
-    pub fn forget_cgroups(&mut self, ids: &[u64]) -> usize {
-        let mut removed = 0;
-        if let Some(map) = self.ebpf.map_mut(names::MAP_CGROUP_RUNQ)
-            && let Ok(mut m) = PerCpuHashMap::<_, u64, Hist>::try_from(map)
-        {
-            removed += ids.iter().filter(|id| m.remove(id).is_ok()).count();
-        }
-        if let Some(map) = self.ebpf.map_mut(names::MAP_CGROUP_CONNECTS)
-            && let Ok(mut m) = PerCpuHashMap::<_, u64, u64>::try_from(map)
-        {
-            removed += ids.iter().filter(|id| m.remove(id).is_ok()).count();
-        }
-        removed
-    }
 }
 
 /// Batch map reads are used from Linux 6.6 on. In a 6.1 guest the thread
@@ -607,6 +615,29 @@ impl Probes {
 /// suspect for a reader walking a bucket unlocked. Older kernels iterate.
 fn batch_reads_trusted() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
+/// Calls `f` with each entry of the per-CPU hash map `name`, one at a time:
+/// the keys first, then each value, deleted after it is read if `drain`.
+/// An entry deleted between the two reads is skipped.
+fn take_entries<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    drain: bool,
+    mut f: impl FnMut(K, aya::maps::PerCpuValues<V>),
+) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut m = PerCpuHashMap::<_, K, V>::try_from(map)
+        .map_err(|source| ProbeError::Map { name, source })?;
+    let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let Ok(values) = m.get(&key, 0) else { continue };
+        if drain {
+            let _ = m.remove(&key);
+        }
+        f(key, values);
+    }
+    Ok(())
 }
 
 fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u64> {

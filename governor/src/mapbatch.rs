@@ -1,5 +1,5 @@
-//! Reading a whole BPF hash map in a few system calls
-//! (`BPF_MAP_LOOKUP_BATCH`, Linux ≥ 5.6).
+//! Reading (and emptying) a whole BPF hash map in a few system calls
+//! (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, Linux ≥ 5.6).
 //!
 //! aya iterates a map with two system calls per entry (next key, then
 //! lookup) and a fresh allocation per per-CPU value; with a thousand
@@ -14,6 +14,8 @@ use std::{
 
 /// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_LOOKUP_AND_DELETE_BATCH` in `enum bpf_cmd`.
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -50,6 +52,7 @@ impl Batch {
         fd: BorrowedFd<'_>,
         key_size: usize,
         value_size: usize,
+        drain: bool,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> io::Result<()> {
         let mut chunk = CHUNK;
@@ -80,7 +83,11 @@ impl Batch {
             let rc = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
+                    if drain {
+                        BPF_MAP_LOOKUP_AND_DELETE_BATCH
+                    } else {
+                        BPF_MAP_LOOKUP_BATCH
+                    },
                     std::ptr::from_mut(&mut attr),
                     std::mem::size_of::<BatchAttr>(),
                 )

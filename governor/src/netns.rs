@@ -69,13 +69,14 @@ pub fn join(path: &Path) -> anyhow::Result<()> {
 
 /// What the worker reads each interval.
 pub struct NetReading {
-    /// Accept queues per local port.
-    pub queues: HashMap<u16, ListenerQueue>,
+    /// Accept queues per local port, if asked for.
+    pub queues: Option<HashMap<u16, ListenerQueue>>,
     /// `ListenOverflows`/`ListenDrops` of the namespace.
     pub listen: Option<ListenCounters>,
 }
 
-type Request = mpsc::Sender<anyhow::Result<NetReading>>;
+/// Whether to list the accept queues, and where to send the reading.
+type Request = (bool, mpsc::Sender<anyhow::Result<NetReading>>);
 
 /// A thread living in one network namespace, reading its accept queues and
 /// listen counters on request. It ends when dropped.
@@ -106,14 +107,16 @@ impl NetnsWorker {
                     }
                 };
                 let proc_self = Path::new("/proc/thread-self");
-                while let Ok(reply) = rx.recv() {
-                    let reading =
-                        diag.listen_queues()
-                            .map_err(anyhow::Error::from)
-                            .map(|qs| NetReading {
-                                queues: crate::sensor::queues_by_port(qs),
-                                listen: procfs::listen_counters(proc_self).ok(),
-                            });
+                while let Ok((queues, reply)) = rx.recv() {
+                    let queues = queues
+                        .then(|| diag.listen_queues().map(crate::sensor::queues_by_port))
+                        .transpose();
+                    let reading = queues
+                        .map_err(anyhow::Error::from)
+                        .map(|queues| NetReading {
+                            queues,
+                            listen: procfs::listen_counters(proc_self).ok(),
+                        });
                     let _ = reply.send(reading);
                 }
             })
@@ -127,11 +130,11 @@ impl NetnsWorker {
         })
     }
 
-    /// One reading.
-    pub fn read(&self) -> anyhow::Result<NetReading> {
+    /// One reading: the listen counters, and the accept queues if `queues`.
+    pub fn read(&self, queues: bool) -> anyhow::Result<NetReading> {
         let (tx, rx) = mpsc::channel();
         self.requests
-            .send(tx)
+            .send((queues, tx))
             .map_err(|_| anyhow::anyhow!("the namespace reader is gone"))?;
         rx.recv()
             .map_err(|_| anyhow::anyhow!("the namespace reader is gone"))?

@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    ebpf::{MapReadings, ProbeError, Probes},
+    ebpf::{ProbeError, Probes},
     runq,
     sense::{
         cgroupfs::{CgroupFs, CgroupIndex, CpuThrottle, within_any},
@@ -82,11 +82,12 @@ pub type ListenerReader = Box<dyn FnMut() -> anyhow::Result<HashMap<u16, Listene
 
 struct Previous {
     at: Instant,
-    maps: MapReadings,
+    host_runq: Vec<u64>,
     listen: Option<ListenCounters>,
 }
 
-/// How often the cgroups' own files (PSI, `cpu.stat`) are read.
+/// How often the cgroups' own files (PSI, `cpu.stat`) are read, the
+/// watched cgroups' ids checked, and idle accept queues listed again.
 /// PSI is a 10 s average and throttling a slow counter: reading them every
 /// tick for a thousand cgroups cost most of the agent's CPU.
 pub const SLOW_EVERY: Duration = Duration::from_secs(1);
@@ -101,6 +102,27 @@ struct SlowReadings {
     throttled: HashMap<CgroupPath, Throttling>,
 }
 
+/// The ids of the watched cgroups (in the order of `SensorScope::watched`),
+/// `None` where the cgroup does not exist: learnt from the maps, checked
+/// on disk every [`SLOW_EVERY`] (a watched cgroup can be removed, or
+/// created again under a new id).
+#[derive(Default)]
+struct WatchedIds {
+    ids: Vec<Option<u64>>,
+    /// Position in the watched list by id, rebuilt when `ids` change.
+    index: Option<HashMap<u64, usize>>,
+    /// Seen in the maps since the last check (so known to exist).
+    seen: Vec<bool>,
+    checked: Option<Instant>,
+}
+
+/// The last accept-queue listing.
+#[derive(Default)]
+struct LastQueues {
+    at: Option<Instant>,
+    by_port: HashMap<u16, ListenerQueue>,
+}
+
 /// Builds [`Snapshot`]s from the probes and the host's files.
 pub struct Sensor {
     probes: Probes,
@@ -110,19 +132,10 @@ pub struct Sensor {
     scope: SensorScope,
     started: Instant,
     previous: Option<Previous>,
-    /// Cgroup map entries reclaimed because their cgroup is gone.
-    pub reclaimed: u64,
     netstat: Option<NetstatReader>,
     slow: SlowReadings,
-    order: CgroupOrder,
-}
-
-/// The cgroups the maps held at the last change of their ids, in path
-/// order (resolving and sorting a thousand paths every tick is costly).
-#[derive(Default)]
-struct CgroupOrder {
-    ids: Vec<u64>,
-    by_path: Vec<(u64, CgroupPath)>,
+    watched: WatchedIds,
+    queues: LastQueues,
 }
 
 /// Source of `ListenOverflows`/`ListenDrops` other than `<proc_root>/net/netstat`
@@ -146,26 +159,42 @@ impl Sensor {
             listeners,
             started: Instant::now(),
             previous: None,
-            reclaimed: 0,
             netstat: None,
             slow: SlowReadings::default(),
-            order: CgroupOrder::default(),
+            watched: WatchedIds::default(),
+            queues: LastQueues::default(),
         }
     }
 
     /// A sensor whose accept queues and listen counters come from the
     /// network namespace a [`crate::netns::NetnsWorker`] lives in.
     pub fn with_netns(mut self, worker: crate::netns::NetnsWorker) -> Self {
+        // A tick that lists the queues gets the counters from the same
+        // request; other ticks read the counters alone (no sock_diag dump).
         let worker = std::sync::Arc::new(worker);
         let w2 = std::sync::Arc::clone(&worker);
-        self.listeners = Some(Box::new(move || Ok(worker.read()?.queues)));
-        self.netstat = Some(Box::new(move || w2.read().ok().and_then(|r| r.listen)));
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let s2 = std::sync::Arc::clone(&slot);
+        self.listeners = Some(Box::new(move || {
+            let r = worker.read(true)?;
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(r.listen);
+            }
+            Ok(r.queues.unwrap_or_default())
+        }));
+        self.netstat = Some(Box::new(move || {
+            match s2.lock().ok().and_then(|mut s| s.take()) {
+                Some(listen) => listen,
+                None => w2.read(false).ok().and_then(|r| r.listen),
+            }
+        }));
         self
     }
 
     /// Replaces what the sensor reports on (e.g. after a reload).
     pub fn set_scope(&mut self, scope: SensorScope) {
         self.scope = scope.normalised();
+        self.watched = WatchedIds::default();
     }
 
     fn listen_counters(&mut self) -> Option<ListenCounters> {
@@ -203,6 +232,11 @@ impl Sensor {
         &self.probes
     }
 
+    /// The probes, to read their maps some other way (tests).
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
     /// Gives the probes back (to drop them, which detaches everything).
     pub fn into_probes(self) -> Probes {
         self.probes
@@ -215,7 +249,7 @@ impl Sensor {
         let listen = self.listen_counters();
         self.previous = Some(Previous {
             at: Instant::now(),
-            maps,
+            host_runq: maps.host_runq,
             listen,
         });
         Ok(())
@@ -249,6 +283,68 @@ impl Sensor {
         };
     }
 
+    /// Checks the ids of the watched cgroups on disk, at most every
+    /// [`SLOW_EVERY`], except those the maps named since the last check.
+    fn check_watched(&mut self) {
+        let n = self.scope.watched.len();
+        if self.watched.ids.len() == n
+            && self
+                .watched
+                .checked
+                .is_some_and(|at| at.elapsed() < SLOW_EVERY)
+        {
+            return;
+        }
+        let fs = self.cgroups.cgroupfs();
+        let w = &mut self.watched;
+        w.ids.resize(n, None);
+        w.seen.resize(n, false);
+        for ((path, id), seen) in self.scope.watched.iter().zip(&mut w.ids).zip(&mut w.seen) {
+            if !*seen {
+                *id = fs.id_of(path).ok().flatten();
+            }
+            *seen = false;
+        }
+        w.checked = Some(Instant::now());
+        w.index = None;
+    }
+
+    /// The accept queues by port. The listing (a sock_diag dump) is taken
+    /// again unless nothing can have changed it: every queue was empty at
+    /// the last listing, less than [`SLOW_EVERY`] ago, and the probes saw
+    /// no handshake complete since (only a handshake adds to a queue).
+    /// Also says whether it listed them.
+    fn accept_queues(
+        &mut self,
+        handshakes: bool,
+        missing: &mut Vec<String>,
+    ) -> (HashMap<u16, ListenerQueue>, bool) {
+        let Some(read) = self.listeners.as_mut() else {
+            return (HashMap::new(), true);
+        };
+        let unchanged = !handshakes
+            && self.probes.counts_handshakes()
+            && self.queues.at.is_some_and(|at| at.elapsed() < SLOW_EVERY)
+            && self
+                .queues
+                .by_port
+                .values()
+                .all(|q| q.depth == 0 && !q.full);
+        if !unchanged {
+            self.queues = match read() {
+                Ok(by_port) => LastQueues {
+                    at: Some(Instant::now()),
+                    by_port,
+                },
+                Err(e) => {
+                    missing.push(format!("accept queues: {e:#}"));
+                    LastQueues::default()
+                }
+            };
+        }
+        (self.queues.by_port.clone(), !unchanged)
+    }
+
     /// One snapshot: the interval since the previous call (or [`Sensor::prime`]).
     pub fn sample(&mut self) -> Result<Snapshot, ProbeError> {
         if self.previous.is_none() {
@@ -256,16 +352,24 @@ impl Sensor {
         }
         let now = Instant::now();
         let maps = self.probes.read_maps()?;
-        let listen = self.listen_counters();
+        let mut missing: Vec<String> = self.probes.missing().to_vec();
+        let (queues, listed) =
+            self.accept_queues(maps.port_accepts.values().any(|&n| n > 0), &mut missing);
+        // Listen overflows need a full queue: while the queues stay empty
+        // the counters cannot move and the last reading stands.
+        let listen = match self.previous.as_ref().map(|p| p.listen) {
+            Some(Some(last)) if !listed => Some(last),
+            _ => self.listen_counters(),
+        };
         self.read_slow();
+        self.check_watched();
         let prev = self.previous.take().unwrap_or_else(|| Previous {
             at: now,
-            maps: MapReadings::default(),
+            host_runq: Vec::new(),
             listen: None,
         });
         let interval = now.duration_since(prev.at).max(Duration::from_millis(1));
         let secs = interval.as_secs_f64();
-        let mut missing: Vec<String> = self.probes.missing().to_vec();
 
         // Host.
         let host_psi = procfs::host_psi(&self.proc_root).ok();
@@ -275,90 +379,78 @@ impl Sensor {
         let host = HostStats {
             runq: Some(runq::stats(&runq::delta(
                 &maps.host_runq,
-                Some(&prev.maps.host_runq),
+                Some(&prev.host_runq),
             ))),
             psi: host_psi.and_then(|p| p.complete()),
         };
 
-        // Cgroups seen by the probes; ids that no longer exist are reclaimed.
-        let mut ids: Vec<u64> = maps
+        // Cgroups the probes saw something of in the interval. The watched
+        // ones are known by id; the others are resolved to paths and put
+        // in path order.
+        let index: HashMap<u64, usize> = self.watched.index.take().unwrap_or_else(|| {
+            (self.watched.ids.iter().enumerate())
+                .filter_map(|(w, id)| Some(((*id)?, w)))
+                .collect()
+        });
+        // Watched cgroups with events in the interval.
+        let mut hit = vec![false; self.scope.watched.len()];
+        let mut others: Vec<u64> = maps
             .cgroup_runq
             .keys()
             .chain(maps.cgroup_connects.keys())
+            .filter(|id| match index.get(id) {
+                Some(&w) => {
+                    self.watched.seen[w] = true;
+                    hit[w] = true;
+                    false
+                }
+                None => true,
+            })
             .copied()
             .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids != self.order.ids {
-            match self.cgroups.resolve_all(ids.iter().copied()) {
-                Ok(paths) => {
-                    let gone: Vec<u64> = ids
-                        .iter()
-                        .copied()
-                        .filter(|id| !paths.contains_key(id))
-                        .collect();
-                    if !gone.is_empty() {
-                        self.reclaimed += self.probes.forget_cgroups(&gone) as u64;
-                    }
-                    let mut by_path: Vec<(u64, CgroupPath)> = paths.into_iter().collect();
-                    by_path.sort_by(|a, b| a.1.cmp(&b.1));
-                    // Reclaimed ids are gone from the maps: the next reading
-                    // will differ from `ids` and resolve again.
-                    self.order = CgroupOrder { ids, by_path };
-                }
+        others.sort_unstable();
+        others.dedup();
+        let mut others: Vec<(CgroupPath, u64)> = if others.is_empty() {
+            Vec::new()
+        } else {
+            match self.cgroups.resolve_all(others) {
+                // Ids that resolve to nothing are cgroups already gone.
+                Ok(paths) => paths
+                    .into_iter()
+                    .filter(|(_, p)| within_any(p, &self.scope.subtrees))
+                    .map(|(id, p)| (p, id))
+                    .collect(),
                 Err(e) => {
                     missing.push(format!("cgroup paths: {e}"));
-                    self.order = CgroupOrder::default();
+                    Vec::new()
                 }
             }
-        }
-        let mut cgroups: Vec<CgroupStats> = Vec::new();
-        // Both lists are in path order: one merge walk finds the watched.
-        let watched = &self.scope.watched;
-        let mut seen = vec![false; watched.len()];
-        let mut w = 0;
+        };
+        others.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
         let files = !self.slow.psi.is_empty() || !self.slow.throttled.is_empty();
-        for (id, path) in &self.order.by_path {
-            let id = *id;
-            while w < watched.len() && watched[w] < *path {
-                w += 1;
-            }
-            let is_watched = w < watched.len() && watched[w] == *path;
-            if !within_any(path, &self.scope.subtrees) {
-                continue;
-            }
-            let h = maps.cgroup_runq.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            let ph = prev.maps.cgroup_runq.get(&id).map(Vec::as_slice);
-            // Most cgroups ran nothing since the last tick: same total.
-            let unchanged = ph.is_some()
-                && maps.cgroup_runq_total.get(&id) == prev.maps.cgroup_runq_total.get(&id);
-            let runq = if unchanged {
+        let slow = &self.slow;
+        // A cgroup's figures; `events`: it may have some in the maps.
+        let stats = |path: &CgroupPath, id: u64, events: bool| {
+            let (runq, conn_out) = if events {
+                (
+                    (maps.cgroup_runq.get(&id))
+                        .map(|h| runq::stats(h))
+                        .unwrap_or_default(),
+                    maps.cgroup_connects.get(&id).copied().unwrap_or(0),
+                )
+            } else {
                 Default::default()
-            } else {
-                runq::stats(&runq::delta(h, ph))
             };
-            let conn_now = maps.cgroup_connects.get(&id).copied().unwrap_or(0);
-            let conn_prev = prev.maps.cgroup_connects.get(&id).copied().unwrap_or(0);
-            let conn_out = if conn_now >= conn_prev {
-                conn_now - conn_prev
-            } else {
-                conn_now
-            };
-            if runq.count == 0 && conn_out == 0 && !is_watched {
-                continue;
-            }
-            if is_watched {
-                seen[w] = true;
-            }
             let (psi, throttling) = if files {
                 (
-                    self.slow.psi.get(path).copied(),
-                    self.slow.throttled.get(path).copied(),
+                    slow.psi.get(path).copied(),
+                    slow.throttled.get(path).copied(),
                 )
             } else {
                 (None, None)
             };
-            cgroups.push(CgroupStats {
+            CgroupStats {
                 path: path.clone(),
                 id,
                 runq,
@@ -366,38 +458,51 @@ impl Sensor {
                 conn_out_per_s: conn_out as f64 / secs,
                 psi,
                 throttling,
-            });
-        }
-        // Watched cgroups the maps do not hold still appear.
-        let mut idle = Vec::new();
-        for (path, _) in watched.iter().zip(&seen).filter(|(_, seen)| !**seen) {
-            let Ok(Some(id)) = self.cgroups.cgroupfs().id_of(path) else {
-                continue;
+            }
+        };
+        // Both lists are in path order: one merge walk. Every watched
+        // cgroup that exists is reported, with or without events; another
+        // cgroup only if it had some.
+        let watched = &self.scope.watched;
+        let mut cgroups: Vec<CgroupStats> = Vec::with_capacity(others.len() + watched.len());
+        let (mut a, mut w, mut learnt) = (0, 0, false);
+        loop {
+            let order = match (others.get(a), watched.get(w)) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((p, _)), Some(q)) => p.cmp(q),
             };
-            idle.push(CgroupStats {
-                path: path.clone(),
-                id,
-                runq: Default::default(),
-                conn_out: 0,
-                conn_out_per_s: 0.0,
-                psi: self.slow.psi.get(path).copied(),
-                throttling: self.slow.throttled.get(path).copied(),
-            });
+            if order.is_gt() {
+                if let Some(Some(id)) = self.watched.ids.get(w) {
+                    cgroups.push(stats(&watched[w], *id, hit[w]));
+                }
+                w += 1;
+                continue;
+            }
+            let (path, id) = &others[a];
+            a += 1;
+            if order.is_eq() {
+                // A watched cgroup under an id not known yet (new, or
+                // created again). Its path is the policy's own: a cheaper
+                // lookup in `decide`.
+                cgroups.push(stats(&watched[w], *id, true));
+                self.watched.ids[w] = Some(*id);
+                self.watched.seen[w] = true;
+                learnt = true;
+                w += 1;
+                continue;
+            }
+            let c = stats(path, *id, true);
+            if c.runq.count > 0 || c.conn_out > 0 {
+                cgroups.push(c);
+            }
         }
-        if !idle.is_empty() {
-            cgroups.append(&mut idle);
-            cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+        if !learnt {
+            self.watched.index = Some(index);
         }
 
-        // Ports: accepts from the probe, queues from sock_diag.
-        let queues = match self.listeners.as_mut().map(|read| read()) {
-            Some(Ok(q)) => q,
-            Some(Err(e)) => {
-                missing.push(format!("accept queues: {e:#}"));
-                HashMap::new()
-            }
-            None => HashMap::new(),
-        };
+        // Ports: handshakes from the probe, queues from sock_diag.
         let overflow_delta = match (listen, prev.listen) {
             (Some(now), Some(before)) => now.since(&before).listen_overflows,
             _ => 0,
@@ -412,13 +517,7 @@ impl Sensor {
         port_ids.dedup();
         let mut ports = Vec::new();
         for port in port_ids {
-            let now_acc = maps.port_accepts.get(&port).copied().unwrap_or(0);
-            let prev_acc = prev.maps.port_accepts.get(&port).copied().unwrap_or(0);
-            let accepted = if now_acc >= prev_acc {
-                now_acc - prev_acc
-            } else {
-                now_acc
-            };
+            let accepted = maps.port_accepts.get(&port).copied().unwrap_or(0);
             let q = queues.get(&port).copied().unwrap_or_default();
             // ListenOverflows is host-wide: the interval's growth is shown on
             // every port whose accept queue is full now (the only ones that
@@ -439,7 +538,7 @@ impl Sensor {
 
         self.previous = Some(Previous {
             at: now,
-            maps,
+            host_runq: maps.host_runq,
             listen,
         });
         Ok(Snapshot {

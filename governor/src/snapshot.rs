@@ -212,6 +212,26 @@ impl Snapshot {
         }
     }
 
+    /// [`Snapshot::cgroup`], trying index `hint` first; on return `hint`
+    /// holds the index where the cgroup was found.
+    pub fn cgroup_hinted(
+        &self,
+        path: &CgroupPath,
+        hint: &std::cell::Cell<usize>,
+    ) -> Option<&CgroupStats> {
+        if let Some(c) = self.cgroups.get(hint.get())
+            && c.path == *path
+        {
+            return Some(c);
+        }
+        let i = match self.cgroups.binary_search_by(|c| c.path.cmp(path)) {
+            Ok(i) => i,
+            Err(_) => self.cgroups.iter().position(|c| &c.path == path)?,
+        };
+        hint.set(i);
+        Some(&self.cgroups[i])
+    }
+
     /// Figures of local port `port`, if it was seen (ports are in order,
     /// as for [`Snapshot::cgroup`]).
     pub fn port(&self, port: u16) -> Option<&PortStats> {
@@ -226,6 +246,53 @@ impl Snapshot {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_hinted_lookup_finds_what_a_search_finds_and_remembers_where() {
+        let path = |p: &str| CgroupPath::new(p).expect("path");
+        let snap = Snapshot {
+            ts_ms: 0,
+            interval_ms: 100,
+            host: HostStats::default(),
+            cgroups: ["/a", "/b", "/c"]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| CgroupStats {
+                    path: path(p),
+                    id: i as u64,
+                    runq: RunqStats::default(),
+                    conn_out: 0,
+                    conn_out_per_s: 0.0,
+                    psi: None,
+                    throttling: None,
+                })
+                .collect(),
+            ports: Vec::new(),
+            missing: Vec::new(),
+        };
+        let hint = std::cell::Cell::new(0);
+        assert_eq!(
+            snap.cgroup_hinted(&path("/c"), &hint).map(|c| c.id),
+            Some(2)
+        );
+        assert_eq!(hint.get(), 2, "found by a search: the hint moves there");
+        assert_eq!(
+            snap.cgroup_hinted(&path("/c"), &hint).map(|c| c.id),
+            Some(2)
+        );
+        assert_eq!(
+            snap.cgroup_hinted(&path("/b"), &hint).map(|c| c.id),
+            Some(1)
+        );
+        assert_eq!(hint.get(), 1);
+        assert!(snap.cgroup_hinted(&path("/d"), &hint).is_none());
+        assert_eq!(hint.get(), 1, "a miss leaves the hint");
+        let stale = std::cell::Cell::new(99);
+        assert_eq!(
+            snap.cgroup_hinted(&path("/a"), &stale).map(|c| c.id),
+            Some(0)
+        );
+    }
 
     #[test]
     fn cgroup_paths_are_normalised() {

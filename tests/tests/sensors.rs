@@ -11,6 +11,7 @@ use std::{
 };
 
 use governor::{
+    ebpf::ReadMode,
     sense::cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
     sense::sockdiag::SockDiag,
     sensor::{ListenerReader, Sensor, SensorScope, queues_by_port},
@@ -228,90 +229,96 @@ fn a_full_accept_queue_reports_depth_limit_and_overflows() {
 }
 
 #[test]
-fn entries_of_a_thousand_removed_cgroups_are_reclaimed() {
+fn entries_of_a_thousand_removed_cgroups_are_read_once_and_reclaimed() {
     require_root();
     let base = TestCgroup::new("churn");
     let mut sensor = sensor(vec![base.path.clone()], "/proc", None);
     let before = sensor.probes().cgroup_ids().expect("map keys").len();
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
-    let c = kids.spawn(&[
-        "churn",
-        "--base",
-        base.dir.to_str().expect("utf-8"),
-        "--count",
-        "1000",
-        "--join",
-        base.procs().to_str().expect("utf-8"),
-    ]);
-    let out = kids.wait_output(c);
-    let ids: Vec<u64> = out
-        .trim()
-        .strip_prefix("ids=")
-        .expect("ids=")
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    assert_eq!(ids.len(), 1000);
-    let in_map = sensor.probes().cgroup_ids().expect("map keys");
-    let seen = ids
-        .iter()
-        .filter(|id| in_map.binary_search(id).is_ok())
-        .count();
-    assert!(
-        seen >= 900,
-        "the probes keyed at least 900 of the 1000 cgroups ({seen})"
-    );
+    // Two rounds: the agent's batch lookup-and-delete, then the
+    // entry-by-entry one of kernels without it.
+    for batch in [true, false] {
+        let c = kids.spawn(&[
+            "churn",
+            "--base",
+            base.dir.to_str().expect("utf-8"),
+            "--count",
+            "1000",
+            "--join",
+            base.procs().to_str().expect("utf-8"),
+        ]);
+        let out = kids.wait_output(c);
+        let ids: Vec<u64> = out
+            .trim()
+            .strip_prefix("ids=")
+            .expect("ids=")
+            .split(',')
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        let in_map = sensor.probes().cgroup_ids().expect("map keys");
+        let seen = ids
+            .iter()
+            .filter(|id| in_map.binary_search(id).is_ok())
+            .count();
+        assert!(
+            seen >= 900,
+            "the probes keyed at least 900 of the 1000 cgroups ({seen})"
+        );
 
-    // The batch read (a few system calls) and the entry-by-entry read see
-    // the same histograms for these cgroups: they are gone, so frozen.
-    let batched = sensor.probes().read_maps().expect("batch read");
-    let iterated = sensor
-        .probes()
-        .read_maps_entry_by_entry()
-        .expect("iterated read");
-    let mut same = 0;
-    for id in ids
-        .iter()
-        .filter(|id| iterated.cgroup_runq.contains_key(id))
-    {
-        assert_eq!(
-            batched.cgroup_runq.get(id),
-            iterated.cgroup_runq.get(id),
-            "cgroup {id}: the batch read differs from the entry-by-entry one"
+        // The cgroups are gone, so their entries are frozen: both read
+        // paths see the same histograms, and reading without deleting
+        // leaves them in place.
+        let probes = sensor.probes_mut();
+        let peek = |probes: &mut governor::ebpf::Probes, batch| {
+            probes
+                .read_maps_with(ReadMode {
+                    batch,
+                    drain: false,
+                })
+                .expect("read")
+        };
+        let batched = peek(probes, true);
+        let iterated = peek(probes, false);
+        let drained = probes
+            .read_maps_with(ReadMode { batch, drain: true })
+            .expect("drain");
+        let mut same = 0;
+        for id in ids
+            .iter()
+            .filter(|id| iterated.cgroup_runq.contains_key(id))
+        {
+            let h = iterated.cgroup_runq.get(id);
+            assert_eq!(
+                batched.cgroup_runq.get(id),
+                h,
+                "cgroup {id}: the batch read differs from the entry-by-entry one"
+            );
+            assert_eq!(
+                drained.cgroup_runq.get(id),
+                h,
+                "cgroup {id}: the draining read (batch: {batch}) differs"
+            );
+            assert!(h.is_some_and(|h| h.iter().sum::<u64>() > 0));
+            same += 1;
+        }
+        assert_eq!(same, seen, "every read holds every keyed test cgroup");
+        println!("batch {batch}: peeks and drain agree on {same} cgroups");
+
+        // Drained: nothing of them is left, and a second read gets nothing.
+        let after = sensor.probes().cgroup_ids().expect("map keys");
+        let stale = ids
+            .iter()
+            .filter(|id| after.binary_search(id).is_ok())
+            .count();
+        assert_eq!(stale, 0, "removed cgroups still have entries after a drain");
+        assert!(
+            after.len() <= before + 10,
+            "map grew from {before} to {} entries",
+            after.len()
         );
-        assert_eq!(
-            batched.cgroup_runq_total.get(id),
-            batched
-                .cgroup_runq
-                .get(id)
-                .map(|h| h.iter().sum::<u64>())
-                .as_ref(),
-            "cgroup {id}: the total is the histogram's sum"
-        );
-        same += 1;
+        let again = sensor.probes_mut().read_maps().expect("drain again");
+        assert!(ids.iter().all(|id| !again.cgroup_runq.contains_key(id)));
+        sensor.sample().expect("a snapshot after the drain");
     }
-    assert_eq!(same, seen, "both reads hold every keyed test cgroup");
-    println!("batch and entry-by-entry reads agree on {same} cgroups");
-
-    sensor.sample().expect("a snapshot reclaims");
-    let after = sensor.probes().cgroup_ids().expect("map keys");
-    let stale: Vec<_> = ids
-        .iter()
-        .filter(|id| after.binary_search(id).is_ok())
-        .collect();
-    assert!(
-        stale.is_empty(),
-        "{} removed cgroups still have entries",
-        stale.len()
-    );
-    assert!(
-        after.len() <= before + 10,
-        "map grew from {before} to {} entries",
-        after.len()
-    );
-    assert!(
-        sensor.reclaimed >= seen as u64,
-        "reclaimed {} entries",
-        sensor.reclaimed
-    );
 }

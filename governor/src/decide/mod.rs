@@ -55,6 +55,8 @@ struct Policy {
     config: PolicyConfig,
     dry_run: bool,
     memory: Memory,
+    /// Where its signal's cgroup was in the last snapshot (a lookup hint).
+    seen_at: std::cell::Cell<usize>,
 }
 
 /// What a policy remembers between ticks.
@@ -226,7 +228,7 @@ impl State {
             })
         };
         for p in &mut self.policies {
-            let value = signal::read(&p.config.signal, snapshot);
+            let value = signal::read_hinted(&p.config.signal, snapshot, &p.seen_at);
             let before = out.len();
             p.step(
                 value,
@@ -327,6 +329,7 @@ impl Policy {
             config: config.clone(),
             dry_run: config.is_dry_run(agent),
             memory: Memory::default(),
+            seen_at: Default::default(),
         }
     }
 

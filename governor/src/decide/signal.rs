@@ -1,5 +1,7 @@
 //! Reading a policy's signal out of a [`Snapshot`].
 
+use std::cell::Cell;
+
 use crate::{
     config::{Scope, SignalKind, SignalSpec},
     snapshot::{CgroupStats, Psi, Snapshot},
@@ -15,10 +17,18 @@ use crate::{
 /// and nothing queued, so a limit imposed for its sake may be lifted (an
 /// idle protected workload must not keep its neighbours limited forever).
 pub fn read(spec: &SignalSpec, snapshot: &Snapshot) -> Option<f64> {
+    read_hinted(spec, snapshot, &Cell::new(0))
+}
+
+/// [`read`], looking the cgroup up at index `hint` of the snapshot first
+/// and leaving there where it was found (a policy reads the same cgroup
+/// every tick; with a thousand policies the searches were a fifth of the
+/// agent's CPU).
+pub fn read_hinted(spec: &SignalSpec, snapshot: &Snapshot, hint: &Cell<usize>) -> Option<f64> {
     let cgroup = |s: &Scope| -> Option<Option<&CgroupStats>> {
         match s {
             Scope::Host => Some(None),
-            Scope::Cgroup(c) => snapshot.cgroup(c).map(Some),
+            Scope::Cgroup(c) => snapshot.cgroup_hinted(c, hint).map(Some),
             Scope::Port(_) => None,
         }
     };
