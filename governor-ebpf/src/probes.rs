@@ -72,7 +72,7 @@ static HOST_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 /// took them out (it empties this map every tick; an entry is inserted
 /// again at its cgroup's next wait). In the `governor` object it is not
 /// preallocated: memory grows with the cgroups that ran something in a
-/// tick, up to MAX_CGROUPS. The `governor-prealloc` object preallocates it,
+/// tick, up to MAX_CGROUPS (per tick). The `governor-prealloc` object preallocates it,
 /// sized by the agent from the number of CPUs at load time: on kernels
 /// before 6.1, which cannot allocate map memory safely from scheduler
 /// tracepoints (they deadlock in kfree), and wherever it fits the budget

@@ -223,11 +223,24 @@ pub struct ReadMode {
 }
 
 impl MapReadings {
-    /// The histogram of cgroup `id`, added to the first time as zeros.
-    fn hist_mut(&mut self, id: u64) -> &mut Vec<u64> {
-        self.cgroup_runq
-            .entry(id)
-            .or_insert_with(|| vec![0; hist::BUCKETS])
+    /// Adds per-CPU histograms (each an iterator of counts) to cgroup
+    /// `id`'s sum (an id can come twice when a batch read is finished
+    /// entry by entry).
+    fn add_hists<C: Iterator<Item = u64>>(&mut self, id: u64, per_cpu: impl Iterator<Item = C>) {
+        let mut per_cpu = per_cpu;
+        let sum = match self.cgroup_runq.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            // The first CPU's counts, not zeros to add to.
+            std::collections::hash_map::Entry::Vacant(e) => match per_cpu.next() {
+                Some(first) => e.insert(first.collect()),
+                None => return,
+            },
+        };
+        for h in per_cpu {
+            for (o, c) in sum.iter_mut().zip(h) {
+                *o += c;
+            }
+        }
     }
 }
 
@@ -536,12 +549,11 @@ impl Probes {
         let counter_sum = |v: &[u8]| (0..cpus).map(|c| u64_at(v, c * 8)).sum::<u64>();
         let result = batch
             .for_each(runq, 8, hist_stride * cpus, drain, |k, v| {
-                let sum = out.hist_mut(u64_at(k, 0));
-                for cpu in v.chunks_exact(hist_stride) {
-                    for (o, c) in sum.iter_mut().zip(cpu.chunks_exact(4)) {
-                        *o += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                    }
-                }
+                let per_cpu = v.chunks_exact(hist_stride).map(|h| {
+                    (h.chunks_exact(4).take(hist::BUCKETS))
+                        .map(|c| u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                });
+                out.add_hists(u64_at(k, 0), per_cpu);
             })
             .and_then(|()| {
                 batch.for_each(conns, 8, 8 * cpus, drain, |k, v| {
@@ -569,12 +581,7 @@ impl Probes {
     /// The per-cgroup and per-port maps, entry by entry, added to `out`.
     fn read_iterating(&mut self, out: &mut MapReadings, drain: bool) -> Result<(), ProbeError> {
         take_entries::<u64, Hist>(&mut self.ebpf, names::MAP_CGROUP_RUNQ, drain, |id, v| {
-            let sum = out.hist_mut(id);
-            for h in v.iter() {
-                for (o, c) in sum.iter_mut().zip(h.counts.iter()) {
-                    *o += u64::from(*c);
-                }
-            }
+            out.add_hists(id, v.iter().map(|h| h.counts.iter().map(|&c| u64::from(c))));
         })?;
         take_entries::<u64, u64>(
             &mut self.ebpf,

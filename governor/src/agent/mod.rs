@@ -99,12 +99,16 @@ fn scope_of(cfg: &Config) -> SensorScope {
                 files.push(c.clone());
             }
         }
+    }
+    for p in &cfg.policies {
         for a in &p.ladder.rungs {
             if let Target::Cgroup(c) = a.target() {
                 watched.push(c);
             }
         }
     }
+    // Stable sort, and dedup keeps the first: a cgroup that is a signal
+    // keeps the policy's own path, which `decide` then finds by pointer.
     watched.sort();
     watched.dedup();
     SensorScope {
