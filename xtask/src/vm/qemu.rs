@@ -71,19 +71,31 @@ pub fn boot(
     mut each: impl FnMut(f64, &str),
 ) -> anyhow::Result<Console> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", if machine.kvm { "kvm" } else { "tcg" }])
-        .args(["-m", &machine.memory_mib.to_string()])
-        .args(["-smp", &machine.cpus.to_string()])
-        .args(["-nographic", "-monitor", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(image)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 quiet {}", machine.append).trim_end())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    // One host thread runs all vCPUs under TCG: with a thread per vCPU
+    // (QEMU's default), a vCPU can run a stale translation of kernel code
+    // another vCPU is patching (static keys: `int3` Oops in the scheduler
+    // when a test writes `cpu.max`, seen on 6.12 on every run of 2026-11-26,
+    // and soft lockups on 6.1), whatever the code under test.
+    cmd.args([
+        "-accel",
+        if machine.kvm {
+            "kvm"
+        } else {
+            "tcg,thread=single"
+        },
+    ])
+    .args(["-m", &machine.memory_mib.to_string()])
+    .args(["-smp", &machine.cpus.to_string()])
+    .args(["-nographic", "-monitor", "none", "-no-reboot"])
+    .arg("-kernel")
+    .arg(image)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-append")
+    .arg(format!("console=ttyS0 panic=-1 quiet {}", machine.append).trim_end())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     writeln!(file, "# {}", show(&cmd))?;
     let started = Instant::now();
@@ -129,9 +141,24 @@ pub fn boot(
     let mut lines = Vec::new();
     let mut timed_out = false;
     let mut hung = false;
+    // Once the guest reports a lockup: when to kill it (after the kernel
+    // has printed the stuck CPU's trace, which follows the line).
+    let mut kill_at: Option<Instant> = None;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(machine.silence)) {
+        let now = Instant::now();
+        if let Some(at) = kill_at
+            && now >= at
+        {
+            // Our own child, by its handle.
+            let _ = child.kill();
+            writeln!(file, "# the guest kernel reported a lockup: QEMU killed")?;
+            break;
+        }
+        let left = deadline.saturating_duration_since(now);
+        let wait = kill_at.map_or(left.min(machine.silence), |at| {
+            at.saturating_duration_since(now)
+        });
+        match rx.recv_timeout(wait) {
             Ok((at, line)) => {
                 let t = at.duration_since(started).as_secs_f64();
                 writeln!(file, "[{t:8.3}] {line}")?;
@@ -140,15 +167,13 @@ pub fn boot(
                 // every minute: hung all the same, without going silent.
                 let lockup = is_lockup(&line);
                 lines.push((t, line));
-                if lockup {
+                if lockup && kill_at.is_none() {
                     hung = true;
-                    // Our own child, by its handle.
-                    let _ = child.kill();
-                    writeln!(file, "# the guest kernel reported a lockup: QEMU killed")?;
-                    break;
+                    kill_at = Some(Instant::now() + LOCKUP_TRACE);
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if kill_at.is_some() => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() >= deadline {
                     timed_out = true;
@@ -189,6 +214,9 @@ pub fn boot(
 }
 
 /// A console line by which the guest kernel says a CPU is stuck.
+/// How long a guest that reported a lockup is kept running, for its trace.
+const LOCKUP_TRACE: Duration = Duration::from_secs(5);
+
 fn is_lockup(line: &str) -> bool {
     line.contains("BUG: soft lockup - CPU#") || line.contains("rcu_preempt self-detected stall")
 }
