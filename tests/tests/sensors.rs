@@ -322,3 +322,138 @@ fn entries_of_a_thousand_removed_cgroups_are_read_once_and_reclaimed() {
         sensor.sample().expect("a snapshot after the drain");
     }
 }
+
+#[test]
+fn a_watched_cgroup_is_reported_while_it_exists_idle_or_not_and_under_a_new_id_once_made_again() {
+    require_root();
+    let cg = TestCgroup::new("watched");
+    let (path, first_id) = (cg.path.clone(), cg.id());
+    let mut sensor = Sensor::new(
+        probes(),
+        cgroup_index(),
+        PathBuf::from("/proc"),
+        None,
+        SensorScope {
+            subtrees: Vec::new(),
+            watched: vec![path.clone()],
+            files: Vec::new(),
+        },
+    );
+    sensor.prime().expect("first reading");
+
+    // Idle: reported, with no waits.
+    let s = sensor.sample().expect("snapshot");
+    let c = s.cgroup(&path).expect("an idle watched cgroup is reported");
+    assert_eq!((c.id, c.runq.count), (first_id, 0), "{c:?}");
+
+    // Busy: its waits are counted.
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let procs = cg.procs();
+    let w = kids.spawn(&[
+        "worker",
+        "--cpu",
+        "0",
+        "--seconds",
+        "1",
+        "--join",
+        procs.to_str().expect("utf-8"),
+    ]);
+    let mut waits = 0;
+    eventually(Duration::from_secs(3), || {
+        thread::sleep(Duration::from_millis(100));
+        let s = sensor.sample().expect("snapshot");
+        waits += s.cgroup(&path).map_or(0, |c| c.runq.count);
+        waits > 0
+    });
+    kids.wait_output(w);
+    assert!(waits > 0, "the worker's waits were counted");
+
+    // Removed: gone from the snapshots (its id is checked every second).
+    let dir = cg.dir.clone();
+    drop(cg);
+    assert!(!dir.exists(), "the test cgroup was removed");
+    let gone = eventually(Duration::from_secs(3), || {
+        thread::sleep(Duration::from_millis(100));
+        sensor.sample().expect("snapshot").cgroup(&path).is_none()
+    });
+    assert!(gone, "a removed watched cgroup is still reported");
+
+    // Made again under the same path: reported under its new id.
+    let again = TestCgroup::new("watched");
+    assert_eq!(again.path, path);
+    assert_ne!(again.id(), first_id, "cgroup2 ids are not reused");
+    let mut seen = None;
+    eventually(Duration::from_secs(3), || {
+        thread::sleep(Duration::from_millis(100));
+        seen = sensor
+            .sample()
+            .expect("snapshot")
+            .cgroup(&path)
+            .map(|c| c.id);
+        seen == Some(again.id())
+    });
+    assert_eq!(seen, Some(again.id()), "reported under its new id");
+}
+
+#[test]
+fn an_idle_listener_is_listed_again_after_a_handshake_or_a_second_a_busy_one_every_tick() {
+    require_root();
+    thread::spawn(|| {
+        enter_own_netns();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let port = addr.port();
+        let listings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&listings);
+        let mut diag = SockDiag::new().expect("sock_diag");
+        let reader: ListenerReader = Box::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(queues_by_port(diag.listen_queues()?))
+        });
+        let listed = || listings.load(std::sync::atomic::Ordering::SeqCst);
+        let mut sensor = sensor(Vec::new(), "/proc/thread-self", Some(reader));
+        let mut tick = || {
+            thread::sleep(Duration::from_millis(50));
+            let s = sensor.sample().expect("snapshot");
+            s.port(port).map(|p| (p.accept_queue, p.accept_queue_max))
+        };
+
+        let (depth, limit) = tick().expect("the listener is reported");
+        assert_eq!(depth, 0);
+        assert!(limit > 0);
+        let n = listed();
+        for _ in 0..5 {
+            assert_eq!(tick().map(|p| p.0), Some(0), "still reported, empty");
+        }
+        assert_eq!(
+            listed(),
+            n,
+            "an idle listener is not listed again within a second"
+        );
+
+        // A handshake: listed at the next tick, with the connection queued.
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        thread::sleep(Duration::from_millis(20));
+        assert_eq!(tick().map(|p| p.0), Some(1), "the queued connection");
+        assert_eq!(
+            listed(),
+            n + 1,
+            "a handshake makes the next tick list again"
+        );
+        // A queue that is not empty is listed every tick.
+        assert_eq!(tick().map(|p| p.0), Some(1));
+        assert_eq!(listed(), n + 2, "a non-empty queue is listed every tick");
+        let (_conn, _) = listener.accept().expect("accept");
+        assert_eq!(tick().map(|p| p.0), Some(0), "accepted: empty again");
+        assert_eq!(listed(), n + 3);
+        assert_eq!(tick().map(|p| p.0), Some(0));
+        assert_eq!(listed(), n + 3, "empty and no handshake: not listed");
+        // A second after the last listing it is listed regardless.
+        thread::sleep(governor::sensor::SLOW_EVERY);
+        assert_eq!(tick().map(|p| p.0), Some(0));
+        assert_eq!(listed(), n + 4, "listed again after a second");
+        drop(client);
+    })
+    .join()
+    .expect("network thread");
+}
