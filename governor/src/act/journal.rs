@@ -32,6 +32,26 @@ use crate::snapshot::CgroupPath;
 /// reboot, and neither do the cgroup values they restore).
 pub const DEFAULT_DIR: &str = "/run/governor";
 
+/// True if `dir` is on a memory file system (tmpfs, ramfs), `None` if that
+/// cannot be told. On a disk, every change the agent makes first waits for
+/// the journal's fsyncs (up to 1.2 s measured on a busy virtual disk), and
+/// the journal outlives a reboot, after which its entries no longer
+/// describe the cgroups (reverting them would write stale values).
+pub fn on_memory_fs(dir: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills a zeroed struct we own from a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; both pointers are valid for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let f_type = st.f_type as i64;
+    Some(f_type == TMPFS_MAGIC || f_type == RAMFS_MAGIC)
+}
+
 /// The journal file in its directory.
 pub const FILE: &str = "journal.json";
 /// The lock file whose `flock` says a live process owns the journal.
@@ -321,6 +341,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn memory_file_systems_are_told_from_disks() {
+        // /dev/shm is a tmpfs on Debian and in its containers.
+        if Path::new("/dev/shm").is_dir() {
+            assert_eq!(on_memory_fs(Path::new("/dev/shm")), Some(true));
+        }
+        // /proc is neither: a journal there is not on a memory fs.
+        assert_eq!(on_memory_fs(Path::new("/proc")), Some(false));
+        assert_eq!(on_memory_fs(Path::new("/no/such/dir")), None);
+    }
 
     fn entry(file: &str, original: &str, value: &str, policy: &str) -> Entry {
         Entry {

@@ -304,6 +304,15 @@ async fn agent(
         .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
     let journal = crate::act::journal::Journal::open(&cfg.agent.journal_dir)
         .with_context(|| format!("opening the journal in {}", cfg.agent.journal_dir.display()))?;
+    if crate::act::journal::on_memory_fs(&cfg.agent.journal_dir) == Some(false) {
+        tracing::warn!(
+            "journal_dir {} is not on a tmpfs: every change waits for the journal's fsync \
+             to disk first (up to a second on a busy disk), and the journal outlives a reboot \
+             (its entries would then be reverted over cgroups set up anew); \
+             a directory under /run (tmpfs on systemd hosts) is meant",
+            cfg.agent.journal_dir.display()
+        );
+    }
     let cgroups: Box<dyn CgroupActuation> = Box::new(crate::act::cgroup::CgroupActuator::new(
         cgroupfs.clone(),
         journal,
