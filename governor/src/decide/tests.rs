@@ -73,6 +73,17 @@ fn run(state: &mut State, t: &mut Duration, ticks: u32, p99_us: Option<u64>) -> 
     out
 }
 
+/// Steps `state` once per `(queue depth, handshakes queued)` reading of
+/// port 8080, a tick apart.
+fn run_port(state: &mut State, t: &mut Duration, ticks: &[(u32, u64)]) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for &(depth, queued) in ticks {
+        out.extend(state.step(&port_snap(depth, queued), *t));
+        *t += TICK;
+    }
+    out
+}
+
 fn rung(state: &State) -> Rung {
     state.status()[0].rung
 }
@@ -358,15 +369,15 @@ fn a_share_of_the_accepted_rate_is_resolved_from_the_episode_over_high() {
     let cfg = shed_config("for = \"300ms\"", &[THROTTLE_90, REJECT]);
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
-    let mut decisions = Vec::new();
     // A server taking 20 connections a tick (200/s): calm, then offered 3×
     // its capacity. Handshakes complete at the offered rate while the queue
     // fills (the probe counts 750/s, 600/s), then as fast as it frees slots;
     // what the server takes is queued less the queue's growth: 200/s.
-    for (depth, queued) in [(5, 20), (5, 20), (60, 75), (100, 60), (100, 20), (100, 20)] {
-        decisions.extend(state.step(&port_snap(depth, queued), t));
-        t += TICK;
-    }
+    let decisions = run_port(
+        &mut state,
+        &mut t,
+        &[(5, 20), (5, 20), (60, 75), (100, 60), (100, 20), (100, 20)],
+    );
     assert_eq!(decisions.len(), 1, "{decisions:?}");
     let d = &decisions[0];
     match &d.action {
@@ -386,11 +397,7 @@ fn a_share_of_the_accepted_rate_is_resolved_from_the_episode_over_high() {
     // The backlog drains; `settle` after the rung was applied its rate is
     // re-set to the share alone (before any step down, which waits
     // `recover_every`). The rung does not change.
-    let mut later = Vec::new();
-    for _ in 0..25 {
-        later.extend(state.step(&port_snap(0, 13), t));
-        t += TICK;
-    }
+    let later = run_port(&mut state, &mut t, &[(0, 13); 25]);
     assert_eq!(later.len(), 1, "{later:?}");
     assert_eq!(later[0].change, Change::Adjust);
     assert_eq!((later[0].from_rung, later[0].to_rung), (1, 1));
@@ -405,11 +412,11 @@ fn a_share_of_the_accepted_rate_is_resolved_from_the_episode_over_high() {
 
     // The same config against a server of half the capacity: no re-tuning.
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
-    let mut decisions = Vec::new();
-    for (depth, queued) in [(5, 10), (60, 65), (100, 50), (100, 10), (100, 10)] {
-        decisions.extend(state.step(&port_snap(depth, queued), t));
-        t += TICK;
-    }
+    let decisions = run_port(
+        &mut state,
+        &mut t,
+        &[(5, 10), (60, 65), (100, 50), (100, 10), (100, 10)],
+    );
     match &decisions[0].action {
         // 90% of 100/s, less 50/s to drain the queue.
         Action::ThrottleConnections { rate, .. } => assert_eq!(rate.as_per_second(), 40.0),
@@ -465,20 +472,20 @@ fn a_tick_that_drains_stale_connections_fast_does_not_inflate_the_share() {
     let cfg = shed_config("for = \"400ms\"", &[THROTTLE_90]);
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
-    let mut decisions = Vec::new();
     // Saturated at 20 a tick, but one tick takes 36 (clients that gave up):
     // the mean would be 232/s, the median is the capacity.
-    for (depth, queued) in [
-        (5, 20),
-        (100, 115),
-        (100, 20),
-        (100, 36),
-        (100, 20),
-        (100, 20),
-    ] {
-        decisions.extend(state.step(&port_snap(depth, queued), t));
-        t += TICK;
-    }
+    let decisions = run_port(
+        &mut state,
+        &mut t,
+        &[
+            (5, 20),
+            (100, 115),
+            (100, 20),
+            (100, 36),
+            (100, 20),
+            (100, 20),
+        ],
+    );
     assert!(
         decisions[0]
             .to_string()
@@ -493,31 +500,28 @@ fn a_server_that_slows_down_gets_its_share_re_measured_before_the_next_rung() {
     let cfg = shed_config("for = \"300ms\"\nsettle = \"1s\"", &[THROTTLE_90, REJECT]);
     let mut state = State::new(&cfg, Protected::builtin(None), 1);
     let mut t = Duration::ZERO;
-    let mut d = Vec::new();
-    for (depth, queued) in [(5, 20), (60, 75), (100, 60), (100, 20), (100, 20)] {
-        d.extend(state.step(&port_snap(depth, queued), t));
-        t += TICK;
-    }
+    let d = run_port(
+        &mut state,
+        &mut t,
+        &[(5, 20), (60, 75), (100, 60), (100, 20), (100, 20)],
+    );
     assert_eq!(rung(&state), 1, "{d:?}");
     // Drained; then the server halves its speed (10 a tick) and the queue
     // fills past high again, and stays full.
-    for _ in 0..20 {
-        state.step(&port_snap(0, 14), t);
-        t += TICK;
-    }
-    let mut later = Vec::new();
-    for (depth, queued) in [
-        (30, 40),
-        (60, 40),
-        (90, 40),
-        (100, 20),
-        (100, 10),
-        (100, 10),
-        (100, 10),
-    ] {
-        later.extend(state.step(&port_snap(depth, queued), t));
-        t += TICK;
-    }
+    run_port(&mut state, &mut t, &[(0, 14); 20]);
+    let later = run_port(
+        &mut state,
+        &mut t,
+        &[
+            (30, 40),
+            (60, 40),
+            (90, 40),
+            (100, 20),
+            (100, 10),
+            (100, 10),
+            (100, 10),
+        ],
+    );
     assert_eq!(rung(&state), 1, "re-measured, not escalated: {later:?}");
     // (It may first be re-set for the backlog at the old capacity.)
     assert!(
