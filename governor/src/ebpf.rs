@@ -226,8 +226,11 @@ impl MapReadings {
     /// Adds per-CPU histograms (each an iterator of counts) to cgroup
     /// `id`'s sum (an id can come twice when a batch read is finished
     /// entry by entry).
-    fn add_hists<C: Iterator<Item = u64>>(&mut self, id: u64, per_cpu: impl Iterator<Item = C>) {
-        let mut per_cpu = per_cpu;
+    fn add_hists<C: Iterator<Item = u64>>(
+        &mut self,
+        id: u64,
+        mut per_cpu: impl Iterator<Item = C>,
+    ) {
         let sum = match self.cgroup_runq.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             // The first CPU's counts, not zeros to add to.

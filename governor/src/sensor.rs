@@ -309,18 +309,14 @@ impl Sensor {
         w.index = None;
     }
 
-    /// The accept queues by port. The listing (a sock_diag dump) is taken
-    /// again unless nothing can have changed it: every queue was empty at
-    /// the last listing, less than [`SLOW_EVERY`] ago, and the probes saw
-    /// no handshake complete since (only a handshake adds to a queue).
-    /// Also says whether it listed them.
-    fn accept_queues(
-        &mut self,
-        handshakes: bool,
-        missing: &mut Vec<String>,
-    ) -> (HashMap<u16, ListenerQueue>, bool) {
+    /// Brings `self.queues` (accept queues by port) up to date: the listing
+    /// (a sock_diag dump) is taken again unless nothing can have changed it:
+    /// every queue was empty at the last listing, less than [`SLOW_EVERY`]
+    /// ago, and the probes saw no handshake complete since (only a
+    /// handshake adds to a queue). Says whether it listed them.
+    fn list_accept_queues(&mut self, handshakes: bool, missing: &mut Vec<String>) -> bool {
         let Some(read) = self.listeners.as_mut() else {
-            return (HashMap::new(), true);
+            return true;
         };
         let unchanged = !handshakes
             && self.probes.counts_handshakes()
@@ -342,7 +338,7 @@ impl Sensor {
                 }
             };
         }
-        (self.queues.by_port.clone(), !unchanged)
+        !unchanged
     }
 
     /// One snapshot: the interval since the previous call (or [`Sensor::prime`]).
@@ -353,8 +349,8 @@ impl Sensor {
         let now = Instant::now();
         let maps = self.probes.read_maps()?;
         let mut missing: Vec<String> = self.probes.missing().to_vec();
-        let (queues, listed) =
-            self.accept_queues(maps.port_accepts.values().any(|&n| n > 0), &mut missing);
+        let listed =
+            self.list_accept_queues(maps.port_accepts.values().any(|&n| n > 0), &mut missing);
         // Listen overflows need a full queue: while the queues stay empty
         // the counters cannot move and the last reading stands.
         let listen = match self.previous.as_ref().map(|p| p.listen) {
@@ -503,6 +499,7 @@ impl Sensor {
         }
 
         // Ports: handshakes from the probe, queues from sock_diag.
+        let queues = &self.queues.by_port;
         let overflow_delta = match (listen, prev.listen) {
             (Some(now), Some(before)) => now.since(&before).listen_overflows,
             _ => 0,
