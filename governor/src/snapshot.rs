@@ -206,9 +206,14 @@ impl Snapshot {
     /// The sensor lists cgroups in path order, so this bisects; a snapshot
     /// built in another order is still searched correctly (linearly).
     pub fn cgroup(&self, path: &CgroupPath) -> Option<&CgroupStats> {
+        self.cgroup_at(path).map(|i| &self.cgroups[i])
+    }
+
+    /// Where the cgroup at `path` is in `cgroups` (see [`Snapshot::cgroup`]).
+    fn cgroup_at(&self, path: &CgroupPath) -> Option<usize> {
         match self.cgroups.binary_search_by(|c| c.path.cmp(path)) {
-            Ok(i) => Some(&self.cgroups[i]),
-            Err(_) => self.cgroups.iter().find(|c| &c.path == path),
+            Ok(i) => Some(i),
+            Err(_) => self.cgroups.iter().position(|c| &c.path == path),
         }
     }
 
@@ -224,10 +229,7 @@ impl Snapshot {
         {
             return Some(c);
         }
-        let i = match self.cgroups.binary_search_by(|c| c.path.cmp(path)) {
-            Ok(i) => i,
-            Err(_) => self.cgroups.iter().position(|c| &c.path == path)?,
-        };
+        let i = self.cgroup_at(path)?;
         hint.set(i);
         Some(&self.cgroups[i])
     }

@@ -33,6 +33,8 @@ use super::{
 const PORT: u16 = 8080;
 const FOR_MS: f64 = 200.0;
 const TRIPS: usize = 50;
+/// Seconds each client piece sends for (workloads are bounded to 60 s).
+const PIECE_S: u64 = 30;
 
 /// (policy, at µs) → (at_s, held_for_ms, kind).
 type Decisions = BTreeMap<(String, u64), (f64, u64, String)>;
@@ -156,8 +158,8 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
     // while no client connects (between pieces) has no refusal to show.
     let mut sending: Vec<(u64, u64)> = Vec::new();
     let mut excluded = 0;
-    // The client runs in 30 s pieces (workloads are bounded to 60 s) until
-    // enough trips were seen, at most 4 pieces.
+    // The client runs in pieces of `PIECE_S` seconds until enough trips
+    // were seen, at most 4 pieces.
     for piece in 0..4 {
         let from = super::env::mono_ns();
         let c = w.spawn(
@@ -169,15 +171,15 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
                 "--rate",
                 "500",
                 "--seconds",
-                "30",
+                &PIECE_S.to_string(),
             ],
         )?;
-        let end = Instant::now() + Duration::from_secs(31);
+        let end = Instant::now() + Duration::from_secs(PIECE_S + 1);
         while Instant::now() < end {
             thread::sleep(Duration::from_millis(700));
             collect(&agent, &mut decisions);
         }
-        sending.push((from, from + 30_000_000_000));
+        sending.push((from, from + PIECE_S * 1_000_000_000));
         let out = w.output(c)?;
         if let Some(list) = field_str(&out, "refusal_onsets") {
             onsets.extend(list.split(',').filter_map(|v| v.parse::<u64>().ok()));
