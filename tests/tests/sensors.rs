@@ -32,16 +32,25 @@ fn listeners_here() -> ListenerReader {
 }
 
 fn sensor(subtrees: Vec<CgroupPath>, proc_root: &str, listeners: Option<ListenerReader>) -> Sensor {
-    let mut s = Sensor::new(
-        probes(),
-        cgroup_index(),
-        PathBuf::from(proc_root),
-        listeners,
+    sensor_of(
         SensorScope {
             subtrees,
             watched: Vec::new(),
             files: Vec::new(),
         },
+        proc_root,
+        listeners,
+    )
+}
+
+/// A primed sensor of `scope`.
+fn sensor_of(scope: SensorScope, proc_root: &str, listeners: Option<ListenerReader>) -> Sensor {
+    let mut s = Sensor::new(
+        probes(),
+        cgroup_index(),
+        PathBuf::from(proc_root),
+        listeners,
+        scope,
     );
     s.prime().expect("first reading");
     s
@@ -328,18 +337,15 @@ fn a_watched_cgroup_is_reported_while_it_exists_idle_or_not_and_under_a_new_id_o
     require_root();
     let cg = TestCgroup::new("watched");
     let (path, first_id) = (cg.path.clone(), cg.id());
-    let mut sensor = Sensor::new(
-        probes(),
-        cgroup_index(),
-        PathBuf::from("/proc"),
-        None,
+    let mut sensor = sensor_of(
         SensorScope {
             subtrees: Vec::new(),
             watched: vec![path.clone()],
             files: Vec::new(),
         },
+        "/proc",
+        None,
     );
-    sensor.prime().expect("first reading");
 
     // Idle: reported, with no waits.
     let s = sensor.sample().expect("snapshot");

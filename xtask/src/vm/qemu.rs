@@ -213,10 +213,10 @@ pub fn boot(
     })
 }
 
-/// A console line by which the guest kernel says a CPU is stuck.
 /// How long a guest that reported a lockup is kept running, for its trace.
 const LOCKUP_TRACE: Duration = Duration::from_secs(5);
 
+/// A console line by which the guest kernel says a CPU is stuck.
 fn is_lockup(line: &str) -> bool {
     line.contains("BUG: soft lockup - CPU#") || line.contains("rcu_preempt self-detected stall")
 }
