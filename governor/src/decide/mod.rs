@@ -635,10 +635,8 @@ impl Policy {
         self.memory.transitions.len() >= self.config.flap_budget.transitions as usize
     }
 
-    /// Re-sets a share-of-accepted throttle in force once `settle` has
-    /// passed since it was set, if the rate it would get now (its share of
-    /// the capacity, less the backlog left to drain) differs by 5% or more.
-    /// Re-sets the share-of-accepted throttle of the rung in force. With
+    /// Re-sets the share-of-accepted throttle of the rung in force (its
+    /// share of the capacity, less the backlog left to drain). With
     /// `remeasure` (the queue is over `high` again and not going down), only
     /// if this episode measured a capacity 3% or more below the one in use,
     /// which it adopts; otherwise once `settle` has passed since it was set,
@@ -647,7 +645,13 @@ impl Policy {
         let Some(port) = self.memory.shares.last().map(|s| s.port) else {
             return false;
         };
-        let fresh = self.memory.episode_capacity(port);
+        // Only a re-measure looks at this episode's capacity (it sorts the
+        // episode's readings; this runs every tick for share policies).
+        let fresh = if remeasure {
+            self.memory.episode_capacity(port)
+        } else {
+            None
+        };
         let Some(depth) = self.memory.queue_depth(port) else {
             return false;
         };
