@@ -74,7 +74,7 @@ fn ticks(d: Duration) -> u64 {
 fn max_transitions_per_window(decisions: &[Decision], window: Duration) -> usize {
     let times: Vec<Duration> = decisions
         .iter()
-        .filter(|d| d.kind != DecisionKind::Refused && d.change != Change::Adjust)
+        .filter(|d| sim::is_transition(d))
         .map(|d| d.at)
         .collect();
     times

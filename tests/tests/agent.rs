@@ -168,10 +168,15 @@ fn offer_load(ns: &NetNs, port: u16) -> String {
     kids.wait_output(0)
 }
 
+/// The rate `N` in `<marker>N/s` of a decision's text.
+fn rate_after(text: &str, marker: &str) -> Option<f64> {
+    let after = text.split(marker).nth(1)?;
+    after.split("/s").next()?.trim().parse().ok()
+}
+
 /// The rate in `throttle_connections N/s (...)` of a decision's text.
 fn throttle_rate(text: &str) -> Option<f64> {
-    let after = text.split("throttle_connections ").nth(1)?;
-    after.split("/s").next()?.trim().parse().ok()
+    rate_after(text, "throttle_connections ")
 }
 
 #[test]
@@ -192,12 +197,7 @@ fn a_share_throttle_admits_a_share_of_the_servers_capacity_and_is_re_set_once_dr
         .iter()
         .find(|d| d.kind == "applied" && d.to_rung == 1 && d.from_rung == 0)
         .expect("the share throttle was applied");
-    let capacity = applied
-        .text
-        .split("of the accepted ")
-        .nth(1)
-        .and_then(|t| t.split("/s").next())
-        .and_then(|t| t.parse::<f64>().ok())
+    let capacity = rate_after(&applied.text, "of the accepted ")
         .expect("the decision names the accepted rate it was resolved from");
     let reset = status
         .recent

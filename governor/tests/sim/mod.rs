@@ -239,13 +239,16 @@ pub struct Trace {
     pub unit: &'static str,
 }
 
+/// A rung change made or that would have been made: not a refusal, not a
+/// re-set of the rung in force.
+pub fn is_transition(d: &Decision) -> bool {
+    d.kind != DecisionKind::Refused && d.change != Change::Adjust
+}
+
 impl Trace {
-    /// Rung changes actually made or that would have been made (not refusals).
+    /// Rung changes actually made or that would have been made.
     pub fn transitions(&self) -> Vec<&Decision> {
-        self.decisions
-            .iter()
-            .filter(|d| d.kind != DecisionKind::Refused && d.change != Change::Adjust)
-            .collect()
+        self.decisions.iter().filter(|d| is_transition(d)).collect()
     }
 
     /// Tick of the first step up at or after `from`.
