@@ -61,8 +61,17 @@ impl Batch {
         let mut token_out = 0u64;
         let mut first = true;
         loop {
-            self.keys.resize(chunk * key_size, 0);
-            self.values.resize(chunk * value_size, 0);
+            // Grown, never shrunk: the maps read in turn have values of
+            // different sizes, and zeroing the buffer again each time cost
+            // more than the copy.
+            for (buf, len) in [
+                (&mut self.keys, chunk * key_size),
+                (&mut self.values, chunk * value_size),
+            ] {
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+            }
             let mut attr = BatchAttr {
                 in_batch: if first {
                     0

@@ -128,6 +128,7 @@ pub struct Sensor {
     probes: Probes,
     cgroups: CgroupIndex,
     proc_root: PathBuf,
+    host_psi: procfs::HostPsi,
     listeners: Option<ListenerReader>,
     scope: SensorScope,
     started: Instant,
@@ -155,6 +156,7 @@ impl Sensor {
             probes,
             scope: scope.normalised(),
             cgroups,
+            host_psi: procfs::HostPsi::new(&proc_root),
             proc_root,
             listeners,
             started: Instant::now(),
@@ -368,7 +370,7 @@ impl Sensor {
         let secs = interval.as_secs_f64();
 
         // Host.
-        let host_psi = procfs::host_psi(&self.proc_root).ok();
+        let host_psi = self.host_psi.read().ok();
         if host_psi.is_none_or(|p| p.is_empty()) {
             missing.push("host PSI: /proc/pressure is absent".into());
         }

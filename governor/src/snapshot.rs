@@ -12,10 +12,38 @@ use serde::{Deserialize, Serialize};
 /// and never ending with one (except the root, `/`). Example: `/workload/api`.
 ///
 /// Shared, so that the snapshot of every tick can name a thousand cgroups
-/// without copying their paths.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// without copying their paths; two handles of one path compare equal
+/// without comparing the text (the std `Arc<str>` compares the text).
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CgroupPath(std::sync::Arc<str>);
+
+impl std::hash::Hash for CgroupPath {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for CgroupPath {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Ord for CgroupPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if std::sync::Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
+
+impl PartialOrd for CgroupPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Why a string is not a [`CgroupPath`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -248,6 +276,20 @@ impl Snapshot {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn paths_compare_by_text_whether_or_not_they_share_a_handle() {
+        let a = CgroupPath::new("/x/a").expect("path");
+        let a2 = CgroupPath::new("/x//a/").expect("path");
+        let b = CgroupPath::new("/x/b").expect("path");
+        assert!(!std::sync::Arc::ptr_eq(&a.0, &a2.0));
+        assert_eq!(a, a.clone());
+        assert_eq!(a, a2, "same text, two handles");
+        assert_ne!(a, b);
+        assert_eq!(a.cmp(&a2), std::cmp::Ordering::Equal);
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Less);
+        assert_eq!(b.partial_cmp(&a), Some(std::cmp::Ordering::Greater));
+    }
 
     #[test]
     fn a_hinted_lookup_finds_what_a_search_finds_and_remembers_where() {

@@ -119,7 +119,7 @@ impl StatusReport {
             policies: policies
                 .iter()
                 .map(|p| PolicyView {
-                    name: p.name.clone(),
+                    name: p.name.to_string(),
                     rung: p.rung,
                     rungs: p.rungs,
                     dry_run: p.dry_run,

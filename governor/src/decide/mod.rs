@@ -53,6 +53,11 @@ pub struct State {
 #[derive(Debug, Clone)]
 struct Policy {
     config: PolicyConfig,
+    /// `config.name`, shared with every tick's [`PolicyStatus`].
+    name: std::sync::Arc<str>,
+    /// The ports whose accepted connections its ladder throttles to (from
+    /// `config.ladder`, which a reload keeps or the policy is made anew).
+    accepted_ports: Vec<u16>,
     dry_run: bool,
     memory: Memory,
     /// Where its signal's cgroup was in the last snapshot (a lookup hint).
@@ -180,7 +185,7 @@ const ACCEPTED_READINGS: usize = 20;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyStatus {
     /// The policy's name.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Its rung now (in dry-run: the rung it would be at).
     pub rung: Rung,
     /// Its ladder's length.
@@ -327,6 +332,10 @@ impl Policy {
     fn new(config: &PolicyConfig, agent: &AgentConfig) -> Self {
         Self {
             config: config.clone(),
+            name: config.name.as_str().into(),
+            accepted_ports: (config.ladder.rungs.iter())
+                .filter_map(Action::of_accepted_port)
+                .collect(),
             dry_run: config.is_dry_run(agent),
             memory: Memory::default(),
             seen_at: Default::default(),
@@ -336,7 +345,7 @@ impl Policy {
     fn status(&self) -> PolicyStatus {
         let m = &self.memory;
         PolicyStatus {
-            name: self.config.name.clone(),
+            name: std::sync::Arc::clone(&self.name),
             rung: m.rung,
             rungs: self.config.ladder.len(),
             dry_run: self.dry_run,
@@ -423,7 +432,7 @@ impl Policy {
         if m.over_since.is_none() {
             m.trip_counted = false;
         }
-        for port in c.ladder.rungs.iter().filter_map(Action::of_accepted_port) {
+        for &port in &self.accepted_ports {
             let i = match m.accepted.iter().position(|t| t.port == port) {
                 Some(i) => i,
                 None => {

@@ -9,7 +9,7 @@
 //!
 //! Tracepoint field offsets (tracefs `format` files) are in [`crate::tracefs`].
 //!
-//! A sensor loop calls, per tick: [`procfs::host_psi`],
+//! A sensor loop calls, per tick: [`procfs::HostPsi::read`],
 //! [`procfs::listen_counters`] (keep the previous value for the delta),
 //! [`sockdiag::SockDiag::listen_queues`], then [`port_stats`]; and per cgroup
 //! of interest [`cgroupfs::CgroupIndex::resolve_all`] for the ids in the BPF

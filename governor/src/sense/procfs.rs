@@ -74,30 +74,103 @@ pub fn read_psi_some_avg10(path: &Path) -> Result<Option<f64>, ProcfsError> {
     let Some(text) = read_optional(path)? else {
         return Ok(None);
     };
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("some "))
-        .ok_or_else(|| ProcfsError::Parse {
+    some_avg10(&text)
+        .map(Some)
+        .map_err(|reason| ProcfsError::Parse {
             path: path.to_path_buf(),
-            reason: "no `some` line".to_owned(),
-        })?;
-    let record = parse_pressure_record(line).map_err(|e| ProcfsError::Parse {
-        path: path.to_path_buf(),
-        reason: format!("bad `some` line {line:?}: {e}"),
-    })?;
-    // The kernel prints two decimals; procfs-core keeps an f32, so round back
-    // to them rather than report 0.25999999046 for 0.26.
-    Ok(Some((f64::from(record.avg10) * 100.0).round() / 100.0))
+            reason,
+        })
 }
 
-/// Reads host PSI from `<proc_root>/pressure/{cpu,memory,io}`.
-pub fn host_psi(proc_root: &Path) -> Result<PsiSome, ProcfsError> {
-    let dir = proc_root.join("pressure");
-    Ok(PsiSome {
-        cpu: read_psi_some_avg10(&dir.join("cpu"))?,
-        memory: read_psi_some_avg10(&dir.join("memory"))?,
-        io: read_psi_some_avg10(&dir.join("io"))?,
-    })
+/// `some avg10` of a PSI file's text, or why it has none.
+fn some_avg10(text: &str) -> Result<f64, String> {
+    let line = (text.lines())
+        .find(|l| l.starts_with("some "))
+        .ok_or_else(|| "no `some` line".to_owned())?;
+    let record =
+        parse_pressure_record(line).map_err(|e| format!("bad `some` line {line:?}: {e}"))?;
+    // The kernel prints two decimals; procfs-core keeps an f32, so round back
+    // to them rather than report 0.25999999046 for 0.26.
+    Ok((f64::from(record.avg10) * 100.0).round() / 100.0)
+}
+
+/// The host's pressure files, `<proc_root>/pressure/{cpu,memory,io}`, kept
+/// open: a read is one `pread` from the start of each (procfs prints the
+/// file anew), not an open, a read and a close of three files every tick.
+/// A file that is absent (PSI disabled, or an old kernel) is looked for
+/// again at the next read.
+#[derive(Debug)]
+pub struct HostPsi {
+    dir: PathBuf,
+    files: [Option<fs::File>; 3],
+    buf: Vec<u8>,
+}
+
+impl HostPsi {
+    const NAMES: [&str; 3] = ["cpu", "memory", "io"];
+
+    /// The pressure files under `proc_root` (opened at the first read).
+    pub fn new(proc_root: &Path) -> Self {
+        Self {
+            dir: proc_root.join("pressure"),
+            files: Default::default(),
+            buf: Vec::with_capacity(512),
+        }
+    }
+
+    /// `some avg10` of each file now.
+    pub fn read(&mut self) -> Result<PsiSome, ProcfsError> {
+        let mut out = [None; 3];
+        for (i, name) in Self::NAMES.iter().enumerate() {
+            out[i] = self.read_one(i).map_err(|e| e.at(self.dir.join(name)))?;
+        }
+        let [cpu, memory, io] = out;
+        Ok(PsiSome { cpu, memory, io })
+    }
+
+    /// File `i`'s `some avg10`.
+    fn read_one(&mut self, i: usize) -> Result<Option<f64>, Fail> {
+        use std::os::unix::fs::FileExt as _;
+        let file = match &self.files[i] {
+            Some(f) => f,
+            None => match fs::File::open(self.dir.join(Self::NAMES[i])) {
+                Ok(f) => self.files[i].insert(f),
+                Err(e) if is_gone(&e) => return Ok(None),
+                Err(source) => return Err(Fail::Read(source)),
+            },
+        };
+        self.buf.clear();
+        let mut chunk = [0u8; 512];
+        loop {
+            match file.read_at(&mut chunk, self.buf.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_gone(&e) => {
+                    self.files[i] = None;
+                    return Ok(None);
+                }
+                Err(source) => return Err(Fail::Read(source)),
+            }
+        }
+        let text = std::str::from_utf8(&self.buf).map_err(|e| Fail::Parse(e.to_string()))?;
+        some_avg10(text).map(Some).map_err(Fail::Parse)
+    }
+}
+
+/// Why [`HostPsi::read_one`] failed, before the path is attached.
+enum Fail {
+    Read(io::Error),
+    Parse(String),
+}
+
+impl Fail {
+    fn at(self, path: PathBuf) -> ProcfsError {
+        match self {
+            Fail::Read(source) => ProcfsError::Read { path, source },
+            Fail::Parse(reason) => ProcfsError::Parse { path, reason },
+        }
+    }
 }
 
 /// Host-wide TCP listen-queue counters from `TcpExt` of `/proc/net/netstat`
@@ -221,7 +294,7 @@ IpExt: 0 0\n";
             ("pressure/memory", MEM_510),
             ("pressure/io", IO_NO_FULL),
         ]);
-        let psi = host_psi(d.path()).unwrap();
+        let psi = HostPsi::new(d.path()).read().unwrap();
         assert_eq!(psi.cpu, Some(0.26));
         assert_eq!(psi.memory, Some(0.5));
         assert_eq!(psi.io, Some(7.0));
@@ -233,24 +306,52 @@ IpExt: 0 0\n";
     #[test]
     fn missing_pressure_is_none_not_zero() {
         let d = fake_proc(&[("pressure/cpu", CPU)]);
-        let psi = host_psi(d.path()).unwrap();
+        let psi = HostPsi::new(d.path()).read().unwrap();
         assert_eq!(psi.cpu, Some(0.26));
         assert_eq!(psi.memory, None);
         assert_eq!(psi.complete(), None);
         let empty = fake_proc(&[]);
-        assert!(host_psi(empty.path()).unwrap().is_empty());
+        assert!(HostPsi::new(empty.path()).read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn kept_open_pressure_files_are_read_anew_and_found_when_they_appear() {
+        let d = fake_proc(&[("pressure/cpu", CPU)]);
+        let mut psi = HostPsi::new(d.path());
+        assert_eq!(psi.read().unwrap().cpu, Some(0.26));
+        assert_eq!(psi.read().unwrap().memory, None);
+        // Rewritten in place (same file): the open handle reads the new text.
+        fs::write(
+            d.path().join("pressure/cpu"),
+            "some avg10=12.50 avg60=1.80 avg300=1.78 total=11626006\n",
+        )
+        .unwrap();
+        fs::write(d.path().join("pressure/memory"), MEM_510).unwrap();
+        let now = psi.read().unwrap();
+        assert_eq!(now.cpu, Some(12.5));
+        assert_eq!(now.memory, Some(0.5), "a file that appeared is read");
+        // Longer than one read's chunk: read to its end.
+        let long = format!(
+            "{}some avg10=3.00 avg60=0 avg300=0 total=1\n",
+            "x".repeat(700) + "\n"
+        );
+        fs::write(d.path().join("pressure/cpu"), long).unwrap();
+        assert_eq!(psi.read().unwrap().cpu, Some(3.0));
     }
 
     #[test]
     fn garbage_pressure_is_an_error_naming_the_file() {
         let d = fake_proc(&[("pressure/cpu", "some avg10=x avg60=0 avg300=0 total=0\n")]);
-        let err = host_psi(d.path()).unwrap_err();
+        let err = HostPsi::new(d.path()).read().unwrap_err();
         assert!(err.to_string().contains("pressure/cpu"), "{err}");
         let d = fake_proc(&[(
             "pressure/cpu",
             "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
         )]);
-        assert!(matches!(host_psi(d.path()), Err(ProcfsError::Parse { .. })));
+        assert!(matches!(
+            HostPsi::new(d.path()).read(),
+            Err(ProcfsError::Parse { .. })
+        ));
     }
 
     #[test]
