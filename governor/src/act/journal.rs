@@ -11,6 +11,12 @@
 //! the old one, fsync the directory), so a reader sees the old or the new
 //! journal and never half of one. A few entries per policy make this cheap.
 //!
+//! Reboots: the journal records the kernel's boot id. Entries written
+//! under another boot (a journal kept on a disk, not the default tmpfs)
+//! describe cgroups that were made anew since, by whoever set them up: they
+//! are not reverted but moved aside to `journal.json.before-reboot`, and a
+//! warning says so.
+//!
 //! Ownership: the process that has the journal open holds an exclusive
 //! `flock` on `journal.lock`. The kernel drops it when the process dies,
 //! however it dies, so "the lock is free" means "nobody is applying these
@@ -57,6 +63,10 @@ pub const FILE: &str = "journal.json";
 /// The lock file whose `flock` says a live process owns the journal.
 pub const LOCK: &str = "journal.lock";
 const TMP: &str = "journal.json.tmp";
+/// Where a journal written before a reboot is moved, unreverted.
+pub const BEFORE_REBOOT: &str = "journal.json.before-reboot";
+/// The kernel's id of this boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Version of the file format; a newer one is refused rather than misread.
 const VERSION: u32 = 1;
 
@@ -145,6 +155,10 @@ struct OnDisk {
     /// Pid of the process that wrote the file last (for people reading it).
     pid: u32,
     written_unix_ms: u64,
+    /// The boot the entries belong to (absent in journals of older
+    /// governors, and where the kernel does not say: then trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
     entries: Vec<Entry>,
 }
 
@@ -153,6 +167,7 @@ struct OnDisk {
 pub struct Journal {
     dir: PathBuf,
     entries: Vec<Entry>,
+    boot_id: Option<String>,
     /// Held for the journal's lifetime; closing it releases the `flock`.
     _lock: File,
 }
@@ -177,6 +192,16 @@ impl Journal {
     /// (the lock proves it): revert them before applying anything new
     /// ([`crate::act::cgroup::CgroupActuator::revert_all`]).
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        let boot_id = fs::read_to_string(BOOT_ID)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        Self::open_in_boot(dir, boot_id)
+    }
+
+    /// [`Journal::open`] in the boot `boot_id` (`None`: unknown, every
+    /// entry is trusted).
+    fn open_in_boot(dir: &Path, boot_id: Option<String>) -> Result<Self, JournalError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -221,14 +246,32 @@ impl Journal {
             }
         }
         let path = dir.join(FILE);
-        let entries = match fs::read_to_string(&path) {
+        let (mut entries, written_in) = match fs::read_to_string(&path) {
             Ok(text) => parse(&text, &path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
             Err(source) => return Err(JournalError::Io { path, source }),
         };
+        if let (Some(then), Some(now)) = (&written_in, &boot_id)
+            && then != now
+            && !entries.is_empty()
+        {
+            let aside = dir.join(BEFORE_REBOOT);
+            fs::rename(&path, &aside).map_err(io_err(&aside))?;
+            let files: Vec<String> = (entries.iter())
+                .map(|e| e.file.display().to_string())
+                .collect();
+            tracing::warn!(
+                "the journal holds {} change(s) made before a reboot (boot {then}, now {now}): not reverted, the cgroups were set up anew since; moved to {} ({})",
+                entries.len(),
+                aside.display(),
+                files.join(", ")
+            );
+            entries.clear();
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             entries,
+            boot_id,
             _lock: lock,
         })
     }
@@ -294,6 +337,7 @@ impl Journal {
             version: VERSION,
             pid: std::process::id(),
             written_unix_ms: now_unix_ms(),
+            boot_id: self.boot_id.clone(),
             entries: entries.to_vec(),
         };
         let mut text = serde_json::to_string_pretty(&doc).map_err(|e| JournalError::Io {
@@ -321,7 +365,8 @@ impl Journal {
     }
 }
 
-fn parse(text: &str, path: &Path) -> Result<Vec<Entry>, JournalError> {
+/// The entries of a journal file and the boot they were written in.
+fn parse(text: &str, path: &Path) -> Result<(Vec<Entry>, Option<String>), JournalError> {
     let corrupt = |reason: String| JournalError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -333,7 +378,7 @@ fn parse(text: &str, path: &Path) -> Result<Vec<Entry>, JournalError> {
             doc.version
         )));
     }
-    Ok(doc.entries)
+    Ok((doc.entries, doc.boot_id))
 }
 
 #[cfg(test)]
@@ -402,6 +447,59 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} in {text}");
         }
+    }
+
+    #[test]
+    fn changes_made_before_a_reboot_are_moved_aside_not_reverted() {
+        let d = tempfile::tempdir().unwrap();
+        let boot = |id: &str| Some(id.to_owned());
+        let a = entry("/cg/x/cpu.weight", "100", "1", "p");
+        (Journal::open_in_boot(d.path(), boot("one")).unwrap())
+            .put(a.clone())
+            .unwrap();
+        let text = fs::read_to_string(d.path().join(FILE)).unwrap();
+        assert!(text.contains("\"boot_id\": \"one\""), "{text}");
+        // Same boot (a crash, a restart): the entry is there to revert.
+        assert_eq!(
+            Journal::open_in_boot(d.path(), boot("one"))
+                .unwrap()
+                .entries(),
+            std::slice::from_ref(&a)
+        );
+        // Unknown boot now: trusted as before.
+        assert_eq!(
+            Journal::open_in_boot(d.path(), None).unwrap().entries(),
+            std::slice::from_ref(&a)
+        );
+        // Another boot: nothing to revert; the file is kept aside for people.
+        let mut j = Journal::open_in_boot(d.path(), boot("two")).unwrap();
+        assert!(j.is_empty());
+        assert!(!d.path().join(FILE).exists());
+        let aside = fs::read_to_string(d.path().join(BEFORE_REBOOT)).unwrap();
+        assert!(aside.contains("/cg/x/cpu.weight"), "{aside}");
+        // New changes are journaled under the new boot.
+        let b = entry("/cg/y/cpu.weight", "100", "5", "q");
+        j.put(b.clone()).unwrap();
+        drop(j);
+        assert_eq!(
+            Journal::open_in_boot(d.path(), boot("two"))
+                .unwrap()
+                .entries(),
+            [b]
+        );
+    }
+
+    #[test]
+    fn a_journal_without_a_boot_id_is_trusted() {
+        // As written by governors before the boot id was recorded.
+        let d = tempfile::tempdir().unwrap();
+        let a = entry("/cg/x/cpu.weight", "100", "1", "p");
+        let old = serde_json::json!({
+            "version": 1, "pid": 7, "written_unix_ms": 0, "entries": [a.clone()]
+        });
+        fs::write(d.path().join(FILE), old.to_string()).unwrap();
+        let j = Journal::open_in_boot(d.path(), Some("now".into())).unwrap();
+        assert_eq!(j.entries(), [a]);
     }
 
     #[test]

@@ -307,8 +307,7 @@ async fn agent(
     if crate::act::journal::on_memory_fs(&cfg.agent.journal_dir) == Some(false) {
         tracing::warn!(
             "journal_dir {} is not on a tmpfs: every change waits for the journal's fsync \
-             to disk first (up to a second on a busy disk), and the journal outlives a reboot \
-             (its entries would then be reverted over cgroups set up anew); \
+             to disk first (up to a second on a busy disk); \
              a directory under /run (tmpfs on systemd hosts) is meant",
             cfg.agent.journal_dir.display()
         );
