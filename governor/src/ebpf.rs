@@ -314,10 +314,16 @@ impl Probes {
             missing,
             usable,
             sched_raw,
-            batch: batch_reads_trusted().then(crate::mapbatch::Batch::default),
+            batch: batch_reads_trusted(prealloc.is_some()).then(crate::mapbatch::Batch::default),
             cpus: aya::util::nr_cpus().unwrap_or(1).max(1),
             attached: Vec::new(),
         })
+    }
+
+    /// True while the maps are read in batches (the kernel has batch
+    /// lookups, is trusted with them, and has not refused one).
+    pub fn reads_in_batches(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Ids of our loaded programs (to check they are gone after exit).
@@ -618,13 +624,19 @@ impl Probes {
     }
 }
 
-/// Batch map reads are used from Linux 6.6 on. In a 6.1 guest the thread
-/// reading the maps once locked up in the kernel (soft lockup, 219 s, during
-/// the sensor tests; 1 of 6 guest runs), which no entry-by-entry read ever
-/// did; 6.1–6.3 reuse freed hash elements without waiting for readers, a
-/// suspect for a reader walking a bucket unlocked. Older kernels iterate.
-fn batch_reads_trusted() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+/// Batch map reads are used from Linux 6.6 on, and on older kernels when
+/// every map read is preallocated (`prealloc`: the histogram map; the
+/// counter maps always are). In a 6.1 guest the thread reading a growing
+/// histogram map once locked up in the kernel (soft lockup, during the
+/// sensor tests, 1 of 6 guest runs; under QEMU's multi-threaded TCG, since
+/// found to run stale kernel code, which may have been the cause): 6.1–6.3
+/// reuse freed elements of growing hash maps without waiting for readers.
+/// Preallocated elements are reused through a free list, and a batch read
+/// copies a bucket under its lock.
+fn batch_reads_trusted(prealloc: bool) -> bool {
+    prealloc
+        || aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
 }
 
 /// Calls `f` with each entry of the per-CPU hash map `name`, one at a time:

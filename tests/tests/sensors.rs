@@ -243,6 +243,8 @@ fn entries_of_a_thousand_removed_cgroups_are_read_once_and_reclaimed() {
     let base = TestCgroup::new("churn");
     let mut sensor = sensor(vec![base.path.clone()], "/proc", None);
     let before = sensor.probes().cgroup_ids().expect("map keys").len();
+    let batches = sensor.probes().reads_in_batches();
+    println!("reads in batches: {batches}");
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
     // Two rounds: the agent's batch lookup-and-delete, then the
     // entry-by-entry one of kernels without it.
@@ -313,6 +315,11 @@ fn entries_of_a_thousand_removed_cgroups_are_read_once_and_reclaimed() {
         }
         assert_eq!(same, seen, "every read holds every keyed test cgroup");
         println!("batch {batch}: peeks and drain agree on {same} cgroups");
+        assert_eq!(
+            sensor.probes().reads_in_batches(),
+            batches,
+            "a batch read was refused: the batch path fell back to entry by entry"
+        );
 
         // Drained: nothing of them is left, and a second read gets nothing.
         let after = sensor.probes().cgroup_ids().expect("map keys");

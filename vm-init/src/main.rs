@@ -4,7 +4,8 @@
 //! It mounts what a modern host has (proc, sysfs, devtmpfs, a tmpfs `/tmp`,
 //! cgroup2 at `/sys/fs/cgroup` with every controller enabled for children,
 //! bpffs, tracefs), loads the kernel modules packed under `/modules`, brings
-//! `lo` up, runs each binary under `/tests` with `--test-threads=1` between
+//! `lo` up, runs each binary under `/tests` with `--test-threads=1` (and every
+//! test's output shown, passing or not) between
 //! marker lines on the serial console, prints one result line, and powers
 //! off. It powers off on its own panic too, so a broken init never hangs
 //! the VM until the runner's time-out.
@@ -70,7 +71,7 @@ fn init() -> io::Result<()> {
             .unwrap_or_default();
         println!("GOVTEST-BEGIN {name}");
         let status = Command::new(t)
-            .arg("--test-threads=1")
+            .args(["--test-threads=1", "--show-output"])
             .env_clear()
             .envs([
                 ("PATH", "/sbin:/bin"),
