@@ -86,7 +86,7 @@ settle = "1s"
 recover_every = "10s"
 jitter = 0.3
 ladder = [
-  {{ action = "cpu_weight", cgroup = "{h}", weight = "idle" }},
+  {{ action = "cpu_weight", cgroup = "{h}", weight = 1 }},
   {{ action = "cpu_limit", cgroup = "{h}", cpus = 0.2 }},
 ]
 "#,
@@ -239,7 +239,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (quiet, _) = med(Variant::Quiet);
     let (_, quota_work) = med(Variant::Quota);
     sec.md(&format!(
-        "Worker: wakes every 2 ms and computes 1 ms in {BUSY_MS} ms busy phases, idle {IDLE_MS} ms between, {SECONDS} s; two hogs in a sibling cgroup; all pinned to CPU 0, under a parent cgroup with the top weight. Latency: the worker's own wake-up overshoot in busy phases (run-queue wait plus timer latency). Governor: `runq_p99` of the worker's cgroup, high {HIGH}, low {LOW}, `for` 300 ms, `recover_every` 10 s (relief is held through the worker's idle phases), ladder `cpu_weight idle` → `cpu_limit 0.2` on the hogs. \"After the first phase\": the worst per-phase p99 of the busy phases after the first, which is the one whose first `for` + a tick trips the governor. Medians of {} rounds.\n",
+        "Worker: wakes every 2 ms and computes 1 ms in {BUSY_MS} ms busy phases, idle {IDLE_MS} ms between, {SECONDS} s; two hogs in a sibling cgroup; all pinned to CPU 0, under a parent cgroup with the top weight. Latency: the worker's own wake-up overshoot in busy phases (run-queue wait plus timer latency). Governor: `runq_p99` of the worker's cgroup, high {HIGH}, low {LOW}, `for` 300 ms, `recover_every` 10 s (relief is held through the worker's idle phases), ladder `cpu_weight 1` → `cpu_limit 0.2` on the hogs. \"After the first phase\": the worst per-phase p99 of the busy phases after the first, which is the one whose first `for` + a tick trips the governor. Medians of {} rounds.\n",
         args.rounds
     ));
     sec.md("| variant | worker busy p99 µs | ratio to quiet | after the first phase: p99 µs | ratio to quiet | hogs' work (units) | ratio to (b) |");
@@ -341,7 +341,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     ],
                 },
                 plot::Panel {
-                    title: "rung (0 none, 1 hogs idle, 2 hogs 0.2 CPU)".into(),
+                    title: "rung (0 none, 1 hogs weight 1, 2 hogs 0.2 CPU)".into(),
                     series: vec![plot::Series {
                         label: "rung".into(),
                         points: samples.iter().map(|s| (s.t, s.rung)).collect(),
