@@ -150,7 +150,11 @@ impl HostPsi {
                     self.files[i] = None;
                     return Ok(None);
                 }
-                Err(source) => return Err(Fail::Read(source)),
+                Err(source) => {
+                    // Opened again at the next read.
+                    self.files[i] = None;
+                    return Err(Fail::Read(source));
+                }
             }
         }
         let text = std::str::from_utf8(&self.buf).map_err(|e| Fail::Parse(e.to_string()))?;
