@@ -311,17 +311,32 @@ impl Probes {
         }
         loader.override_global(globals::CONFIGURED, &1u32, true);
         let (object, prealloc) = object_for_kernel();
-        if let Some(entries) = prealloc {
-            tracing::info!("per-cgroup histograms preallocated for {entries} cgroups");
-            loader.map_max_entries(names::MAP_CGROUP_RUNQ, entries);
+        match prealloc {
+            Some(entries) => {
+                tracing::info!("per-cgroup histograms preallocated for {entries} cgroups");
+                loader.map_max_entries(names::MAP_CGROUP_RUNQ, entries);
+            }
+            None => tracing::info!(
+                "per-cgroup histograms in a growing map (too many CPUs for the preallocation budget): \
+                 each tick's inserts and deletes allocate and free per-CPU memory"
+            ),
         }
+        let batched = batch_reads_trusted(prealloc.is_some());
+        tracing::info!(
+            "probe maps read {}",
+            if batched {
+                "in batches (a few system calls a tick)"
+            } else {
+                "entry by entry (Linux 6.1-6.5 with a growing map: batch reads not trusted)"
+            }
+        );
         let ebpf = loader.load(object)?;
         Ok(Self {
             ebpf,
             missing,
             usable,
             sched_raw,
-            batch: batch_reads_trusted(prealloc.is_some()).then(crate::mapbatch::Batch::default),
+            batch: batched.then(crate::mapbatch::Batch::default),
             cpus: aya::util::nr_cpus().unwrap_or(1).max(1),
             attached: Vec::new(),
         })
