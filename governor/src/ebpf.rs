@@ -39,12 +39,12 @@ const PREALLOC_BUDGET: usize = 32 << 20;
 /// counted as lost (`cgroup_map_full`).
 const PREALLOC_ENOUGH: usize = 1024;
 
-/// The object for the running kernel, and the histogram map's size.
-fn object_for_kernel() -> (&'static [u8], Option<u32>) {
+/// The object for the running kernel on `cpus` CPUs, and the histogram
+/// map's size.
+fn object_for_kernel(cpus: usize) -> (&'static [u8], Option<u32>) {
     let old = aya::util::KernelVersion::current()
         .map(|v| v < aya::util::KernelVersion::new(6, 1, 0))
         .unwrap_or(true);
-    let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
     match prealloc_entries(cpus, old) {
         Some(entries) => (OBJECT_PREALLOC, Some(entries)),
         None => (OBJECT, None),
@@ -310,7 +310,8 @@ impl Probes {
             loader.override_global(name, off, true);
         }
         loader.override_global(globals::CONFIGURED, &1u32, true);
-        let (object, prealloc) = object_for_kernel();
+        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+        let (object, prealloc) = object_for_kernel(cpus);
         match prealloc {
             Some(entries) => {
                 tracing::info!("per-cgroup histograms preallocated for {entries} cgroups");
@@ -337,7 +338,7 @@ impl Probes {
             usable,
             sched_raw,
             batch: batched.then(crate::mapbatch::Batch::default),
-            cpus: aya::util::nr_cpus().unwrap_or(1).max(1),
+            cpus,
             attached: Vec::new(),
         })
     }

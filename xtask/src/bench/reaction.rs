@@ -251,7 +251,7 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
                         "  slow trip ({policy}): effect {ms:.0} ms after the crossing, {}",
                         match piece {
                             Some(i) => format!(
-                                "{:.2} s into client piece {} (it sends for 30 s)",
+                                "{:.2} s into client piece {} (it sends for {PIECE_S} s)",
                                 (crossed - sending[i].0 as f64) / 1e9,
                                 i + 1
                             ),
@@ -291,7 +291,7 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
     }
     sec.md("");
     sec.md(&format!(
-        "Reject trips left out: {excluded} (the threshold was crossed less than 2 ticks before the client's 30 s piece ended, or between pieces: no connect to refuse).\n"
+        "Reject trips left out: {excluded} (the threshold was crossed less than 2 ticks before the client's {PIECE_S} s piece ended, or between pieces: no connect to refuse).\n"
     ));
     sec.metric("reject_trips_left_out", f64::from(excluded));
     sec.target(
