@@ -4,11 +4,11 @@
 
 use std::env;
 
-#[path = "../xtask/src/ebpf_toolchain.rs"]
-mod ebpf_toolchain;
+use governor_toolchain as ebpf_toolchain;
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=../governor-common/src");
+    println!("cargo:rerun-if-changed=../governor-ebpf/src");
     println!("cargo:rerun-if-env-changed=GOVERNOR_CACHE_DIR");
     println!("cargo:rerun-if-env-changed=PATH");
 

@@ -1,22 +1,17 @@
-//! governor: an eBPF host-level load governor.
+//! governor: an eBPF host-level load governor; the agent and its command line.
 //!
-//! The loop is sense → decide → act → show (see `design.md`):
-//! - [`ebpf`] loads the embedded kernel programs and reads their maps;
-//! - [`sense`] reads `/proc`, cgroupfs and sock_diag; [`sensor`] turns all of
-//!   it into one [`snapshot::Snapshot`] per interval;
-//! - [`show`] explains: `observe` output and `/metrics`.
+//! The loop is sense → decide → act → show; `ARCHITECTURE.md` at the root of
+//! the repository is the map. The pure part (config, `Snapshot`, `decide`)
+//! is the `governor-engine` crate; this crate is the imperative shell:
+//! - [`probes`] loads the embedded kernel programs and reads their maps;
+//! - [`sense`] reads `/proc`, cgroupfs and sock_diag, and its
+//!   [`sense::sensor::Sensor`] turns all of it into one `Snapshot` a tick;
+//! - [`act`] puts decisions in force (cgroup files, BPF maps), journaled;
+//! - [`show`] explains: `/metrics`, `observe`, the status socket;
+//! - [`agent`] is the loop and its wiring.
 
 pub mod act;
 pub mod agent;
-pub mod btf;
-pub mod config;
-pub mod decide;
-pub mod ebpf;
-pub mod mapbatch;
-pub mod netns;
-pub mod runq;
+pub mod probes;
 pub mod sense;
-pub mod sensor;
 pub mod show;
-pub mod snapshot;
-pub mod tracefs;

@@ -1,4 +1,5 @@
-//! `governor`: the agent and its command line (see `design.md`, "Command line").
+//! `governor`: the agent and its command line (`ARCHITECTURE.md` is the map;
+//! the contract is in the README, "Command line").
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -12,11 +13,11 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use governor::{
-    ebpf::{self, Probes},
-    sensor::{Sensor, SensorScope},
+    probes::{self, Probes},
+    sense::sensor::{Sensor, SensorScope},
     show::{self, metrics::Metrics},
-    snapshot::CgroupPath,
 };
+use governor_engine::snapshot::CgroupPath;
 use tracing_subscriber::EnvFilter;
 
 /// eBPF host-level load governor: measures queueing in the kernel, runs
@@ -125,14 +126,14 @@ fn main() -> ExitCode {
             cgroups,
         } => observe(interval, count, format, &cgroups),
         Command::Check { config } => {
-            let code = governor::config::check_command(
+            let code = governor::agent::config_file::check_command(
                 config.as_deref(),
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
             );
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
-        Command::Status { json, socket } => governor::agent::status::fetch(&socket).map(|r| {
+        Command::Status { json, socket } => governor::show::status::fetch(&socket).map(|r| {
             if json {
                 println!("{}", r.to_json());
             } else {
@@ -236,6 +237,6 @@ fn observe(
         anyhow::Ok(ids)
     })?;
     drop(rt);
-    ebpf::wait_unloaded(&ids);
+    probes::wait_unloaded(&ids);
     Ok(())
 }

@@ -83,7 +83,7 @@ pub struct TestCgroup {
     /// Absolute directory.
     pub dir: std::path::PathBuf,
     /// Path relative to the cgroup2 mount.
-    pub path: governor::snapshot::CgroupPath,
+    pub path: governor_engine::snapshot::CgroupPath,
 }
 
 /// The cgroup2 mount of this host.
@@ -105,7 +105,8 @@ impl TestCgroup {
             let _ = std::fs::remove_dir(&dir);
         }
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let path = governor::snapshot::CgroupPath::new(&format!("/{leaf}")).expect("valid path");
+        let path =
+            governor_engine::snapshot::CgroupPath::new(&format!("/{leaf}")).expect("valid path");
         Self { dir, path }
     }
 
@@ -199,8 +200,8 @@ pub fn field(out: &str, key: &str) -> u64 {
 }
 
 /// Loads and attaches the probes (no log forwarding).
-pub fn probes() -> governor::ebpf::Probes {
-    let mut p = governor::ebpf::Probes::load().expect("the embedded object loads");
+pub fn probes() -> governor::probes::Probes {
+    let mut p = governor::probes::Probes::load().expect("the embedded object loads");
     p.attach_all().expect("probes attach");
     p
 }
@@ -371,7 +372,7 @@ impl NetNs {
 
 /// Moves the calling thread into the network namespace at `path`.
 pub fn enter_netns(path: &std::path::Path) {
-    if let Err(e) = governor::netns::join(path) {
+    if let Err(e) = governor::sense::netns::join(path) {
         panic!("{e:#}");
     }
 }
@@ -426,8 +427,8 @@ impl AgentProcess {
     }
 
     /// Its status report, if it answers.
-    pub fn status(&self) -> Option<governor::agent::status::StatusReport> {
-        governor::agent::status::fetch(&self.socket).ok()
+    pub fn status(&self) -> Option<governor::show::status::StatusReport> {
+        governor::show::status::fetch(&self.socket).ok()
     }
 
     /// Its log so far.
@@ -600,7 +601,7 @@ impl CpuTestCgroup {
         }
         let dir = self.v2.dir.join(name);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let path = governor::snapshot::CgroupPath::new(&format!("{}/{name}", self.v2.path))
+        let path = governor_engine::snapshot::CgroupPath::new(&format!("{}/{name}", self.v2.path))
             .expect("valid path");
         let cpu_v1 = self.cpu_v1.as_ref().map(|parent| {
             let d = parent.join(name);

@@ -22,12 +22,16 @@ use governor::{
         cgroup::{Applied, CgroupActuator, Lifted},
         journal::Journal,
     },
+    sense::{
+        cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
+        sensor::{Sensor, SensorScope},
+    },
+};
+use governor_engine::{
     config::{
         Action,
         units::{CpuWeight, Cpus},
     },
-    sense::cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
-    sensor::{Sensor, SensorScope},
     snapshot::{CgroupPath, RunqStats},
 };
 use governor_integration::{Children, CpuTestCgroup, field, probes, require_root};

@@ -86,7 +86,7 @@ fn watch_queue(
         let mut out = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if let Ok(qs) = diag.listen_queues()
-                && let Some(q) = qs.iter().find(|q| q.port == port)
+                && let Some(q) = qs.get(&port)
             {
                 out.push((Instant::now(), q.accept_queue));
             }

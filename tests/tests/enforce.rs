@@ -15,10 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use governor::{
-    act::net::{NetEnforcer, Rule},
-    config::RejectMode,
-};
+use governor::act::net::{NetEnforcer, Rule};
+use governor_engine::config::RejectMode;
 use governor_integration::{Children, TestCgroup, enter_own_netns, field, require_root};
 
 /// A listener on 127.0.0.1 that accepts (and closes) until dropped.
@@ -303,13 +301,13 @@ fn outbound_throttle_refuses_with_eperm_at_once_and_spares_the_sibling() {
 
 /// A decision of policy "p" on `action`, as the engine makes them.
 fn decision(
-    kind: governor::decide::DecisionKind,
-    change: governor::decide::Change,
-    action: governor::config::Action,
+    kind: governor_engine::decide::DecisionKind,
+    change: governor_engine::decide::Change,
+    action: governor_engine::config::Action,
     from: usize,
     to: usize,
-) -> governor::decide::Decision {
-    use governor::{
+) -> governor_engine::decide::Decision {
+    use governor_engine::{
         config::{Scope, SignalKind, SignalSpec},
         decide::{Cause, Decision, Reason},
     };
@@ -340,8 +338,8 @@ fn decision(
 /// benchmark found).
 #[test]
 fn stepping_down_from_reject_restores_the_throttle_below() {
-    use governor::{
-        agent::actuate::{Actuators, CgroupActuation},
+    use governor::act::rules::{Actuators, CgroupActuation};
+    use governor_engine::{
         config::{Action, Target, units::Rate},
         decide::{Change, DecisionKind},
     };

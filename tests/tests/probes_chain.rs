@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, sync::mpsc, thread, time::Duration};
 
-use governor::ebpf::{Probes, loaded_program_names};
+use governor::probes::{Probes, loaded_program_names};
 use governor_integration::{CapturedLog, eventually, require_root};
 
 /// Two threads hand a token back and forth `rounds` times: each hand-off

@@ -11,12 +11,14 @@ use std::{
 };
 
 use governor::{
-    ebpf::ReadMode,
-    sense::cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
-    sense::sockdiag::SockDiag,
-    sensor::{ListenerReader, Sensor, SensorScope, queues_by_port},
-    snapshot::{CgroupPath, Snapshot},
+    probes::ReadMode,
+    sense::{
+        cgroupfs::{CgroupFs, CgroupIndex, DEFAULT_ROOT},
+        sensor::{ListenerReader, Sensor, SensorScope},
+        sockdiag::SockDiag,
+    },
 };
+use governor_engine::snapshot::{CgroupPath, Snapshot};
 use governor_integration::{
     Children, CpuTestCgroup, TestCgroup, enter_own_netns, eventually, field, probes, require_root,
 };
@@ -28,7 +30,7 @@ fn cgroup_index() -> CgroupIndex {
 /// A sock_diag reader of the calling thread's network namespace.
 fn listeners_here() -> ListenerReader {
     let mut diag = SockDiag::new().expect("sock_diag");
-    Box::new(move || Ok(queues_by_port(diag.listen_queues()?)))
+    Box::new(move || Ok(diag.listen_queues()?))
 }
 
 fn sensor(subtrees: Vec<CgroupPath>, proc_root: &str, listeners: Option<ListenerReader>) -> Sensor {
@@ -56,7 +58,7 @@ fn sensor_of(scope: SensorScope, proc_root: &str, listeners: Option<ListenerRead
     s
 }
 
-fn runq_of(s: &Snapshot, path: &CgroupPath) -> governor::snapshot::RunqStats {
+fn runq_of(s: &Snapshot, path: &CgroupPath) -> governor_engine::snapshot::RunqStats {
     s.cgroup(path).map(|c| c.runq).unwrap_or_default()
 }
 
@@ -213,7 +215,7 @@ fn a_full_accept_queue_reports_depth_limit_and_overflows() {
             if let Some(p) = s.port(port) {
                 let mut p = p.clone();
                 if let Some(prev) = &found {
-                    let prev: &governor::snapshot::PortStats = prev;
+                    let prev: &governor_engine::snapshot::PortStats = prev;
                     p.overflows += prev.overflows;
                 }
                 let done = p.accept_queue >= 9 && p.overflows > 0;
@@ -281,7 +283,7 @@ fn entries_of_a_thousand_removed_cgroups_are_read_once_and_reclaimed() {
         // paths see the same histograms, and reading without deleting
         // leaves them in place.
         let probes = sensor.probes_mut();
-        let peek = |probes: &mut governor::ebpf::Probes, batch| {
+        let peek = |probes: &mut governor::probes::Probes, batch| {
             probes
                 .read_maps_with(ReadMode {
                     batch,
@@ -421,7 +423,7 @@ fn an_idle_listener_is_listed_again_after_a_handshake_or_a_second_a_busy_one_eve
         let mut diag = SockDiag::new().expect("sock_diag");
         let reader: ListenerReader = Box::new(move || {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(queues_by_port(diag.listen_queues()?))
+            Ok(diag.listen_queues()?)
         });
         let listed = || listings.load(std::sync::atomic::Ordering::SeqCst);
         let mut sensor = sensor(Vec::new(), "/proc/thread-self", Some(reader));
@@ -462,7 +464,7 @@ fn an_idle_listener_is_listed_again_after_a_handshake_or_a_second_a_busy_one_eve
         assert_eq!(tick().map(|p| p.0), Some(0));
         assert_eq!(listed(), n + 3, "empty and no handshake: not listed");
         // A second after the last listing it is listed regardless.
-        thread::sleep(governor::sensor::SLOW_EVERY);
+        thread::sleep(governor::sense::sensor::SLOW_EVERY);
         assert_eq!(tick().map(|p| p.0), Some(0));
         assert_eq!(listed(), n + 4, "listed again after a second");
         drop(client);

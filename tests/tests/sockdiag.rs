@@ -10,8 +10,8 @@ use std::{
 };
 
 use governor::sense::{
-    port_stats,
     procfs::listen_counters,
+    sensor::port_stats,
     sockdiag::{ListenQueue, SockDiag},
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -20,10 +20,7 @@ const BACKLOG: i32 = 8;
 const CONNECTS: usize = 20;
 
 fn queue_of(diag: &mut SockDiag, port: u16) -> Option<ListenQueue> {
-    diag.listen_queues()
-        .expect("sock_diag dump")
-        .into_iter()
-        .find(|q| q.port == port)
+    diag.listen_queues().expect("sock_diag dump").remove(&port)
 }
 
 #[test]
@@ -91,8 +88,9 @@ fn accept_queue_of_a_flooded_listener() {
     assert!(grown.listen_drops >= grown.listen_overflows, "{grown:?}");
 
     // And the full port is charged with them.
-    let stats = port_stats(&[seen], grown.listen_overflows);
-    assert_eq!(stats[0].overflows, grown.listen_overflows);
+    let stats = port_stats(seen.port, 0, Some(&seen), grown.listen_overflows, 1.0)
+        .expect("a full port is reported");
+    assert_eq!(stats.overflows, grown.listen_overflows);
 
     drop(clients);
     drop(listener);

@@ -1,7 +1,6 @@
 //! governor's developer tasks. `cargo xtask --help` lists them.
 
 mod bench;
-mod ebpf_toolchain;
 mod run;
 mod setup;
 mod systemd;
@@ -12,6 +11,8 @@ mod vm;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+// The toolchain checks are shared with governor/build.rs through a small crate.
+use governor_toolchain as ebpf_toolchain;
 
 /// Developer tasks for governor: setup, build-and-load, test.
 #[derive(Debug, Parser)]

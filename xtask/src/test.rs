@@ -127,6 +127,23 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         .current_dir(&root);
     plain("clippy (kernel programs)", ebpf_clippy);
 
+    // The engine's purity is its dependency list: checked, not trusted.
+    {
+        say("engine purity: cargo tree -p governor-engine -e normal");
+        let t = Instant::now();
+        let r = engine_purity(&root);
+        steps.push(Step {
+            name: "engine has no I/O dependency".into(),
+            ok: r.is_ok(),
+            secs: t.elapsed().as_secs_f64(),
+            note: match r {
+                Ok(n) => format!("{n} crates, none of them I/O"),
+                Err(e) => format!("{e:#}"),
+            },
+            failed_tests: 0,
+        });
+    }
+
     let unit = cargo(&[
         "test",
         "--no-fail-fast",
@@ -202,6 +219,78 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     );
 
     Ok(finish(&steps, totals, &failures, &skipped_notes, started))
+}
+
+/// Crates that do I/O, which `governor-engine` must not depend on.
+const IO_CRATES: &[&str] = &[
+    "tokio",
+    "mio",
+    "aya",
+    "aya-obj",
+    "aya-log",
+    "libc",
+    "nix",
+    "rustix",
+    "socket2",
+    "netlink-sys",
+    "netlink-packet-core",
+    "netlink-packet-sock-diag",
+    "procfs",
+    "procfs-core",
+    "tiny_http",
+    "zbus",
+    "sd-notify",
+];
+
+/// The normal dependencies of `governor-engine` that are I/O crates.
+fn io_dependencies(tree: &str) -> Vec<&str> {
+    let mut found: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| IO_CRATES.contains(name))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// Checks that the engine depends on no I/O crate; returns how many crates
+/// it depends on.
+fn engine_purity(root: &std::path::Path) -> anyhow::Result<usize> {
+    let out = Command::new("cargo")
+        .args([
+            "tree",
+            "--package",
+            "governor-engine",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(root)
+        .output()
+        .context("running cargo tree")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let io = io_dependencies(&tree);
+    anyhow::ensure!(
+        io.is_empty(),
+        "governor-engine depends on I/O crates: {} (the engine must stay pure: move the code that needs them to governor)",
+        io.join(", ")
+    );
+    let mut all: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    Ok(all.len())
 }
 
 /// The integration tests in QEMU guests (no root needed): the 6.1 kernel, or

@@ -27,17 +27,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::journal::{Entry, Holder, Journal, JournalError, now_unix_ms};
-use crate::{
+use governor_engine::{
     config::{
         Action,
         units::{Bytes, CpuWeight, Cpus},
     },
-    sense::{
-        cgroupfs::{CgroupFs, Layout},
-        procfs::is_gone,
-    },
     snapshot::CgroupPath,
+};
+
+use super::journal::{Entry, Holder, Journal, JournalError, now_unix_ms};
+use crate::sense::{
+    cgroupfs::{CgroupFs, Layout},
+    procfs::is_gone,
 };
 
 /// An actuator problem, with the file that failed.
@@ -660,7 +661,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::config::{RejectMode, Target};
+    use governor_engine::config::{RejectMode, Target};
 
     /// A fake host: cgroupfs files under a temp dir, and a journal beside them.
     struct Host {

@@ -32,7 +32,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::CgroupPath;
+use governor_engine::snapshot::CgroupPath;
 
 /// Where the agent keeps its journal (a tmpfs: entries do not outlive a
 /// reboot, and neither do the cgroup values they restore).
@@ -40,7 +40,7 @@ pub const DEFAULT_DIR: &str = "/run/governor";
 
 /// True if `dir` is on a memory file system (tmpfs, ramfs), `None` if that
 /// cannot be told. On a disk, every change the agent makes first waits for
-/// the journal's fsyncs (up to 1.2 s measured on a busy virtual disk), and
+/// the journal's fsyncs (the README gives the figures), and
 /// the journal outlives a reboot, after which its entries no longer
 /// describe the cgroups (reverting them would write stale values).
 pub fn on_memory_fs(dir: &Path) -> Option<bool> {

@@ -31,7 +31,7 @@ use governor_common::enforce::{
 };
 use ipnet::IpNet;
 
-use crate::config::RejectMode;
+use governor_engine::config::RejectMode;
 
 /// The object built from `governor-ebpf/src/enforce.rs`.
 pub static OBJECT: &[u8] =
@@ -418,14 +418,6 @@ impl NetEnforcer {
             .verdicts::<u32>(names::MAP_PORT_VERDICTS)?
             .into_iter()
             .filter_map(|(port, v)| Some((u16::try_from(port).ok()?, v)))
-            .collect())
-    }
-
-    /// Admitted and refused connects per cgroup id, summed over CPUs.
-    pub fn cgroup_verdicts(&self) -> Result<HashMap<u64, Verdicts>, EnforceError> {
-        Ok(self
-            .verdicts::<u64>(names::MAP_CGROUP_VERDICTS)?
-            .into_iter()
             .collect())
     }
 }

@@ -1,13 +1,12 @@
 //! `governor run`: the agent. Sense → decide → act every tick, show it all.
 //!
-//! This is the imperative shell around [`crate::decide`]: a sensor thread
+//! This is the imperative shell around the engine's `decide`: a sensor thread
 //! produces snapshots; the tick loop feeds the latest one to the engine,
 //! carries out its decisions, and publishes metrics, status and logs. Slow
 //! sensing never stalls a tick: a tick without a new snapshot decides
 //! nothing (no data is not zero) and is counted as stale.
 
-pub mod actuate;
-pub mod status;
+pub mod config_file;
 
 use std::{
     collections::VecDeque,
@@ -23,19 +22,23 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::{
-    config::{self, Config, LoadOptions, Protected, Scope, Target},
+use governor_engine::{
+    config::{Config, LoadOptions, Protected, Scope, Target},
     decide::{Decision, DecisionKind, State},
-    ebpf::Probes,
-    sense::cgroupfs::{CgroupFs, DEFAULT_ROOT},
-    sensor::{Sensor, SensorScope},
-    show::metrics::Metrics,
     snapshot::{CgroupPath, Snapshot},
 };
 
-use self::{
-    actuate::{Actuators, CgroupActuation},
-    status::DecisionRecord,
+use crate::{
+    act::rules::{Actuators, CgroupActuation},
+    probes::Probes,
+    sense::{
+        cgroupfs::{CgroupFs, DEFAULT_ROOT},
+        sensor::{Sensor, SensorScope},
+    },
+    show::{
+        metrics::Metrics,
+        status::{self, DecisionRecord},
+    },
 };
 
 /// How `governor run` was asked to run.
@@ -75,7 +78,7 @@ fn load(
     opts: &RunOptions,
     agent_cgroup: Option<&CgroupPath>,
 ) -> Result<(Config, String), AgentError> {
-    let (mut cfg, name) = config::load_with(
+    let (mut cfg, name) = config_file::load_with(
         opts.config.as_deref(),
         &LoadOptions {
             agent_cgroup: agent_cgroup.cloned(),
@@ -231,7 +234,7 @@ fn handle(
 
 /// One line of what the agent sees: host run-queue, the cgroup waiting
 /// longest, the busiest port, every policy's rung.
-fn live_line(s: &Snapshot, policies: &[crate::decide::PolicyStatus]) -> String {
+fn live_line(s: &Snapshot, policies: &[governor_engine::decide::PolicyStatus]) -> String {
     let host = s
         .host
         .runq
@@ -356,7 +359,7 @@ async fn agent(
         None,
         scope_of(&cfg),
     );
-    sensor = sensor.with_netns(crate::netns::NetnsWorker::start(&netns)?);
+    sensor = sensor.with_netns(crate::sense::netns::NetnsWorker::start(&netns)?);
 
     let metrics = Arc::new(Metrics::new());
     match crate::show::metrics::serve(Arc::clone(&metrics), cfg.agent.metrics_addr) {
@@ -472,7 +475,7 @@ async fn agent(
     forwarder.abort();
     drop(sensor_handle);
     drop(actuators);
-    crate::ebpf::wait_unloaded(&program_ids);
+    crate::probes::wait_unloaded(&program_ids);
     tracing::info!("stopped after {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::{
 };
 
 use super::procfs::{self, ProcfsError, PsiSome, is_gone, read_optional};
-use crate::snapshot::{CgroupPath, Throttling};
+use governor_engine::snapshot::{CgroupPath, Throttling};
 
 /// Where cgroup hierarchies are mounted.
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";

@@ -48,9 +48,9 @@ pub struct PsiSome {
 }
 
 impl PsiSome {
-    /// The snapshot's [`Psi`](crate::snapshot::Psi), if all three were read.
-    pub fn complete(&self) -> Option<crate::snapshot::Psi> {
-        Some(crate::snapshot::Psi {
+    /// The snapshot's [`Psi`](governor_engine::snapshot::Psi), if all three were read.
+    pub fn complete(&self) -> Option<governor_engine::snapshot::Psi> {
+        Some(governor_engine::snapshot::Psi {
             cpu_some_avg10: self.cpu?,
             memory_some_avg10: self.memory?,
             io_some_avg10: self.io?,

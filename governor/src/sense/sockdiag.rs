@@ -105,8 +105,11 @@ pub struct ListenQueue {
     pub any_full: bool,
 }
 
-/// Sums listeners per local port; sorted by port.
-pub fn per_port(listeners: &[Listener]) -> Vec<ListenQueue> {
+/// The accept queues of a namespace by local port.
+pub type QueuesByPort = BTreeMap<u16, ListenQueue>;
+
+/// Sums listeners per local port.
+pub fn per_port(listeners: &[Listener]) -> QueuesByPort {
     let mut ports: BTreeMap<u16, ListenQueue> = BTreeMap::new();
     for l in listeners {
         let q = ports.entry(l.local.port()).or_insert(ListenQueue {
@@ -118,7 +121,7 @@ pub fn per_port(listeners: &[Listener]) -> Vec<ListenQueue> {
         q.listeners += 1;
         q.any_full |= l.is_full();
     }
-    ports.into_values().collect()
+    ports
 }
 
 /// A sock_diag socket of the network namespace it was created in.
@@ -158,7 +161,7 @@ impl SockDiag {
     }
 
     /// Accept queues per local port ([`per_port`] of [`Self::listeners`]).
-    pub fn listen_queues(&mut self) -> Result<Vec<ListenQueue>, SockDiagError> {
+    pub fn listen_queues(&mut self) -> Result<QueuesByPort, SockDiagError> {
         Ok(per_port(&self.listeners()?))
     }
 
@@ -184,12 +187,6 @@ impl SockDiag {
             }
         }
     }
-}
-
-/// Reads the accept queues of the calling thread's network namespace
-/// (opens a socket for this one call).
-pub fn listen_queues() -> Result<Vec<ListenQueue>, SockDiagError> {
-    SockDiag::new()?.listen_queues()
 }
 
 fn family_name(family: u8) -> &'static str {
@@ -418,7 +415,7 @@ mod tests {
             l("127.0.0.1:53", 0, 4),
         ]);
         assert_eq!(
-            got,
+            got.into_values().collect::<Vec<_>>(),
             [
                 ListenQueue {
                     port: 53,

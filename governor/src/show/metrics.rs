@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::snapshot::{CgroupPath, Snapshot};
+use governor_engine::snapshot::{CgroupPath, Snapshot};
 
 /// Cgroups exported per interval besides the watched ones, by run-queue p99.
 pub const TOP_CGROUPS: usize = 20;
@@ -58,7 +58,7 @@ pub struct Metrics {
 struct Pending {
     snapshot: Option<(Arc<Snapshot>, Arc<[CgroupPath]>)>,
     overflows: std::collections::BTreeMap<u16, u64>,
-    policies: Option<Arc<Vec<crate::decide::PolicyStatus>>>,
+    policies: Option<Arc<Vec<governor_engine::decide::PolicyStatus>>>,
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -226,7 +226,7 @@ impl Metrics {
     }
 
     /// Records every policy's rung, signal and holds, shown at the next scrape.
-    pub fn policies(&self, statuses: Arc<Vec<crate::decide::PolicyStatus>>) {
+    pub fn policies(&self, statuses: Arc<Vec<governor_engine::decide::PolicyStatus>>) {
         if let Ok(mut p) = self.pending.lock() {
             p.policies = Some(statuses);
         }
@@ -252,7 +252,7 @@ impl Metrics {
     }
 
     fn set_snapshot(&self, s: &Snapshot, watched: &[CgroupPath]) {
-        let set_runq = |scope: &str, r: &crate::snapshot::RunqStats| {
+        let set_runq = |scope: &str, r: &governor_engine::snapshot::RunqStats| {
             for (q, v) in [("0.5", r.p50_us), ("0.99", r.p99_us), ("1", r.max_us)] {
                 self.runq_seconds
                     .with_label_values(&[scope, q])
@@ -339,19 +339,22 @@ impl Metrics {
     }
 
     /// Counts one decision.
-    pub fn decision(&self, d: &crate::decide::Decision) {
+    pub fn decision(&self, d: &governor_engine::decide::Decision) {
         self.decisions
             .with_label_values(&[&d.policy, d.action.name(), d.kind.as_str()])
             .inc();
-        if d.kind == crate::decide::DecisionKind::Refused
-            && matches!(d.reason.cause, crate::decide::Cause::FlapBudget { .. })
+        if d.kind == governor_engine::decide::DecisionKind::Refused
+            && matches!(
+                d.reason.cause,
+                governor_engine::decide::Cause::FlapBudget { .. }
+            )
         {
             self.flap_exhausted.with_label_values(&[&d.policy]).inc();
         }
     }
 
     /// Counts a decision that could not be carried out.
-    pub fn action_error(&self, d: &crate::decide::Decision) {
+    pub fn action_error(&self, d: &governor_engine::decide::Decision) {
         self.action_errors
             .with_label_values(&[&d.policy, d.action.name()])
             .inc();
@@ -362,7 +365,7 @@ impl Metrics {
         self.stale_ticks.inc();
     }
 
-    fn set_policies(&self, statuses: &[crate::decide::PolicyStatus]) {
+    fn set_policies(&self, statuses: &[governor_engine::decide::PolicyStatus]) {
         for p in statuses {
             self.policy_rung
                 .with_label_values(&[&p.name])

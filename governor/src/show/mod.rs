@@ -1,4 +1,6 @@
-//! show: how the agent explains itself: `observe` output and `/metrics`.
+//! show: how the agent explains itself: `/metrics`, `observe` output, and
+//! the status socket (server in the agent, client in `governor status`).
 
 pub mod metrics;
 pub mod observe;
+pub mod status;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::snapshot::{RunqStats, Snapshot};
+use governor_engine::snapshot::{RunqStats, Snapshot};
 
 /// Rows of the cgroup table shown at most (busiest first).
 pub const TABLE_CGROUPS: usize = 25;
@@ -112,7 +112,7 @@ pub fn table(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{CgroupPath, CgroupStats, HostStats, PortStats};
+    use governor_engine::snapshot::{CgroupPath, CgroupStats, HostStats, PortStats};
 
     fn sample() -> Snapshot {
         Snapshot {

@@ -22,10 +22,9 @@ use governor::{
         cgroup::{Applied, CgroupActuator},
         journal::Journal,
     },
-    config::Action,
     sense::cgroupfs::{CgroupFs, DEFAULT_ROOT},
-    snapshot::CgroupPath,
 };
+use governor_engine::{config::Action, snapshot::CgroupPath};
 
 fn values<'a>(args: &'a [String], name: &str) -> impl Iterator<Item = &'a str> {
     args.windows(2)

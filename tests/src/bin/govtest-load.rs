@@ -818,10 +818,8 @@ fn main() -> ExitCode {
             "enforce" => {
                 // Attach governor's inbound admission in the calling
                 // namespace with one rule, until --seconds pass.
-                use governor::{
-                    act::net::{NetEnforcer, Rule},
-                    config::RejectMode,
-                };
+                use governor::act::net::{NetEnforcer, Rule};
+                use governor_engine::config::RejectMode;
                 let port: u16 = arg(&args, "--port").ok_or("--port P")?;
                 let rate: f64 = arg(&args, "--rate").unwrap_or(0.0);
                 let mode = match arg::<String>(&args, "--mode").as_deref() {

@@ -14,8 +14,6 @@
 //! bpf-linker is linked against that nightly's own LLVM, so a new nightly
 //! gets a new linker.
 
-#![allow(dead_code)]
-
 use std::{
     env,
     path::{Path, PathBuf},

@@ -1,12 +1,12 @@
 //! The decision engine: watermark feedback loops, pure and deterministic.
 //!
-//! [`step`] takes the engine's [`State`], one [`Snapshot`] and the time since
-//! the agent started, and returns the new state and the [`Decision`]s of that
-//! tick. It reads no clock, does no I/O, and draws randomness (recovery
+//! [`State::step`] takes one [`Snapshot`] and the time since the agent
+//! started, updates the engine's [`State`] and returns the [`Decision`]s of
+//! that tick. It reads no clock, does no I/O, and draws randomness (recovery
 //! jitter) only from the seeded generator inside the state, so a run replays
 //! exactly from its seed and its snapshots.
 //!
-//! Per policy (see `design.md`, "Policy semantics"):
+//! Per policy (the README's "Policy semantics"):
 //! - at or over `high` for `for` → one rung up, then wait `settle` before the
 //!   next, and while the signal still reaches new lows (within `settle`);
 //! - under `low` for `for` → one rung down every `recover_every`, each delay
@@ -178,7 +178,8 @@ impl PortTick {
     }
 }
 
-/// Readings kept per port for a share-of-accepted throttle (the mean is used).
+/// Readings kept per port for a share-of-accepted throttle (their lower
+/// median is used: see `Memory::episode_capacity`).
 const ACCEPTED_READINGS: usize = 20;
 
 /// What `status` and metrics show of a policy.
@@ -309,23 +310,6 @@ impl State {
     pub fn agent(&self) -> &AgentConfig {
         &self.agent
     }
-}
-
-/// One tick of the engine: `(state, snapshot, now) → (state, decisions)`.
-/// `now` is the time since the agent started (monotonic).
-pub fn step(mut state: State, snapshot: &Snapshot, now: Duration) -> (State, Vec<Decision>) {
-    let decisions = state.step(snapshot, now);
-    (state, decisions)
-}
-
-/// [`State::reconcile`] as a function.
-pub fn reconcile(
-    state: State,
-    config: &Config,
-    protected: Protected,
-    now: Duration,
-) -> (State, Vec<Decision>) {
-    state.reconcile(config, protected, now)
 }
 
 impl Policy {

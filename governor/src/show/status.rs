@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt as _, net::UnixListener, task::JoinHandle};
 
-use crate::decide::{Decision, PolicyStatus};
+use governor_engine::decide::{Decision, PolicyStatus};
 
 /// One decision as `status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,15 +10,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use governor_engine::snapshot::{
+    CgroupPath, CgroupStats, HostStats, PortStats, Psi, Snapshot, Throttling,
+};
+
 use crate::{
-    ebpf::{ProbeError, Probes},
-    runq,
+    probes::{ProbeError, Probes, runq},
     sense::{
         cgroupfs::{CgroupFs, CgroupIndex, CpuThrottle, within_any},
         procfs::{self, ListenCounters},
-        sockdiag::SockDiag,
+        sockdiag::{ListenQueue, QueuesByPort, SockDiag},
     },
-    snapshot::{CgroupPath, CgroupStats, HostStats, PortStats, Psi, Snapshot, Throttling},
 };
 
 /// What to report on.
@@ -47,38 +49,44 @@ impl SensorScope {
     }
 }
 
-/// One accept-queue reading of a listening port.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ListenerQueue {
-    /// Connections waiting to be accepted.
-    pub depth: u32,
-    /// The backlog limit.
-    pub limit: u32,
-    /// True if a listener of the port is full (it drops handshakes).
-    pub full: bool,
-}
-
-/// Per-port accept queues as the sensor keeps them, from sock_diag's listing.
-pub fn queues_by_port(
-    queues: Vec<crate::sense::sockdiag::ListenQueue>,
-) -> HashMap<u16, ListenerQueue> {
-    queues
-        .into_iter()
-        .map(|q| {
-            (
-                q.port,
-                ListenerQueue {
-                    depth: q.accept_queue,
-                    limit: q.accept_queue_max,
-                    full: q.any_full,
-                },
-            )
-        })
-        .collect()
+/// One port's figures for the interval: `accepted` handshakes (from the
+/// probe), its accept queue as last listed (`None` if it has no listener),
+/// and the growth of the namespace's `ListenOverflows` counter; `None` if
+/// there is nothing to report.
+///
+/// **Overflows.** `ListenOverflows` in `/proc/net/netstat` is one counter for
+/// the whole network namespace: the kernel does not say which listener
+/// dropped. Its growth is attributed, whole, to every port that has a full
+/// listener ([`ListenQueue::any_full`]) when the queues were listed; other
+/// ports get 0. So it is exact with one overloaded port, an over-count when
+/// several are full at once (each is charged all of it), and an under-count
+/// (0 everywhere) when a queue overflowed and drained again between two
+/// listings. Policies should treat it as "this port is dropping handshakes",
+/// and `accept_queue / accept_queue_max` as the measured signal.
+pub fn port_stats(
+    port: u16,
+    accepted: u64,
+    queue: Option<&ListenQueue>,
+    overflow_delta: u64,
+    secs: f64,
+) -> Option<PortStats> {
+    let q = queue.copied().unwrap_or_default();
+    let overflows = if q.any_full { overflow_delta } else { 0 };
+    if accepted == 0 && q.accept_queue_max == 0 && overflows == 0 {
+        return None;
+    }
+    Some(PortStats {
+        port,
+        accepted,
+        accepted_per_s: accepted as f64 / secs,
+        accept_queue: q.accept_queue,
+        accept_queue_max: q.accept_queue_max,
+        overflows,
+    })
 }
 
 /// Source of per-port accept-queue readings (sock_diag in production).
-pub type ListenerReader = Box<dyn FnMut() -> anyhow::Result<HashMap<u16, ListenerQueue>> + Send>;
+pub type ListenerReader = Box<dyn FnMut() -> anyhow::Result<QueuesByPort> + Send>;
 
 struct Previous {
     at: Instant,
@@ -120,7 +128,7 @@ struct WatchedIds {
 #[derive(Default)]
 struct LastQueues {
     at: Option<Instant>,
-    by_port: HashMap<u16, ListenerQueue>,
+    by_port: QueuesByPort,
 }
 
 /// Builds [`Snapshot`]s from the probes and the host's files.
@@ -169,8 +177,8 @@ impl Sensor {
     }
 
     /// A sensor whose accept queues and listen counters come from the
-    /// network namespace a [`crate::netns::NetnsWorker`] lives in.
-    pub fn with_netns(mut self, worker: crate::netns::NetnsWorker) -> Self {
+    /// network namespace a [`crate::sense::netns::NetnsWorker`] lives in.
+    pub fn with_netns(mut self, worker: crate::sense::netns::NetnsWorker) -> Self {
         // A tick that lists the queues gets the counters from the same
         // request; other ticks read the counters alone (no sock_diag dump).
         let worker = std::sync::Arc::new(worker);
@@ -214,7 +222,7 @@ impl Sensor {
         let fs = CgroupFs::discover(std::path::Path::new(crate::sense::cgroupfs::DEFAULT_ROOT))
             .context("finding the cgroup2 hierarchy")?;
         let mut diag = SockDiag::new().context("opening sock_diag")?;
-        let reader: ListenerReader = Box::new(move || Ok(queues_by_port(diag.listen_queues()?)));
+        let reader: ListenerReader = Box::new(move || Ok(diag.listen_queues()?));
         Ok(Self::new(
             probes,
             CgroupIndex::new(fs),
@@ -237,11 +245,6 @@ impl Sensor {
     /// The probes, to read their maps some other way (tests).
     pub fn probes_mut(&mut self) -> &mut Probes {
         &mut self.probes
-    }
-
-    /// Gives the probes back (to drop them, which detaches everything).
-    pub fn into_probes(self) -> Probes {
-        self.probes
     }
 
     /// Takes the first reading; the next [`Sensor::sample`] reports the
@@ -327,7 +330,7 @@ impl Sensor {
                 .queues
                 .by_port
                 .values()
-                .all(|q| q.depth == 0 && !q.full);
+                .all(|q| q.accept_queue == 0 && !q.any_full);
         if !unchanged {
             self.queues = match read() {
                 Ok(by_port) => LastQueues {
@@ -514,26 +517,13 @@ impl Sensor {
             .collect();
         port_ids.sort_unstable();
         port_ids.dedup();
-        let mut ports = Vec::new();
-        for port in port_ids {
-            let accepted = maps.port_accepts.get(&port).copied().unwrap_or(0);
-            let q = queues.get(&port).copied().unwrap_or_default();
-            // ListenOverflows is host-wide: the interval's growth is shown on
-            // every port whose accept queue is full now (the only ones that
-            // can overflow), and on none otherwise.
-            let overflows = if q.full { overflow_delta } else { 0 };
-            if accepted == 0 && q.limit == 0 && overflows == 0 {
-                continue;
-            }
-            ports.push(PortStats {
-                port,
-                accepted,
-                accepted_per_s: accepted as f64 / secs,
-                accept_queue: q.depth,
-                accept_queue_max: q.limit,
-                overflows,
-            });
-        }
+        let ports = port_ids
+            .into_iter()
+            .filter_map(|port| {
+                let accepted = maps.port_accepts.get(&port).copied().unwrap_or(0);
+                port_stats(port, accepted, queues.get(&port), overflow_delta, secs)
+            })
+            .collect();
 
         self.previous = Some(Previous {
             at: now,
@@ -548,5 +538,37 @@ impl Sensor {
             ports,
             missing,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflows_go_to_full_ports_only() {
+        let q = |port, accept_queue, accept_queue_max, any_full| ListenQueue {
+            port,
+            accept_queue,
+            accept_queue_max,
+            listeners: 1,
+            any_full,
+        };
+        let got = [(9000, q(9000, 9, 8, true)), (80, q(80, 3, 128, false))]
+            .iter()
+            .filter_map(|(port, queue)| port_stats(*port, 0, Some(queue), 12, 1.0))
+            .collect::<Vec<_>>();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].port, got[1].overflows), (80, 0));
+        assert_eq!(
+            got[0],
+            PortStats {
+                port: 9000,
+                accept_queue: 9,
+                accept_queue_max: 8,
+                overflows: 12,
+                ..PortStats::default()
+            }
+        );
     }
 }

@@ -30,7 +30,7 @@ impl ConfigError {
     }
 
     /// An error about the file as a whole (e.g. it cannot be read).
-    pub(crate) fn unlocated(problem: impl Into<String>, help: impl Into<String>) -> Self {
+    pub fn unlocated(problem: impl Into<String>, help: impl Into<String>) -> Self {
         Self {
             location: None,
             problem: problem.into(),

@@ -287,7 +287,7 @@ fn reconcile_keeps_unchanged_policies_and_lifts_removed_ones() {
     // Same signal and ladder, new watermarks: the rung is kept.
     let mut c2 = c.clone();
     c2.policies[0].watermarks.high.value = 2500.0;
-    let (s, d) = reconcile(s, &c2, Protected::builtin(None), t);
+    let (s, d) = s.reconcile(&c2, Protected::builtin(None), t);
     assert!(d.is_empty());
     assert_eq!(rung(&s), 2);
 
@@ -296,7 +296,7 @@ fn reconcile_keeps_unchanged_policies_and_lifts_removed_ones() {
         agent: c.agent.clone(),
         policies: vec![],
     };
-    let (s, d) = reconcile(s, &c3, Protected::builtin(None), t);
+    let (s, d) = s.reconcile(&c3, Protected::builtin(None), t);
     assert_eq!(
         d.iter()
             .map(|d| (d.from_rung, d.to_rung))

@@ -7,7 +7,7 @@ mod sim;
 
 use std::time::Duration;
 
-use governor::{
+use governor_engine::{
     config::{self, Config, Protected},
     decide::{Change, Decision, DecisionKind, State},
     snapshot::CgroupPath,
@@ -119,7 +119,7 @@ fn figures(trace: &Trace, config: &Config, from: u64) -> Figures {
     let recover = trace.recovery().map(|(clear, back)| {
         (
             back - clear,
-            ticks(p.recovery_bound(trace.max_rung(), config.agent.tick)),
+            ticks(sim::recovery_bound(p, trace.max_rung(), config.agent.tick)),
         )
     });
     Figures {
@@ -127,7 +127,7 @@ fn figures(trace: &Trace, config: &Config, from: u64) -> Figures {
         trip_from_step: up.map(|u| u - from),
         recover,
         recover_no_hold: ticks(
-            p.hold_for + p.settle + p.max_step_down_delay() * trace.max_rung() as u32,
+            p.hold_for + p.settle + sim::max_step_down_delay(p) * trace.max_rung() as u32,
         ) + trace.max_rung() as u64
             + 2,
         recover_unbacked: ticks(
@@ -474,7 +474,7 @@ fn persistent_load_backs_off() {
         gaps.windows(2).take(4).all(|w| w[1] > w[0]),
         "each release waits longer: {gaps:?}"
     );
-    let max = s.config.policies[0].max_step_down_delay().as_secs_f64() + 2.0;
+    let max = sim::max_step_down_delay(&s.config.policies[0]).as_secs_f64() + 2.0;
     assert!(gaps.iter().all(|&g| g <= max + 0.1), "capped: {gaps:?}");
     assert!(
         gaps.iter().any(|&g| g >= 60.0),
@@ -493,9 +493,8 @@ fn example(file: &str) -> Config {
         .join("..")
         .join("examples")
         .join(file);
-    config::load(Some(&path))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .0
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+    config::from_str(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `examples/fail-fast.toml` (made live) against a flash crowd on a
@@ -546,7 +545,7 @@ fn herd_of_hosts_recovers_spread_out() {
     let crawler = CgroupPath::new("/workload/crawler").expect("path");
     let snap = |tick: u64, rate: f64| {
         let mut s = snapshot(tick, None);
-        s.cgroups.push(governor::snapshot::CgroupStats {
+        s.cgroups.push(governor_engine::snapshot::CgroupStats {
             path: crawler.clone(),
             id: 2,
             runq: Default::default(),
@@ -719,7 +718,7 @@ proptest! {
         }
         // The tail: clear, with data, for the bound and a little more.
         let from_rung = state.status()[0].rung;
-        let bound = ticks(policy.recovery_bound(from_rung, TICK));
+        let bound = ticks(sim::recovery_bound(policy, from_rung, TICK));
         let tail_start = tick;
         let mut back_at = if from_rung == 0 { Some(tick) } else { None };
         for _ in 0..bound + 10 {
@@ -760,7 +759,7 @@ proptest! {
         let mut state = State::new(&config, Protected::builtin(None), seed);
         let mut downs = Vec::new();
         let over = ticks(Duration::from_millis(p.hold_for_ms + p.settle_ms)) + 2;
-        let clear = ticks(config.policies[0].recovery_bound(1, TICK)) + 2;
+        let clear = ticks(sim::recovery_bound(&config.policies[0], 1, TICK)) + 2;
         for tick in 0..over + clear {
             let v = if tick < over { 3000.0 } else { 100.0 };
             for d in state.step(&snapshot(tick, Some(v)), TICK * tick as u32) {

@@ -7,13 +7,33 @@ pub mod report;
 
 use std::{collections::VecDeque, time::Duration};
 
-use governor::{
-    config::{Config, Protected},
+use governor_engine::{
+    config::{Config, PolicyConfig, Protected},
     decide::{Change, Decision, DecisionKind, State},
     snapshot::{CgroupPath, CgroupStats, PortStats, RunqStats, Snapshot},
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+/// The longest delay of one step down, backoff and jitter included.
+pub fn max_step_down_delay(p: &PolicyConfig) -> Duration {
+    let base = p.backoff.max.max(p.recover_every);
+    base + base.mul_f64(p.jitter.get())
+}
+
+/// An upper bound on the time from the signal going (and staying) below
+/// `low`, with data, to the policy being back at rung 0: `for`, then one
+/// delay per rung, plus the waits the flap budget can impose, plus one
+/// tick of rounding per step.
+pub fn recovery_bound(p: &PolicyConfig, from_rung: usize, tick: Duration) -> Duration {
+    let rungs = from_rung as u32;
+    let budget_waits = rungs.div_ceil(p.flap_budget.transitions.max(1)) + 1;
+    p.hold_for
+        + p.settle
+        + max_step_down_delay(p) * rungs
+        + p.flap_budget.window * budget_waits
+        + tick * (rungs + 2)
+}
 
 /// The simulation's tick, as in the default config.
 pub const TICK: Duration = Duration::from_millis(100);

@@ -6,15 +6,18 @@ use std::{
     path::PathBuf,
 };
 
+use governor_engine::{
+    config::{Action, Target},
+    decide::{Change, Decision, DecisionKind},
+    snapshot::CgroupPath,
+};
+
 use crate::{
     act::{
         cgroup::{Applied, CgroupActuator},
         net::{NetEnforcer, Rule},
     },
-    config::{Action, Target},
-    decide::{Change, Decision, DecisionKind},
     sense::cgroupfs::CgroupFs,
-    snapshot::CgroupPath,
 };
 
 /// Cgroup-file actions (`cpu_weight`, `cpu_limit`, `memory_high`), journaled.
@@ -69,7 +72,7 @@ pub struct Actuators {
     /// The connection rules each policy has imposed on each target, oldest
     /// first: lifting a rung restores the rung below it on the same target
     /// (reject → throttle) rather than opening the target entirely.
-    imposed: BTreeMap<(String, String), Vec<Rule>>,
+    imposed: BTreeMap<(String, Target), Vec<Rule>>,
 }
 
 impl Actuators {
@@ -157,7 +160,7 @@ impl Actuators {
         let Some((target, rule)) = Self::rule(action) else {
             return self.cgroups.apply(policy, action);
         };
-        let key = (policy.to_owned(), format!("{target:?}"));
+        let key = (policy.to_owned(), target.clone());
         self.set_rule(target, &rule)?;
         self.imposed.entry(key).or_default().push(rule);
         Ok(())
@@ -169,7 +172,7 @@ impl Actuators {
         let Some((target, rule)) = Self::rule(action) else {
             anyhow::bail!("only connection rules are re-set, not {action}");
         };
-        let key = (policy.to_owned(), format!("{target:?}"));
+        let key = (policy.to_owned(), target.clone());
         self.set_rule(target, &rule)?;
         let stack = self.imposed.entry(key).or_default();
         stack.pop();
@@ -194,7 +197,7 @@ impl Actuators {
             None => NetEnforcer::load()?,
         };
         let ns2 = ns.clone();
-        let enforcer = crate::netns::in_netns(&ns, move || {
+        let enforcer = crate::sense::netns::in_netns(&ns, move || {
             enforcer.attach_netns(&ns2)?;
             Ok(enforcer)
         })?;
@@ -226,7 +229,7 @@ impl Actuators {
         let Some((target, _)) = Self::rule(action) else {
             return self.cgroups.lift(policy, action);
         };
-        let key = (policy.to_owned(), format!("{target:?}"));
+        let key = (policy.to_owned(), target.clone());
         if let Some(stack) = self.imposed.get_mut(&key) {
             stack.pop();
             if let Some(below) = stack.last().cloned() {

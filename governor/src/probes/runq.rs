@@ -3,7 +3,7 @@
 
 use governor_common::hist;
 
-use crate::snapshot::RunqStats;
+use governor_engine::snapshot::RunqStats;
 
 /// `current - previous` per bucket. The kernel's counts only grow; a bucket
 /// that went down means the entry was recreated, so its current count is the

@@ -1,13 +1,14 @@
 //! The configuration: what the user writes in `governor.toml`, typed.
 //!
 //! The file has one `[agent]` table and any number of `[[policy]]` tables
-//! (see `design.md`, "Config"). Every value carries its unit (`"500us"`,
+//! (the README's "Config"). Every value carries its unit (`"500us"`,
 //! `"200/s"`, `0.25` CPUs, `"512MiB"`, ratios such as `0.8`), and every key
 //! but a policy's `name`, `signal`, `high`, `low` and `ladder` has a default.
 //!
 //! Loading never stops at the first problem: [`from_str`] checks the whole
 //! file and returns every error, each located at `file:line:col` with what is
-//! wrong and how to fix it. `governor check` is [`check_command`].
+//! wrong and how to fix it. Reading the file is the agent's job (`governor`'s
+//! `agent::config_file`): this crate does no I/O.
 
 #![warn(missing_docs)]
 
@@ -15,13 +16,7 @@ mod error;
 mod parse;
 pub mod units;
 
-use std::{
-    fmt,
-    io::Write,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 pub use error::{ConfigError, ConfigErrors};
 use ipnet::IpNet;
@@ -141,26 +136,6 @@ impl PolicyConfig {
     /// True if this policy only reports: it or the agent is in dry-run.
     pub fn is_dry_run(&self, agent: &AgentConfig) -> bool {
         agent.dry_run || self.dry_run.unwrap_or(false)
-    }
-
-    /// The longest delay of one step down, backoff and jitter included.
-    pub fn max_step_down_delay(&self) -> Duration {
-        let base = self.backoff.max.max(self.recover_every);
-        base + base.mul_f64(self.jitter.get())
-    }
-
-    /// An upper bound on the time from the signal going (and staying) below
-    /// `low`, with data, to the policy being back at rung 0: `for`, then one
-    /// delay per rung, plus the waits the flap budget can impose, plus one
-    /// tick of rounding per step.
-    pub fn recovery_bound(&self, from_rung: usize, tick: Duration) -> Duration {
-        let rungs = from_rung as u32;
-        let budget_waits = rungs.div_ceil(self.flap_budget.transitions.max(1)) + 1;
-        self.hold_for
-            + self.settle
-            + self.max_step_down_delay() * rungs
-            + self.flap_budget.window * budget_waits
-            + tick * (rungs + 2)
     }
 }
 
@@ -775,94 +750,6 @@ pub fn from_str_with(
         source_name: source_name.to_owned(),
         errors,
     })
-}
-
-/// Loads the configuration `run` uses: `path`, else [`DEFAULT_PATH`] if it
-/// exists, else [`EMBEDDED_DEFAULT`]. Returns it with the name of its source.
-pub fn load(path: Option<&Path>) -> Result<(Config, String), ConfigErrors> {
-    load_with(path, &LoadOptions::default())
-}
-
-/// [`load`] with the agent's [`LoadOptions`].
-pub fn load_with(
-    path: Option<&Path>,
-    options: &LoadOptions,
-) -> Result<(Config, String), ConfigErrors> {
-    let default = Path::new(DEFAULT_PATH);
-    let path = match path {
-        Some(p) => Some(p),
-        None if default.exists() => Some(default),
-        None => None,
-    };
-    let Some(path) = path else {
-        return from_str_with(EMBEDDED_DEFAULT, EMBEDDED_NAME, options)
-            .map(|c| (c, EMBEDDED_NAME.to_owned()));
-    };
-    let name = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        source_name: name.clone(),
-        errors: vec![ConfigError::unlocated(
-            format!("cannot read the config: {e}"),
-            "check the path given to --config, or leave it out to use /etc/governor/governor.toml or the built-in default",
-        )],
-    })?;
-    from_str_with(&source, &name, options).map(|c| (c, name))
-}
-
-/// `governor check [--config PATH]`: prints a summary to `out` and returns 0,
-/// or prints every error to `err` and returns 2.
-pub fn check_command(config: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    // Write errors on the terminal are not worth a different exit code.
-    match load(config) {
-        Ok((config, name)) => {
-            let _ = write_summary(&config, &name, out);
-            0
-        }
-        Err(errors) => {
-            let _ = write!(err, "{errors}");
-            let n = errors.errors.len();
-            let _ = writeln!(
-                err,
-                "{}: {n} error{} found; nothing was loaded",
-                errors.source_name,
-                if n == 1 { "" } else { "s" }
-            );
-            2
-        }
-    }
-}
-
-fn write_summary(config: &Config, name: &str, out: &mut dyn Write) -> std::io::Result<()> {
-    let n = config.policies.len();
-    let mode = if config.agent.dry_run {
-        "dry-run: decisions are reported, nothing is changed"
-    } else {
-        "live"
-    };
-    writeln!(
-        out,
-        "{name}: ok: {n} polic{}, {mode}",
-        if n == 1 { "y" } else { "ies" }
-    )?;
-    for p in &config.policies {
-        let dry = if p.is_dry_run(&config.agent) {
-            " (dry-run)"
-        } else {
-            ""
-        };
-        writeln!(
-            out,
-            "  {}{dry}: {} high {} low {} for {}, {} rung{}",
-            p.name,
-            p.signal,
-            p.watermarks.high,
-            p.watermarks.low,
-            units::format_duration(p.hold_for),
-            p.ladder.len(),
-            if p.ladder.len() == 1 { "" } else { "s" },
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

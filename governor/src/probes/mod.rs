@@ -1,5 +1,10 @@
-//! The embedded kernel programs: loading, attaching, reading their maps, and
-//! forwarding their log lines to the agent's log.
+//! probes: the embedded kernel programs: loading, attaching, reading their
+//! maps, and forwarding their log lines to the agent's log.
+//!
+//! - [`btf`]: offsets of kernel structs from `/sys/kernel/btf/vmlinux`;
+//! - [`tracefs`]: tracepoint field offsets from tracefs `format` files;
+//! - [`mapbatch`]: batch lookup-and-delete of the per-interval maps;
+//! - [`runq`]: run-queue histograms read into counts and percentiles.
 //!
 //! Everything attached here is owned by [`Probes`]: links are not pinned, so
 //! dropping `Probes` (or the process exiting, however it exits) detaches and
@@ -9,6 +14,11 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
 };
+
+pub mod btf;
+pub mod mapbatch;
+pub mod runq;
+pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -57,8 +67,7 @@ fn object_for_kernel(cpus: usize) -> (&'static [u8], Option<u32>) {
 /// The agent takes the entries out of the map every tick and the probes
 /// insert them again: in a growing map every insert allocates per-CPU
 /// memory and every delete frees it, which costs the agent more CPU than
-/// the reads (`footprint` bench on 2 CPUs: 1.70% of a core against 0.85%,
-/// 2.45% against 1.35% where batch reads are not used), so the
+/// the reads (the README's footprint figures compare the four), so the
 /// preallocated map, whose deletes and inserts go through a free list, is
 /// used wherever the budget holds [`PREALLOC_ENOUGH`] cgroups (up to 46
 /// CPUs). Kernels before 6.1 (`old`) always use it: they deadlock
@@ -113,7 +122,7 @@ pub enum ProbeError {
     },
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs: {0}")]
-    Tracefs(#[from] crate::tracefs::TracefsError),
+    Tracefs(#[from] crate::probes::tracefs::TracefsError),
 }
 
 /// One tracepoint probe: its program, its event, and the record fields it
@@ -178,7 +187,7 @@ pub struct Probes {
     sched_raw: bool,
     /// Buffers for batch map reads; `None` once the kernel refused one
     /// (then maps are iterated entry by entry).
-    batch: Option<crate::mapbatch::Batch>,
+    batch: Option<crate::probes::mapbatch::Batch>,
     /// Possible CPUs (per-CPU values come in this many copies).
     cpus: usize,
     /// Programs attached.
@@ -262,8 +271,8 @@ impl Probes {
     /// left out and [`Probes::missing`] says which signals are lost.
     /// aya raises `RLIMIT_MEMLOCK` itself on kernels that charge BPF memory to it.
     pub fn load() -> Result<Self, ProbeError> {
-        let root = Path::new(crate::tracefs::DEFAULT_ROOT);
-        crate::tracefs::ensure_mounted(root)?;
+        let root = Path::new(crate::probes::tracefs::DEFAULT_ROOT);
+        crate::probes::tracefs::ensure_mounted(root)?;
         let mut offsets: Vec<(&'static str, u32)> = Vec::new();
         let mut missing = Vec::new();
         let mut usable = Vec::new();
@@ -272,7 +281,7 @@ impl Probes {
                 .fields
                 .iter()
                 .map(|(global, field)| {
-                    crate::tracefs::field_offset(root, tp.category, tp.event, field)
+                    crate::probes::tracefs::field_offset(root, tp.category, tp.event, field)
                         .map(|f| (*global, f.offset))
                 })
                 .collect();
@@ -288,12 +297,13 @@ impl Probes {
             }
         }
         // The cheaper raw tracepoints need task_struct offsets from BTF.
-        let btf = crate::btf::KernelBtf::open(Path::new(crate::btf::VMLINUX)).and_then(|b| {
-            Ok((
-                b.member_offset("task_struct", &["pid"])?,
-                b.member_offset("task_struct", &["__state", "state"])?,
-            ))
-        });
+        let btf = crate::probes::btf::KernelBtf::open(Path::new(crate::probes::btf::VMLINUX))
+            .and_then(|b| {
+                Ok((
+                    b.member_offset("task_struct", &["pid"])?,
+                    b.member_offset("task_struct", &["__state", "state"])?,
+                ))
+            });
         let sched_raw = match btf {
             Ok((pid, state)) => {
                 offsets.push((globals::TASK_PID, pid));
@@ -337,7 +347,7 @@ impl Probes {
             missing,
             usable,
             sched_raw,
-            batch: batched.then(crate::mapbatch::Batch::default),
+            batch: batched.then(crate::probes::mapbatch::Batch::default),
             cpus,
             attached: Vec::new(),
         })
@@ -575,7 +585,7 @@ impl Probes {
             return false;
         };
         let cpus = self.cpus;
-        let hist_stride = crate::mapbatch::per_cpu_stride(std::mem::size_of::<Hist>());
+        let hist_stride = crate::probes::mapbatch::per_cpu_stride(std::mem::size_of::<Hist>());
         let u64_at =
             |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or_default());
         let counter_sum = |v: &[u8]| (0..cpus).map(|c| u64_at(v, c * 8)).sum::<u64>();

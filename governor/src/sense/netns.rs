@@ -7,7 +7,6 @@
 //! is read by a long-lived worker thread that stays there.
 
 use std::{
-    collections::HashMap,
     fs::File,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -17,12 +16,9 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
-    sense::{
-        procfs::{self, ListenCounters},
-        sockdiag::SockDiag,
-    },
-    sensor::ListenerQueue,
+use crate::sense::{
+    procfs::{self, ListenCounters},
+    sockdiag::{QueuesByPort, SockDiag},
 };
 
 /// Runs `f` in a new thread that has joined the network namespace at `path`.
@@ -70,7 +66,7 @@ pub fn join(path: &Path) -> anyhow::Result<()> {
 /// What the worker reads each interval.
 pub struct NetReading {
     /// Accept queues per local port, if asked for.
-    pub queues: Option<HashMap<u16, ListenerQueue>>,
+    pub queues: Option<QueuesByPort>,
     /// `ListenOverflows`/`ListenDrops` of the namespace.
     pub listen: Option<ListenCounters>,
 }
@@ -108,9 +104,7 @@ impl NetnsWorker {
                 };
                 let proc_self = Path::new("/proc/thread-self");
                 while let Ok((queues, reply)) = rx.recv() {
-                    let queues = queues
-                        .then(|| diag.listen_queues().map(crate::sensor::queues_by_port))
-                        .transpose();
+                    let queues = queues.then(|| diag.listen_queues()).transpose();
                     let reading = queues
                         .map_err(anyhow::Error::from)
                         .map(|queues| NetReading {

@@ -1,0 +1,144 @@
+//! Reading the config file: `--config`, else `/etc/governor/governor.toml`,
+//! else the embedded default; and `governor check`. The parsing and every
+//! check are the engine's ([`governor_engine::config`]); this is the I/O.
+
+use std::{io::Write, path::Path};
+
+use governor_engine::config::{
+    Config, ConfigError, ConfigErrors, DEFAULT_PATH, EMBEDDED_DEFAULT, EMBEDDED_NAME, LoadOptions,
+    from_str_with, units,
+};
+
+/// Loads the configuration `run` uses: `path`, else [`DEFAULT_PATH`] if it
+/// exists, else [`EMBEDDED_DEFAULT`]. Returns it with the name of its source.
+pub fn load(path: Option<&Path>) -> Result<(Config, String), ConfigErrors> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with the agent's [`LoadOptions`].
+pub fn load_with(
+    path: Option<&Path>,
+    options: &LoadOptions,
+) -> Result<(Config, String), ConfigErrors> {
+    let default = Path::new(DEFAULT_PATH);
+    let path = match path {
+        Some(p) => Some(p),
+        None if default.exists() => Some(default),
+        None => None,
+    };
+    let Some(path) = path else {
+        return from_str_with(EMBEDDED_DEFAULT, EMBEDDED_NAME, options)
+            .map(|c| (c, EMBEDDED_NAME.to_owned()));
+    };
+    let name = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source_name: name.clone(),
+        errors: vec![ConfigError::unlocated(
+            format!("cannot read the config: {e}"),
+            "check the path given to --config, or leave it out to use /etc/governor/governor.toml or the built-in default",
+        )],
+    })?;
+    from_str_with(&source, &name, options).map(|c| (c, name))
+}
+
+/// `governor check [--config PATH]`: prints a summary to `out` and returns 0,
+/// or prints every error to `err` and returns 2.
+pub fn check_command(config: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    // Write errors on the terminal are not worth a different exit code.
+    match load(config) {
+        Ok((config, name)) => {
+            let _ = write_summary(&config, &name, out);
+            0
+        }
+        Err(errors) => {
+            let _ = write!(err, "{errors}");
+            let n = errors.errors.len();
+            let _ = writeln!(
+                err,
+                "{}: {n} error{} found; nothing was loaded",
+                errors.source_name,
+                if n == 1 { "" } else { "s" }
+            );
+            2
+        }
+    }
+}
+
+fn write_summary(config: &Config, name: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    let n = config.policies.len();
+    let mode = if config.agent.dry_run {
+        "dry-run: decisions are reported, nothing is changed"
+    } else {
+        "live"
+    };
+    writeln!(
+        out,
+        "{name}: ok: {n} polic{}, {mode}",
+        if n == 1 { "y" } else { "ies" }
+    )?;
+    for p in &config.policies {
+        let dry = if p.is_dry_run(&config.agent) {
+            " (dry-run)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "  {}{dry}: {} high {} low {} for {}, {} rung{}",
+            p.name,
+            p.signal,
+            p.watermarks.high,
+            p.watermarks.low,
+            units::format_duration(p.hold_for),
+            p.ladder.len(),
+            if p.ladder.len() == 1 { "" } else { "s" },
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The example of `design.md`, "Config", shared with the engine's tests.
+    const DESIGN_EXAMPLE: &str =
+        include_str!("../../../governor-engine/testdata/design-example.toml");
+
+    #[test]
+    fn check_command_prints_a_summary_or_every_error() {
+        let dir = std::env::temp_dir().join(format!("governor-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, DESIGN_EXAMPLE).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(check_command(Some(&good), &mut out, &mut err), 0);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("good.toml: ok: 2 policies, live"), "{out}");
+        assert!(out.contains("shed-on-accept-queue (dry-run)"), "{out}");
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[agent]\ndry_run = \"yes\"\ntick = 1\n").unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(check_command(Some(&bad), &mut out, &mut err), 2);
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.contains("bad.toml:2:11: error: `dry_run` in [agent]: expected true or false"),
+            "{err}"
+        );
+        assert!(
+            err.contains("bad.toml:3:8: error: `tick` in [agent]: duration 1 has no unit"),
+            "{err}"
+        );
+        assert!(err.contains("2 errors found"), "{err}");
+
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            check_command(Some(&dir.join("absent.toml")), &mut out, &mut err),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
