@@ -23,3 +23,4 @@ pub mod cgroup;
 pub mod journal;
 pub mod net;
 pub mod rules;
+pub mod systemd;
