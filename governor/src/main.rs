@@ -15,10 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use governor::{
     probes::{self, Probes},
     sense::sensor::{Sensor, SensorScope},
-    show::{self, metrics::Metrics},
+    show::{self, log::LogFormat, metrics::Metrics},
 };
 use governor_engine::snapshot::CgroupPath;
-use tracing_subscriber::EnvFilter;
 
 /// eBPF host-level load governor: measures queueing in the kernel, runs
 /// watermark feedback loops, and throttles, cgroup-limits or rejects traffic
@@ -28,6 +27,10 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log form: journald when systemd started us (JOURNAL_STREAM), else text;
+    /// text has colour only on a terminal; json is one object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,17 +91,9 @@ enum Format {
     Json,
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_env("GOVERNOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    governor::show::log::init(cli.log_format);
     let result = match cli.command {
         Command::Run {
             config,

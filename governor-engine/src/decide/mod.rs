@@ -95,6 +95,24 @@ struct Memory {
     lowest_since_up: Option<(f64, Duration)>,
     /// Share-of-accepted throttles in force, by rung.
     shares: Vec<ShareInForce>,
+    /// The last change the actuators could not carry out, until one of
+    /// this policy's changes succeeds.
+    failed: Option<Failure>,
+}
+
+/// A change of a policy's rung that the actuators could not carry out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    /// The rung the change was to put in force (impose) or lift.
+    pub rung: Rung,
+    /// What was tried.
+    pub change: Change,
+    /// What went wrong, as the actuator said it.
+    pub error: String,
+    /// Failures of this change in a row.
+    pub attempts: u32,
+    /// When it is tried again (time since the agent started).
+    pub retry_at: Duration,
 }
 
 impl Memory {
@@ -203,6 +221,8 @@ pub struct PolicyStatus {
     pub retrips: u32,
     /// When the next step down is due, if recovery is under way.
     pub next_step_down: Option<Duration>,
+    /// The change the actuators failed to carry out, while it fails.
+    pub failed: Option<Failure>,
 }
 
 impl State {
@@ -222,7 +242,9 @@ impl State {
         }
     }
 
-    /// Runs one tick: see [`step`].
+    /// Runs one tick: every policy reads its signal from `snapshot` and may
+    /// change its rung; `now` is the time since the agent started
+    /// (monotonic). Returns the tick's decisions, in config order.
     pub fn step(&mut self, snapshot: &Snapshot, now: Duration) -> Vec<Decision> {
         let mut out = Vec::new();
         let interval_s = snapshot.interval().as_secs_f64();
@@ -301,6 +323,36 @@ impl State {
         out
     }
 
+    /// Hears how the actuators carried out `decision` (`Err` with what went
+    /// wrong). A change that failed did not happen: the engine goes back to
+    /// the rung that is really in force. A failed step up is retried no
+    /// sooner than `settle`, doubled at each failure in a row (capped at
+    /// `backoff_max`); a failed step down keeps the rung, so nothing below
+    /// a rule that could not be lifted is lifted first, and is retried
+    /// after the same delay. Dry-run decisions and releases of removed
+    /// policies are not carried out by the policy's state and are ignored.
+    pub fn outcome(&mut self, decision: &Decision, result: Result<(), &str>, now: Duration) {
+        if decision.kind != DecisionKind::Applied && decision.kind != DecisionKind::Reverted {
+            return;
+        }
+        // Releases (reload, shutdown) leave the policy's state behind them:
+        // the journal retries a revert that failed.
+        if matches!(
+            decision.reason.cause,
+            Cause::PolicyRemoved | Cause::PolicyChanged | Cause::Shutdown
+        ) {
+            return;
+        }
+        let Some(p) = self
+            .policies
+            .iter_mut()
+            .find(|p| *p.name == *decision.policy)
+        else {
+            return;
+        };
+        p.outcome(decision, result, now);
+    }
+
     /// Every policy's status, in config order.
     pub fn status(&self) -> Vec<PolicyStatus> {
         self.policies.iter().map(Policy::status).collect()
@@ -338,7 +390,56 @@ impl Policy {
             no_data: m.no_data,
             retrips: m.retrips,
             next_step_down: m.next_down_at,
+            failed: m.failed.clone(),
         }
+    }
+
+    fn outcome(&mut self, d: &Decision, result: Result<(), &str>, now: Duration) {
+        let m = &mut self.memory;
+        let error = match result {
+            Ok(()) => {
+                m.failed = None;
+                return;
+            }
+            Err(e) => e,
+        };
+        let rung = match d.change {
+            Change::Impose | Change::Adjust => d.to_rung,
+            Change::Lift => d.from_rung,
+        };
+        let attempts = match &m.failed {
+            Some(f) if f.rung == rung && f.change == d.change => f.attempts.saturating_add(1),
+            _ => 1,
+        };
+        let c = &self.config;
+        let base = c.settle.max(Duration::from_millis(100));
+        let delay = base
+            .saturating_mul(1u32 << (attempts - 1).min(16))
+            .min(c.backoff.max.max(base));
+        let retry_at = now + delay;
+        match d.change {
+            // Not in force: back to the rung below it.
+            Change::Impose if m.rung == d.to_rung => {
+                m.rung = d.from_rung;
+                m.shares.retain(|s| s.rung < d.to_rung);
+                m.transitions.pop_back();
+                m.last_up = Some(now);
+            }
+            // Still in force: the rung stays, and the lift is retried.
+            Change::Lift if m.rung == d.to_rung => {
+                m.rung = d.from_rung;
+                m.transitions.pop_back();
+                m.next_down_at = Some(retry_at);
+            }
+            _ => {}
+        }
+        m.failed = Some(Failure {
+            rung,
+            change: d.change,
+            error: error.to_owned(),
+            attempts,
+            retry_at,
+        });
     }
 
     fn level(&self, value: f64) -> Level {
@@ -455,7 +556,8 @@ impl Policy {
                 }
                 m.last_trip = Some(now);
             }
-            let settled = m.last_up.is_none_or(|t| now - t >= c.settle);
+            let settled = m.last_up.is_none_or(|t| now - t >= c.settle)
+                && m.failed.as_ref().is_none_or(|f| now >= f.retry_at);
             // A rung in force whose effect is still showing (the signal
             // reached a new low within `settle`, e.g. a backlog draining)
             // is given time.

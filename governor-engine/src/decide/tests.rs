@@ -532,3 +532,128 @@ fn a_server_that_slows_down_gets_its_share_re_measured_before_the_next_rung() {
         "re-set to 90% of the new 100/s: {later:#?}"
     );
 }
+
+/// Runs `ticks` ticks like [`run`], telling the engine that every applied or
+/// reverted change on rung `failing` fails.
+fn run_failing(
+    state: &mut State,
+    t: &mut Duration,
+    ticks: u32,
+    p99_us: u64,
+    failing: Rung,
+) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for _ in 0..ticks {
+        let decisions = state.step(&snap(Some(p99_us)), *t);
+        for d in &decisions {
+            let rung = if d.change == Change::Lift {
+                d.from_rung
+            } else {
+                d.to_rung
+            };
+            let result = if rung == failing {
+                Err("cpu.max does not exist")
+            } else {
+                Ok(())
+            };
+            state.outcome(d, result, *t);
+        }
+        out.extend(decisions);
+        *t += TICK;
+    }
+    out
+}
+
+#[test]
+fn a_step_up_that_failed_is_not_a_rung_in_force_and_is_retried_with_backoff() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    // Rung 1 applies; rung 2 (cpu_limit) fails every time.
+    let d = run_failing(&mut s, &mut t, 200, 3000, 2);
+    assert_eq!(rung(&s), 1, "the failed rung 2 is not in force");
+    let status = &s.status()[0];
+    let failed = status.failed.as_ref().expect("status says what failed");
+    assert_eq!((failed.rung, failed.change), (2, Change::Impose));
+    assert_eq!(failed.error, "cpu.max does not exist");
+    // Tries of rung 2: first after settle (t = 3 s), then settle × 1, 2, 4,
+    // 8 … capped at backoff_max (60 s default) after each failure.
+    let tries: Vec<f64> = d
+        .iter()
+        .filter(|d| d.to_rung == 2 && d.change == Change::Impose)
+        .map(|d| d.at.as_secs_f64())
+        .collect();
+    assert!(tries.len() >= 3, "{tries:?}");
+    let gaps: Vec<f64> = tries.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, g) in gaps.iter().enumerate() {
+        let want = 2.0 * f64::from(1u32 << i);
+        assert!(
+            (g - want).abs() < 0.15,
+            "gap {i} is {g}s, want {want}s: {tries:?}"
+        );
+    }
+    assert_eq!(failed.attempts as usize, tries.len());
+    // Once it succeeds, the failure is forgotten and rung 2 is in force.
+    let mut t2 = failed.retry_at;
+    let d = run_failing(&mut s, &mut t2, 2, 3000, 99);
+    assert!(d.iter().any(|d| d.to_rung == 2), "{d:?}");
+    assert_eq!(rung(&s), 2);
+    assert!(s.status()[0].failed.is_none());
+}
+
+#[test]
+fn a_lift_that_failed_keeps_its_rung_and_nothing_below_it_is_lifted_first() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 60, Some(3000));
+    assert_eq!(rung(&s), 2);
+    // Clear: lifting rung 2 fails; rung 1 must not be lifted under it.
+    let d = run_failing(&mut s, &mut t, 300, 100, 2);
+    assert_eq!(
+        rung(&s),
+        2,
+        "the rule that could not be lifted is still in force"
+    );
+    assert!(
+        d.iter().all(|d| d.from_rung == 2),
+        "only rung 2 is tried: {d:?}"
+    );
+    assert!(d.len() >= 2, "the lift is retried: {d:?}");
+    let f = s.status()[0]
+        .failed
+        .clone()
+        .expect("status says what failed");
+    assert_eq!((f.rung, f.change), (2, Change::Lift));
+    // When it works again, recovery goes on down the ladder.
+    let d = run_failing(&mut s, &mut t, 300, 100, 99);
+    assert_eq!(rung(&s), 0, "{d:?}");
+}
+
+#[test]
+fn a_failed_release_does_not_move_the_policy_that_replaces_it() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 60, Some(3000));
+    assert_eq!(rung(&s), 2);
+    let mut changed = c.clone();
+    changed.policies[0].ladder.rungs.pop();
+    let (mut s, lifts) = s.reconcile(&changed, Protected::builtin(None), t);
+    assert_eq!(lifts.len(), 2);
+    for d in &lifts {
+        s.outcome(d, Err("gone"), t);
+    }
+    assert_eq!(rung(&s), 0, "the new policy starts at 0");
+    assert!(s.status()[0].failed.is_none());
+}
+
+#[test]
+fn dry_run_decisions_are_not_failures() {
+    let c = config("dry_run = true");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run_failing(&mut s, &mut t, 60, 3000, 1);
+    assert_eq!(rung(&s), 2, "dry-run would-decisions are not carried out");
+    assert!(s.status()[0].failed.is_none());
+}

@@ -204,32 +204,56 @@ fn start_sensor(
     }
 }
 
-/// Logs, counts and carries out decisions; failures are reported, not fatal.
+/// Logs, counts and carries out decisions, and tells the engine how each
+/// went: a failed change is not in force (the engine retries it with
+/// backoff); failures are reported, not fatal.
 fn handle(
     decisions: &[Decision],
+    state: &mut State,
+    now: Duration,
     actuators: &mut Actuators,
     metrics: &Metrics,
     recent: &mut VecDeque<DecisionRecord>,
 ) {
     for d in decisions {
         let result = actuators.carry_out(d);
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        state.outcome(d, error.as_deref().map_or(Ok(()), Err), now);
         match (&result, d.kind) {
             (Err(e), _) => {
-                tracing::error!(policy = %d.policy, "{d}: FAILED: {e:#}");
+                tracing::error!(policy = %d.policy, action = d.action.name(), target = %d.target, "{d}: FAILED: {e:#}");
                 metrics.action_error(d);
             }
-            (Ok(()), DecisionKind::Refused) => tracing::warn!(policy = %d.policy, "{d}"),
-            (Ok(()), _) => tracing::info!(policy = %d.policy, "{d}"),
+            (Ok(()), DecisionKind::Refused) => {
+                tracing::warn!(policy = %d.policy, action = d.action.name(), target = %d.target, "{d}")
+            }
+            (Ok(()), _) => {
+                tracing::info!(policy = %d.policy, action = d.action.name(), target = %d.target, "{d}")
+            }
         }
         metrics.decision(d);
-        recent.push_back(DecisionRecord::new(
-            d,
-            result.err().map(|e| format!("{e:#}")),
-        ));
+        recent.push_back(DecisionRecord::new(d, error));
         while recent.len() > RECENT {
             recent.pop_front();
         }
     }
+}
+
+/// The one-line `STATUS=` systemd shows in `systemctl status`.
+fn status_line(policies: &[governor_engine::decide::PolicyStatus], dry_run: bool) -> String {
+    let live = policies.iter().filter(|p| !p.dry_run).count();
+    let in_force = policies.iter().filter(|p| p.rung > 0).count();
+    let failing = policies.iter().filter(|p| p.failed.is_some()).count();
+    let mut s = format!(
+        "{} polic{} ({live} live{}), {in_force} stepped up",
+        policies.len(),
+        if policies.len() == 1 { "y" } else { "ies" },
+        if dry_run { ", dry-run" } else { "" },
+    );
+    if failing > 0 {
+        s.push_str(&format!(", {failing} failing to act"));
+    }
+    s
 }
 
 /// One line of what the agent sees: host run-queue, the cgroup waiting
@@ -394,6 +418,8 @@ async fn agent(
 
     let mut recent: VecDeque<DecisionRecord> = VecDeque::new();
     let mut last_live = Instant::now();
+    let mut last_status = Instant::now() - Duration::from_secs(1);
+    let mut cfg_dry_run = cfg.agent.dry_run;
 
     loop {
         tokio::select! {
@@ -402,12 +428,14 @@ async fn agent(
             changed = tokio::time::timeout(2 * tick, rx.changed()) => {
                 let t0 = Instant::now();
                 let now = started.elapsed();
+                let mut ticked = false;
                 match changed {
                     Ok(Ok(())) => {
                         let snap = rx.borrow_and_update().clone();
                         if let Some(snap) = snap {
+                            ticked = true;
                             let decisions = state.step(&snap, now);
-                            handle(&decisions, &mut actuators, &metrics, &mut recent);
+                            handle(&decisions, &mut state, now, &mut actuators, &metrics, &mut recent);
                             metrics.observe(Arc::clone(&snap), Arc::clone(&watched));
                             if let Ok(mut r) = report.lock() {
                                 if !decisions.is_empty() {
@@ -434,20 +462,36 @@ async fn agent(
                 metrics.policies(Arc::clone(&statuses));
                 if let Ok(mut r) = report.lock() {
                     r.now = now;
-                    r.policies = statuses;
+                    r.policies = Arc::clone(&statuses);
                 }
                 metrics.tick_duration.observe(t0.elapsed().as_secs_f64());
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                // The watchdog hears only of ticks that really decided on a
+                // fresh snapshot: a stuck sensor thread is caught too.
+                if ticked {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                if last_status.elapsed() >= Duration::from_secs(1) {
+                    last_status = Instant::now();
+                    let line = status_line(&statuses, cfg_dry_run);
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+                }
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", opts.config.as_deref().map_or("the config".into(), |p| p.display().to_string()));
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 match load(&opts, agent_cgroup.as_ref()) {
-                    Err(e) => tracing::error!("reload refused, the running policies stay: {e}"),
+                    Err(e) => {
+                        tracing::error!("reload refused, the running policies stay: {e}");
+                        let _ = sd_notify::notify(&[
+                            sd_notify::NotifyState::Ready,
+                            sd_notify::NotifyState::Status("reload refused: the config is invalid; the running policies stay"),
+                        ]);
+                    }
                     Ok((new_cfg, new_source)) => {
                         let protected = Protected::for_config(&new_cfg, agent_cgroup.as_ref());
                         let (new_state, decisions) = state.reconcile(&new_cfg, protected, started.elapsed());
                         state = new_state;
-                        handle(&decisions, &mut actuators, &metrics, &mut recent);
+                        handle(&decisions, &mut state, started.elapsed(), &mut actuators, &metrics, &mut recent);
                         let scope = scope_of(&new_cfg);
                         watched = scope.watched.clone().into();
                         if let Ok(mut s) = sensor_handle.scope.lock() {
@@ -458,7 +502,9 @@ async fn agent(
                             r.dry_run = new_cfg.agent.dry_run;
                             r.recent = recent.iter().cloned().collect();
                         }
+                        cfg_dry_run = new_cfg.agent.dry_run;
                         tracing::info!(policies = new_cfg.policies.len(), "reloaded");
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                     }
                 }
             }
@@ -468,7 +514,14 @@ async fn agent(
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let decisions = state.release_all(started.elapsed());
-    handle(&decisions, &mut actuators, &metrics, &mut recent);
+    handle(
+        &decisions,
+        &mut state,
+        started.elapsed(),
+        &mut actuators,
+        &metrics,
+        &mut recent,
+    );
     tracing::info!("journal: {}", actuators.revert_all());
     status_task.abort();
     let _ = std::fs::remove_file(&cfg.agent.status_socket);

@@ -158,7 +158,7 @@ impl Metrics {
             ),
             policy_held: gauge_vec(
                 "governor_policy_held",
-                "1 if a policy holds its rung: flap budget spent (reason=flap_budget) or no data (reason=no_data).",
+                "1 if a policy holds its rung: flap budget spent (reason=flap_budget), no data (reason=no_data), or a change the actuators failed to carry out, retried with backoff (reason=action_failed).",
                 &["policy", "reason"],
             ),
             decisions: counter_vec(
@@ -381,6 +381,9 @@ impl Metrics {
             self.policy_held
                 .with_label_values(&[&p.name, "no_data"])
                 .set(f64::from(u8::from(p.no_data)));
+            self.policy_held
+                .with_label_values(&[&p.name, "action_failed"])
+                .set(f64::from(u8::from(p.failed.is_some())));
         }
     }
 

@@ -1,6 +1,7 @@
 //! show: how the agent explains itself: `/metrics`, `observe` output, and
 //! the status socket (server in the agent, client in `governor status`).
 
+pub mod log;
 pub mod metrics;
 pub mod observe;
 pub mod status;

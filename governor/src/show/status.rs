@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt as _, net::UnixListener, task::JoinHandle};
 
-use governor_engine::decide::{Decision, PolicyStatus};
+use governor_engine::decide::{Change, Decision, PolicyStatus};
 
 /// One decision as `status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +79,25 @@ pub struct PolicyView {
     pub retrips: u32,
     /// Seconds until its next step down, if one is due.
     pub next_step_down_in_s: Option<f64>,
+    /// The change the actuators failed to carry out, while it fails: the
+    /// rung shown is the one really in force.
+    #[serde(default)]
+    pub failed: Option<FailedView>,
+}
+
+/// A change that failed, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedView {
+    /// The rung it was to put in force, or to lift.
+    pub rung: usize,
+    /// `impose`, `lift` or `adjust`.
+    pub change: String,
+    /// What the actuator said.
+    pub error: String,
+    /// Failures in a row.
+    pub attempts: u32,
+    /// Seconds until it is tried again.
+    pub retry_in_s: f64,
 }
 
 /// What the status socket answers.
@@ -130,6 +149,18 @@ impl StatusReport {
                     next_step_down_in_s: p
                         .next_step_down
                         .map(|t| t.saturating_sub(now).as_secs_f64()),
+                    failed: p.failed.as_ref().map(|f| FailedView {
+                        rung: f.rung,
+                        change: match f.change {
+                            Change::Impose => "impose",
+                            Change::Lift => "lift",
+                            Change::Adjust => "adjust",
+                        }
+                        .to_owned(),
+                        error: f.error.clone(),
+                        attempts: f.attempts,
+                        retry_in_s: f.retry_at.saturating_sub(now).as_secs_f64(),
+                    }),
                 })
                 .collect(),
             recent: recent.cloned().collect(),
@@ -173,6 +204,12 @@ impl StatusReport {
             }
             if p.retrips > 0 {
                 state.push(format!("backoff ×{}", p.retrips));
+            }
+            if let Some(f) = &p.failed {
+                state.push(format!(
+                    "FAILED to {} rung {} ({} in a row, retry in {:.1}s): {}",
+                    f.change, f.rung, f.attempts, f.retry_in_s, f.error
+                ));
             }
             if let Some(s) = p.next_step_down_in_s {
                 state.push(format!("next step down in {s:.1}s"));
