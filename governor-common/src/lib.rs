@@ -59,8 +59,12 @@ pub mod names {
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
     /// `sched:sched_wakeup_new` program.
     pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
-    /// `sock:inet_sock_set_state` program.
+    /// `sock:inet_sock_set_state` classic-tracepoint program (kernels without BTF).
     pub const PROG_SOCK_STATE: &str = "inet_sock_set_state";
+    /// `inet_sock_set_state` raw-tracepoint program (BTF kernels): needs no
+    /// `perf_event_open`, which Debian's `perf_event_paranoid=3` and a
+    /// hardened unit's sandbox can refuse.
+    pub const PROG_SOCK_STATE_RAW: &str = "inet_sock_set_state_raw";
     /// Per-CPU array of `u64` event counters, indexed by [`super::counter`].
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// Per-CPU array with one host-wide run-queue [`super::hist::Hist`].
@@ -112,6 +116,10 @@ pub mod globals {
     pub const SOCK_SPORT: &str = "OFF_SOCK_SPORT";
     /// `inet_sock_set_state.protocol` offset.
     pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+    /// `struct sock`'s local port (`__sk_common.skc_num`, host order) offset, from BTF.
+    pub const SK_NUM: &str = "OFF_SK_NUM";
+    /// `struct sock.sk_protocol` (a `u16`) offset, from BTF.
+    pub const SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
     /// `task_struct.pid` offset, from BTF.
     pub const TASK_PID: &str = "OFF_TASK_PID";
     /// `task_struct.__state` (`.state` before 5.14) offset, from BTF.

@@ -1,7 +1,6 @@
 // The probes' body, included by `main.rs` and `prealloc.rs`, which differ
 // only in CGROUP_RUNQ_FLAGS.
 
-
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint},
@@ -40,6 +39,12 @@ static OFF_TASK_PID: u32 = 0;
 /// `task_struct.__state` (or `.state` before 5.14) offset, from BTF.
 #[unsafe(no_mangle)]
 static OFF_TASK_STATE: u32 = 0;
+/// `struct sock`'s `__sk_common.skc_num` (local port, host order), from BTF.
+#[unsafe(no_mangle)]
+static OFF_SK_NUM: u32 = 0;
+/// `struct sock.sk_protocol` (`u16`), from BTF.
+#[unsafe(no_mangle)]
+static OFF_SK_PROTOCOL: u32 = 0;
 /// 1 once the agent has set the offsets above.
 #[unsafe(no_mangle)]
 static CONFIGURED: u32 = 0;
@@ -339,6 +344,23 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
+/// A TCP socket changed state: count completed handshakes per local port
+/// and connects per cgroup. `sport` gives the local port when asked.
+#[inline(always)]
+fn on_sock_state(old: i32, new: i32, sport: impl FnOnce() -> Option<u16>) {
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // A connection completed its handshake on a listener.
+        if let Some(sport) = sport() {
+            bump_keyed(&PORT_ACCEPTS, &u32::from(sport), counter::PORT_MAP_FULL);
+        }
+    } else if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        // connect(): runs in the connecting task's context.
+        // SAFETY: no preconditions.
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        bump_keyed(&CGROUP_CONNECTS, &cg, counter::CGROUP_MAP_FULL);
+    }
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     bump(counter::SOCK_STATE);
@@ -356,18 +378,42 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if proto != IPPROTO_TCP {
         return 0;
     }
-    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
-        // A connection completed its handshake on a listener: `sport` is the local port.
-        // SAFETY: as above.
-        if let Ok(sport) = unsafe { ctx.read_at::<u16>(global(&OFF_SOCK_SPORT) as usize) } {
-            bump_keyed(&PORT_ACCEPTS, &u32::from(sport), counter::PORT_MAP_FULL);
-        }
-    } else if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        // connect(): runs in the connecting task's context.
-        // SAFETY: no preconditions.
-        let cg = unsafe { bpf_get_current_cgroup_id() };
-        bump_keyed(&CGROUP_CONNECTS, &cg, counter::CGROUP_MAP_FULL);
+    // `sport` of the record is the local port.
+    // SAFETY: as above.
+    on_sock_state(old, new, || unsafe {
+        ctx.read_at::<u16>(global(&OFF_SOCK_SPORT) as usize).ok()
+    });
+    0
+}
+
+/// `struct sock` field of a socket pointer, at an offset from BTF.
+#[inline(always)]
+fn sock_u16(sk: u64, off: &u32) -> Option<u16> {
+    if sk == 0 {
+        return None;
     }
+    let p = (sk + u64::from(global(off))) as *const u16;
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault gives Err.
+    unsafe { bpf_probe_read_kernel(p).ok() }
+}
+
+/// Raw-tracepoint variant (BTF kernels): `TP_PROTO(const struct sock *sk,
+/// const int oldstate, const int newstate)` on every kernel since 4.16.
+/// Attached with `BPF_RAW_TRACEPOINT_OPEN`: no `perf_event_open`, and no
+/// trace record built.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    bump(counter::SOCK_STATE);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    if sock_u16(sk, &OFF_SK_PROTOCOL) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    on_sock_state(old as i32, new as i32, || sock_u16(sk, &OFF_SK_NUM));
     0
 }
 

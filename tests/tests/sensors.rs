@@ -145,6 +145,14 @@ fn accepted_per_port_and_connects_per_cgroup_are_exact() {
             "/proc/thread-self",
             Some(listeners_here()),
         );
+        // Where the kernel has BTF, the counts come from the raw tracepoint
+        // (no perf_event_open, which a hardened unit or Debian's
+        // perf_event_paranoid=3 may refuse); else from the classic one.
+        assert_eq!(
+            sensor.probes().sock_raw(),
+            std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+            "the socket-state probe runs on its raw tracepoint exactly where BTF exists"
+        );
         let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
         let addr = format!("127.0.0.1:{port}");
         let c = kids.spawn(&[

@@ -77,6 +77,62 @@ impl KernelBtf {
             fields: fields.iter().map(|f| (*f).to_owned()).collect(),
         })
     }
+
+    /// Byte offset of `field` in `struct strukt`, looking also inside its
+    /// anonymous struct and union members (`sock_common.skc_num` lives in
+    /// an anonymous struct inside an anonymous union). Bit fields are
+    /// refused: the programs read whole bytes.
+    pub fn nested_offset(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
+        let no_member = || BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            fields: vec![field.to_owned()],
+        };
+        let types = self
+            .0
+            .resolve_types_by_name(strukt)
+            .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?;
+        let s = types
+            .iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        self.find_in(&s.members, field, 0).ok_or_else(no_member)
+    }
+
+    /// Bit offset of `field` among `members` (and their anonymous members),
+    /// `base` bits from the start of the outer struct; `None` if absent or a
+    /// bit field.
+    fn find_in(&self, members: &[btf_rs::Member], field: &str, base: u32) -> Option<u32> {
+        for m in members {
+            let named = m.get_name_offset().is_some_and(|o| o != 0);
+            if named {
+                if self.0.resolve_name(m).is_ok_and(|n| n == field) {
+                    let bits = base + m.bit_offset();
+                    return (m.bitfield_size().is_none_or(|s| s == 0) && bits.is_multiple_of(8))
+                        .then_some(bits / 8);
+                }
+                continue;
+            }
+            // An anonymous struct or union: search inside it.
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.0.resolve_chained_type(m)
+                && let Some(off) = self.find_in(&inner.members, field, base + m.bit_offset())
+            {
+                return Some(off);
+            }
+        }
+        None
+    }
+
+    /// Offsets the raw `inet_sock_set_state` program reads from a `struct
+    /// sock *`: the local port (`__sk_common.skc_num`) and `sk_protocol`.
+    pub fn sock_offsets(&self) -> Result<(u32, u32), BtfError> {
+        let common = self.member_offset("sock", &["__sk_common"])?;
+        let num = self.nested_offset("sock_common", "skc_num")?;
+        let protocol = self.nested_offset("sock", "sk_protocol")?;
+        Ok((common + num, protocol))
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +158,34 @@ mod tests {
             btf.member_offset("task_struct", &["no_such_field"]),
             Err(BtfError::NoMember { .. })
         ));
+    }
+
+    /// `skc_num` is inside an anonymous struct in an anonymous union of
+    /// `sock_common`, right after `skc_dport` (both `u16`): the nested
+    /// lookup must find both, two bytes apart, and refuse what is absent.
+    #[test]
+    fn sock_offsets_resolve_through_anonymous_members_on_this_kernel() {
+        if !Path::new(VMLINUX).exists() {
+            eprintln!("skipped: no {VMLINUX}");
+            return;
+        }
+        let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
+        let dport = btf.nested_offset("sock_common", "skc_dport").unwrap();
+        let num = btf.nested_offset("sock_common", "skc_num").unwrap();
+        assert_eq!(num, dport + 2, "skc_num follows skc_dport");
+        assert!(
+            matches!(
+                btf.member_offset("sock_common", &["skc_num"]),
+                Err(BtfError::NoMember { .. })
+            ),
+            "skc_num is not a direct member: the nested lookup is needed"
+        );
+        let (port, protocol) = btf.sock_offsets().unwrap();
+        assert_eq!(port, num, "__sk_common is the first member of struct sock");
+        assert!(
+            protocol > port && protocol < 4096,
+            "sk_protocol at {protocol}"
+        );
+        assert!(btf.nested_offset("sock", "no_such_field").is_err());
     }
 }

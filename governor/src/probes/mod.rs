@@ -185,6 +185,9 @@ pub struct Probes {
     usable: Vec<&'static str>,
     /// The scheduler probes can use raw tracepoints (BTF offsets resolved).
     sched_raw: bool,
+    /// The socket-state probe can use its raw tracepoint (BTF offsets
+    /// resolved); why not otherwise.
+    sock_raw: Result<(), String>,
     /// Buffers for batch map reads; `None` once the kernel refused one
     /// (then maps are iterated entry by entry).
     batch: Option<crate::probes::mapbatch::Batch>,
@@ -276,6 +279,20 @@ impl Probes {
         let mut offsets: Vec<(&'static str, u32)> = Vec::new();
         let mut missing = Vec::new();
         let mut usable = Vec::new();
+        let kernel_btf =
+            crate::probes::btf::KernelBtf::open(Path::new(crate::probes::btf::VMLINUX));
+        // The raw socket-state probe needs `struct sock` offsets from BTF;
+        // with them, the classic tracepoint (and its perf_event_open) is only
+        // a fallback.
+        let sock_raw = match kernel_btf.as_ref().map(|b| b.sock_offsets()) {
+            Ok(Ok((port, protocol))) => {
+                offsets.push((globals::SK_NUM, port));
+                offsets.push((globals::SK_PROTOCOL, protocol));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         for tp in TRACEPOINTS {
             let found: Result<Vec<_>, _> = tp
                 .fields
@@ -290,6 +307,10 @@ impl Probes {
                     offsets.extend(f);
                     usable.push(tp.program);
                 }
+                // The raw probe does without the record's fields.
+                Err(e) if tp.program == names::PROG_SOCK_STATE && sock_raw.is_ok() => {
+                    tracing::debug!("{e}: the raw socket-state probe is used");
+                }
                 Err(e) => {
                     tracing::warn!("{e}: {} will be missing", tp.signals);
                     missing.push(format!("{}: {e}", tp.signals));
@@ -297,13 +318,12 @@ impl Probes {
             }
         }
         // The cheaper raw tracepoints need task_struct offsets from BTF.
-        let btf = crate::probes::btf::KernelBtf::open(Path::new(crate::probes::btf::VMLINUX))
-            .and_then(|b| {
-                Ok((
-                    b.member_offset("task_struct", &["pid"])?,
-                    b.member_offset("task_struct", &["__state", "state"])?,
-                ))
-            });
+        let btf = kernel_btf.and_then(|b| {
+            Ok((
+                b.member_offset("task_struct", &["pid"])?,
+                b.member_offset("task_struct", &["__state", "state"])?,
+            ))
+        });
         let sched_raw = match btf {
             Ok((pid, state)) => {
                 offsets.push((globals::TASK_PID, pid));
@@ -347,6 +367,7 @@ impl Probes {
             missing,
             usable,
             sched_raw,
+            sock_raw,
             batch: batched.then(crate::probes::mapbatch::Batch::default),
             cpus,
             attached: Vec::new(),
@@ -389,6 +410,12 @@ impl Probes {
     /// True if the probe counting completed handshakes per port is attached.
     pub fn counts_handshakes(&self) -> bool {
         self.attached.contains(&names::PROG_SOCK_STATE)
+            || self.attached.contains(&names::PROG_SOCK_STATE_RAW)
+    }
+
+    /// True if the socket-state probe runs on its raw tracepoint.
+    pub fn sock_raw(&self) -> bool {
+        self.attached.contains(&names::PROG_SOCK_STATE_RAW)
     }
 
     /// Starts forwarding the kernel programs' log lines (aya-log) to the
@@ -433,10 +460,38 @@ impl Probes {
                 attached += 1;
             }
         }
+        let mut sock_raw_attached = false;
+        if self.sock_raw.is_ok() {
+            match self.attach_raw(names::PROG_SOCK_STATE_RAW, "inet_sock_set_state") {
+                Ok(()) => {
+                    attached += 1;
+                    sock_raw_attached = true;
+                    self.attached.push(names::PROG_SOCK_STATE_RAW);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: falling back to the classic inet_sock_set_state tracepoint"
+                    );
+                    self.sock_raw = Err(e.to_string());
+                }
+            }
+        }
         for tp in TRACEPOINTS {
-            if !self.usable.contains(&tp.program)
-                || (self.sched_raw && is_classic_sched(tp.program))
+            if (self.sched_raw && is_classic_sched(tp.program))
+                || (sock_raw_attached && tp.program == names::PROG_SOCK_STATE)
             {
+                continue;
+            }
+            if !self.usable.contains(&tp.program) {
+                let said = self.missing.iter().any(|m| m.starts_with(tp.signals));
+                if tp.program == names::PROG_SOCK_STATE && !said {
+                    // Neither variant: say why the raw one was not used too.
+                    let why = self.sock_raw.clone().err().unwrap_or_default();
+                    self.missing.push(format!(
+                        "{}: tracepoint fields not found, and no raw tracepoint ({why})",
+                        tp.signals
+                    ));
+                }
                 continue;
             }
             match self.attach_tracepoint(tp.program, tp.category, tp.event) {

@@ -99,6 +99,44 @@ pub fn init(format: LogFormat) {
     }
 }
 
+/// Lines written through it carry a syslog priority prefix (`<3>` for
+/// errors), which journald reads off a service's stderr
+/// (`SyslogLevelPrefix=`, on by default): so `governor check`, run by
+/// `ExecReload=`, puts a refused config at error priority in the journal.
+pub struct PriorityLines<W> {
+    inner: W,
+    prefix: &'static [u8],
+    at_start: bool,
+}
+
+impl<W: std::io::Write> PriorityLines<W> {
+    /// Every line at priority error (3).
+    pub fn errors(inner: W) -> Self {
+        Self {
+            inner,
+            prefix: b"<3>",
+            at_start: true,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for PriorityLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in buf.split_inclusive(|&b| b == b'\n') {
+            if self.at_start {
+                self.inner.write_all(self.prefix)?;
+            }
+            self.inner.write_all(line)?;
+            self.at_start = line.ends_with(b"\n");
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn text_layer<S>() -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -122,6 +160,18 @@ mod tests {
         let fd = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
         let meta = std::fs::File::from(fd).metadata().unwrap();
         assert!(stderr_is(&format!("{}:{}", meta.dev(), meta.ino())));
+    }
+
+    #[test]
+    fn every_line_gets_the_error_prefix_once() {
+        use std::io::Write as _;
+        let mut w = PriorityLines::errors(Vec::new());
+        write!(w, "a.toml:2:11: error: x\nhelp: y").unwrap();
+        write!(w, " z\n1 error found\n").unwrap();
+        assert_eq!(
+            String::from_utf8(w.inner).unwrap(),
+            "<3>a.toml:2:11: error: x\n<3>help: y z\n<3>1 error found\n"
+        );
     }
 
     #[test]
