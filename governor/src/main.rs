@@ -81,6 +81,28 @@ enum Command {
         )]
         socket: PathBuf,
     },
+    /// Write the man pages or a shell completion script (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+/// What `governor generate` writes, from these clap definitions.
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// governor.1 and one page per subcommand (governor-run.1 …) into DIR.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// A completion script for SHELL, on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,10 +143,18 @@ fn main() -> ExitCode {
             cgroups,
         } => observe(interval, count, format, &cgroups),
         Command::Check { config } => {
+            // Under systemd (ExecReload=) the errors go to the journal at
+            // error priority, so `journalctl -p warning` shows the refusal.
+            let mut err: Box<dyn std::io::Write> =
+                if governor::show::log::resolve(cli.log_format) == LogFormat::Journald {
+                    Box::new(governor::show::log::PriorityLines::errors(std::io::stderr()))
+                } else {
+                    Box::new(std::io::stderr())
+                };
             let code = governor::agent::config_file::check_command(
                 config.as_deref(),
                 &mut std::io::stdout(),
-                &mut std::io::stderr(),
+                &mut err,
             );
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
@@ -135,12 +165,40 @@ fn main() -> ExitCode {
                 print!("{}", r.table());
             }
         }),
+        Command::Generate { what } => generate(what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("governor: error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `governor generate`: man pages (clap_mangen) or a completion script
+/// (clap_complete) from `Cli`; `cargo xtask deb` packages them.
+fn generate(what: Generate) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))
+        }
+        Generate::Completions { shell } => {
+            // clap_complete lists hidden subcommands too (clap_mangen does
+            // not): complete a root rebuilt from Cli's own arguments and its
+            // visible subcommands.
+            let mut visible = clap::Command::new("governor")
+                .version(env!("CARGO_PKG_VERSION"))
+                .args(cmd.get_arguments().cloned())
+                .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+            if let Some(about) = cmd.get_about() {
+                visible = visible.about(about.clone());
+            }
+            clap_complete::generate(shell, &mut visible, "governor", &mut std::io::stdout());
+            Ok(())
         }
     }
 }

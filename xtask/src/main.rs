@@ -1,6 +1,7 @@
 //! governor's developer tasks. `cargo xtask --help` lists them.
 
 mod bench;
+mod deb;
 mod run;
 mod setup;
 mod systemd;
@@ -42,6 +43,10 @@ enum Command {
     /// The root integration tests inside QEMU on Debian's kernels (5.10, 6.1,
     /// 6.12) or a given kernel image; one summary line per kernel.
     VmTest(vm::VmArgs),
+    /// Setup, release build, then the Debian package with dpkg-deb:
+    /// <target>/debian/governor_<version>_<arch>.deb (binary, units, dry-run
+    /// config as a conffile, docs, man pages, completions); prints its path.
+    Deb,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,10 @@ fn main() -> ExitCode {
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::VmTest(args) => vm::vm_test(&args),
+        Command::Deb => deb::build(&util::workspace_root()).map(|deb| {
+            println!("{}", deb.display());
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

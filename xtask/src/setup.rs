@@ -52,6 +52,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "xz-utils",
         "decompresses the VM kernels' modules (.ko.xz) before packing them",
     ),
+    (
+        "mmdebstrap",
+        "builds the Debian root filesystem of `cargo xtask vm-test --systemd`",
+    ),
+    (
+        "cpio",
+        "packs that root filesystem as the systemd VM's initramfs",
+    ),
 ];
 
 /// What setup did.

@@ -177,7 +177,10 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
             Err(anyhow::anyhow!("building governor failed"))
         };
         steps.push(Step {
-            name: "systemd unit (verify, exposure ≤ 3.0)".into(),
+            name: format!(
+                "systemd unit (verify, filter, exposure ≤ {})",
+                crate::systemd::MAX_EXPOSURE
+            ),
             ok: r.is_ok(),
             secs: t.elapsed().as_secs_f64(),
             note: match r {
@@ -217,8 +220,68 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         &mut failures,
         &mut skipped_notes,
     );
+    systemd_vm_step(
+        &root,
+        &mut steps,
+        &mut totals,
+        &mut failures,
+        &mut skipped_notes,
+    );
 
     Ok(finish(&steps, totals, &failures, &skipped_notes, started))
+}
+
+/// The .deb installed with dpkg on a Debian 12 guest with systemd as PID 1
+/// (kernel 6.1), checked under the real unit (`tests/systemd/check.sh`).
+fn systemd_vm_step(
+    root: &std::path::Path,
+    steps: &mut Vec<Step>,
+    totals: &mut Counts,
+    failures: &mut Vec<String>,
+    skipped: &mut Vec<String>,
+) {
+    if !is_root() {
+        skipped.push(
+            "systemd VM: not root (building the Debian root filesystem needs it the first time)"
+                .into(),
+        );
+        return;
+    }
+    let t = Instant::now();
+    let run = crate::deb::build_after_setup(root).and_then(|deb| {
+        let spec = vm::kernel::KernelSpec::parse("6.1")?;
+        vm::systemd::run_systemd(&spec, &deb, &vm::qemu::Machine::default())
+    });
+    let r = match run {
+        Ok(r) => r,
+        Err(e) => {
+            steps.push(Step {
+                name: "systemd VM (Debian 12, kernel 6.1)".into(),
+                ok: false,
+                secs: t.elapsed().as_secs_f64(),
+                note: format!("{e:#}"),
+                failed_tests: 0,
+            });
+            return;
+        }
+    };
+    vm::print_summary(std::slice::from_ref(&r));
+    let o = &r.outcome;
+    totals.passed += o.passed.len() as u64;
+    totals.failed += o.failed.len() as u64;
+    failures.extend(o.failed.iter().map(|f| format!("{f} (vm {})", r.label)));
+    skipped.extend(
+        o.skipped
+            .iter()
+            .map(|(c, why)| format!("{c} (vm {}): {why}", r.label)),
+    );
+    steps.push(Step {
+        name: "systemd VM (Debian 12, kernel 6.1)".into(),
+        ok: r.ok(),
+        secs: t.elapsed().as_secs_f64(),
+        note: r.summary(),
+        failed_tests: o.failed.len() as u64,
+    });
 }
 
 /// Crates that do I/O, which `governor-engine` must not depend on.

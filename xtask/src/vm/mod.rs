@@ -16,6 +16,7 @@
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod systemd;
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +62,14 @@ pub struct VmArgs {
     /// stack dumps that `quiet` hides).
     #[arg(long, default_value = "")]
     pub append: String,
+    /// Instead of the integration tests: boot a Debian 12 root filesystem
+    /// with systemd as PID 1, install the governor .deb with dpkg and run
+    /// `tests/systemd/check.sh` as a systemd unit (xtask/src/vm/systemd.rs).
+    #[arg(long)]
+    pub systemd: bool,
+    /// The .deb to install with `--systemd` (default: build it, as `cargo xtask deb`).
+    #[arg(long, value_name = "PATH", requires = "systemd")]
+    pub deb: Option<PathBuf>,
 }
 
 /// The verdict on one kernel.
@@ -113,6 +122,9 @@ impl KernelRun {
 
 /// `cargo xtask vm-test`.
 pub fn vm_test(args: &VmArgs) -> anyhow::Result<ExitCode> {
+    if args.systemd {
+        return systemd::vm_test(args);
+    }
     let specs = if args.kernels.is_empty() {
         vec![KernelSpec::parse("6.1")?]
     } else {
