@@ -763,10 +763,21 @@ fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u64> {
 /// Waits (up to 2 s: programs are freed after an RCU grace period) until
 /// none of the programs `ids` is loaded any more, and says so in the log.
 /// Only these ids are looked at: another governor on the host is not ours.
-pub fn wait_unloaded(ids: &[u32]) -> bool {
+/// Returns `None` if the kernel does not let us list programs (that needs
+/// CAP_SYS_ADMIN, which the unit does not give): then nothing is claimed.
+pub fn wait_unloaded(ids: &[u32]) -> Option<bool> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        let left: Vec<u32> = aya::programs::loaded_programs()
+        let listed: Vec<_> = aya::programs::loaded_programs().collect();
+        if let Some(Err(e)) = listed.iter().find(|r| r.is_err()) {
+            tracing::info!(
+                "cannot list loaded programs to check ours are gone ({e}); \
+                 they are unloaded with the process's last descriptor"
+            );
+            return None;
+        }
+        let left: Vec<u32> = listed
+            .into_iter()
             .filter_map(Result::ok)
             .map(|i| i.id())
             .filter(|id| ids.contains(id))
@@ -776,11 +787,11 @@ pub fn wait_unloaded(ids: &[u32]) -> bool {
                 "detached: none of our {} programs remains loaded",
                 ids.len()
             );
-            return true;
+            return Some(true);
         }
         if std::time::Instant::now() > deadline {
             tracing::warn!(?left, "programs of ours still loaded 2 s after exit");
-            return false;
+            return Some(false);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
