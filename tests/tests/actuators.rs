@@ -362,3 +362,92 @@ fn after_kill_9_the_next_start_restores_every_limit_50_rounds_zero_leaks() {
         "{ROUNDS} rounds took {total:?}"
     );
 }
+
+/// Without systemd as the cgroup manager (this build machine, the VM guests
+/// without systemd) every target takes the file route, and the actuator says
+/// why. On the real kernel, values read back as the kernel keeps them are
+/// not drift; a file rewritten behind the agent's back is seen at the next
+/// check, once, and the revert still restores every original text.
+#[test]
+fn drift_on_real_cgroup_files_is_seen_at_the_next_check_and_readbacks_are_not_drift() {
+    use governor_engine::config::units::Bytes;
+    require_root();
+    let cg = CpuTestCgroup::new("act-drift");
+    let original = cg.cpu_files();
+    let memory_file = cg.v2.dir.join("memory.high");
+    let memory_before = std::fs::read_to_string(&memory_file).ok();
+    let journal = tempfile::tempdir().expect("tempdir");
+    let mut act = CgroupActuator::for_host(host(), Journal::open(journal.path()).expect("journal"));
+    let route = act.route_description();
+    println!("route: {route}");
+    if !Path::new("/run/systemd/system").is_dir() {
+        assert!(
+            route.starts_with("cgroup files only: systemd is not the service manager here"),
+            "{route}"
+        );
+    }
+    let mut actions = vec![
+        limit(&cg.v2.path, 0.2),
+        Action::CpuWeight {
+            cgroup: cg.v2.path.clone(),
+            weight: CpuWeight::Weight(7),
+        },
+    ];
+    if cg.cpu_v1.is_none() && memory_before.is_some() {
+        // Not a whole number of pages: the kernel shows it rounded down.
+        actions.push(Action::MemoryHigh {
+            cgroup: cg.v2.path.clone(),
+            bytes: Bytes::new((256 << 20) + 1000),
+        });
+    }
+    for a in &actions {
+        let applied = act.apply("drift", a).expect("apply");
+        assert!(
+            matches!(&applied, Applied::Written { unit: None, .. }),
+            "{a}: {applied:?}"
+        );
+    }
+    assert_eq!(
+        act.check_drift(),
+        [],
+        "what the kernel reads back is no drift"
+    );
+    assert_eq!(act.check_drift(), []);
+
+    // Someone else takes the quota off.
+    let (file, text) = if cg.cpu_v1.is_some() {
+        (cg.cpu_dir().join("cpu.cfs_quota_us"), "-1")
+    } else {
+        (cg.cpu_dir().join("cpu.max"), "max")
+    };
+    std::fs::write(&file, text).expect("write behind the agent's back");
+    let drift = act.check_drift();
+    println!("{drift:?}");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(drift[0].started && drift[0].unit.is_none());
+    assert_eq!(drift[0].target, cg.v2.path);
+    assert_eq!(drift[0].policy, "drift");
+    assert!(
+        drift[0].found.contains(&file.display().to_string()),
+        "{}",
+        drift[0]
+    );
+    let again = act.check_drift();
+    assert!(
+        again.len() == 1 && !again[0].started,
+        "one episode: {again:?}"
+    );
+
+    let report = act.revert_all();
+    assert!(report.is_clean(), "{report}");
+    assert!(act.journal().is_empty());
+    assert_eq!(act.check_drift(), []);
+    assert_eq!(
+        cg.cpu_files(),
+        original,
+        "every file holds its original text"
+    );
+    if cg.cpu_v1.is_none() {
+        assert_eq!(std::fs::read_to_string(&memory_file).ok(), memory_before);
+    }
+}

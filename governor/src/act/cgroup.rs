@@ -19,12 +19,41 @@
 //! never an error either: there is nothing left to limit or to restore.
 //!
 //! Roots come from [`CgroupFs`], so every mapping is tested on fake trees.
+//!
+//! # systemd units
+//!
+//! On a host where systemd is the cgroup manager, a target that is one of
+//! its units (`*.service`, `*.scope`, `*.slice` whose cgroup systemd says is
+//! the unit's, [`route`]) is acted on through systemd instead
+//! ([`super::systemd`]: `SetUnitProperties`, runtime): a value written into
+//! a unit's files would be undone by the next `daemon-reload` or
+//! `set-property`, and the cpu controller is enabled under a slice only when
+//! a unit asks for it. The journal entry carries the unit's
+//! [`Prior`](super::systemd::Prior) and is written before the call; a second
+//! rung on the same unit and property keeps the journaled prior
+//! ([`Prior::with_held`](super::systemd::Prior::with_held)), so the unit's
+//! own value stays the one restored. `idle` is `CPUWeight=idle` (systemd 252
+//! and later). Without systemd ([`CgroupActuator::for_host`] could not
+//! connect), every target goes through its files.
+//!
+//! # Drift
+//!
+//! [`CgroupActuator::check_drift`], each tick, compares every value held
+//! with what is there: a file's text with the text written (cheap, every
+//! call); a unit's cgroup files with what systemd writes for the value held
+//! (every call from the one after the change on), and systemd's own value,
+//! asked over a second connection whose calls give up after
+//! [`DRIFT_READ_TIMEOUT`], at most every [`SYSTEMD_DRIFT_EVERY`] and when
+//! the files first disagree. An episode is logged once when it starts and
+//! once when it ends; nothing is repaired.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     fs::{self, OpenOptions},
     io::{self, Write as _},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use governor_engine::{
@@ -35,7 +64,10 @@ use governor_engine::{
     snapshot::CgroupPath,
 };
 
-use super::journal::{Entry, Holder, Journal, JournalError, now_unix_ms};
+use super::{
+    journal::{Entry, Holder, Journal, JournalError, now_unix_ms},
+    systemd::{self, Restored, Setting, SystemdError, SystemdUnits, UnitName},
+};
 use crate::sense::{
     cgroupfs::{CgroupFs, Layout},
     procfs::is_gone,
@@ -101,6 +133,22 @@ pub enum ActError {
     /// The journal could not record the change, so it was not made.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// systemd refused or failed a call (it names the call, the unit and
+    /// the assignment); for a revert, the entry stays in the journal and
+    /// [`CgroupActuator::retry_pending`] tries again.
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    /// A unit was changed through systemd, and there is no connection to
+    /// systemd now to put it back.
+    #[error(
+        "{unit} was changed through systemd, and there is no connection to systemd to change it back: {why}"
+    )]
+    NoSystemd {
+        /// The unit.
+        unit: UnitName,
+        /// Why there is no connection.
+        why: String,
+    },
 }
 
 fn subtree_control(file: &Path) -> String {
@@ -115,8 +163,12 @@ fn subtree_control(file: &Path) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
     /// `cpu.idle` does not exist (kernel before 5.15): the lowest weight
-    /// (`cpu.weight` 1, or `cpu.shares` 2) was set instead.
+    /// (`cpu.weight` 1, or `cpu.shares` 2, or `CPUWeight=1` through
+    /// systemd) was set instead.
     NoCpuIdle,
+    /// systemd is older than 252 and refuses `CPUWeight=idle`:
+    /// `CPUWeight=1` was set through systemd instead.
+    OldSystemd,
 }
 
 impl fmt::Display for Fallback {
@@ -125,6 +177,16 @@ impl fmt::Display for Fallback {
             Self::NoCpuIdle => f.write_str(
                 "cpu.idle is not available (kernel before 5.15); set the lowest CPU weight instead",
             ),
+            Self::OldSystemd => systemd::Fallback::OldSystemd.fmt(f),
+        }
+    }
+}
+
+impl From<systemd::Fallback> for Fallback {
+    fn from(f: systemd::Fallback) -> Self {
+        match f {
+            systemd::Fallback::NoCpuIdle => Self::NoCpuIdle,
+            systemd::Fallback::OldSystemd => Self::OldSystemd,
         }
     }
 }
@@ -133,9 +195,9 @@ impl fmt::Display for Fallback {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub enum Applied {
-    /// The file now holds `value`.
+    /// The file now holds `value` (or systemd has it, for a unit).
     Written {
-        /// The file.
+        /// The file; for a unit, its runtime drop-in for the property.
         file: PathBuf,
         /// Its text before the agent first changed it (what a revert restores).
         original: String,
@@ -146,6 +208,9 @@ pub enum Applied {
         journaled: bool,
         /// A documented substitute, if the action could not be done as written.
         fallback: Option<Fallback>,
+        /// The unit the value was set on through systemd; `None`: written
+        /// into the cgroup file.
+        unit: Option<UnitName>,
     },
     /// The target's directory does not exist (or vanished while applying):
     /// nothing was changed and nothing is journaled.
@@ -180,6 +245,16 @@ pub enum Lifted {
         /// The file.
         file: PathBuf,
     },
+    /// A unit's value was changed through systemd since the agent set it:
+    /// that value is left in force (and logged), the entry dropped.
+    Superseded {
+        /// The unit's runtime drop-in (the entry's file).
+        file: PathBuf,
+        /// The unit.
+        unit: UnitName,
+        /// What systemd has, left in force.
+        live: String,
+    },
     /// The action was not in force (never applied, target absent, or
     /// already lifted): nothing to do.
     NotHeld,
@@ -192,6 +267,9 @@ pub struct RevertReport {
     pub restored: Vec<PathBuf>,
     /// Files whose cgroup is gone (nothing to restore; the entry is dropped).
     pub vanished: Vec<PathBuf>,
+    /// Units whose value was changed through systemd since, with that value,
+    /// left in force (the entry is dropped).
+    pub superseded: Vec<(PathBuf, String)>,
     /// Files that could not be restored, with why; they stay in the journal
     /// and are retried by [`CgroupActuator::retry_pending`].
     pub failed: Vec<(PathBuf, String)>,
@@ -207,6 +285,7 @@ impl RevertReport {
         match outcome {
             Ok(Lifted::Restored { .. } | Lifted::StillHeld { .. }) => self.restored.push(file),
             Ok(Lifted::Vanished { .. }) => self.vanished.push(file),
+            Ok(Lifted::Superseded { live, .. }) => self.superseded.push((file, live)),
             Ok(Lifted::NotHeld) => {}
             Err(e) => self.failed.push((file, e.to_string())),
         }
@@ -214,15 +293,23 @@ impl RevertReport {
 }
 
 impl fmt::Display for RevertReport {
-    /// `restored 2, vanished 1, failed 1 (/sys/…/cpu.max: …)`.
+    /// `restored 2, vanished 1, failed 1 (/sys/…/cpu.max: …)`; superseded
+    /// units are counted only if there are any.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "restored {}, vanished {}, failed {}",
+            "restored {}, vanished {}",
             self.restored.len(),
-            self.vanished.len(),
-            self.failed.len()
+            self.vanished.len()
         )?;
+        if !self.superseded.is_empty() {
+            write!(
+                f,
+                ", superseded through systemd (left in force) {}",
+                self.superseded.len()
+            )?;
+        }
+        write!(f, ", failed {}", self.failed.len())?;
         for (i, (file, why)) in self.failed.iter().enumerate() {
             let sep = if i == 0 { " (" } else { "; " };
             write!(f, "{sep}{}: {why}", file.display())?;
@@ -246,6 +333,116 @@ fn quota_us(cpus: Cpus, period_us: u64) -> u64 {
     ((cpus.get() * period_us as f64).round() as u64).max(1000)
 }
 
+/// How an action on a cgroup is carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Through systemd: the cgroup is this unit of the system manager.
+    Unit(UnitName),
+    /// By writing the cgroup's files.
+    Files,
+}
+
+/// The route for acting on `cgroup`, decided without I/O of its own.
+///
+/// - `systemd`: systemd is the cgroup manager and the agent is connected;
+/// - `held`: the unit this target is already held on through systemd (in
+///   the journal), which decides;
+/// - `owner`: asks systemd for the unit whose cgroup `cgroup` is
+///   ([`SystemdUnits::resolve`]); called only if systemd is there, nothing
+///   holds the target, and its last component is a unit's name
+///   ([`systemd::unit_for`]).
+///
+/// A unit-named cgroup that systemd's manager does not own (a service of a
+/// user's manager, a unit not loaded) goes through its files. A failure to
+/// ask is the caller's error, not a reason to write the files of what may be
+/// a unit.
+pub fn route<E>(
+    cgroup: &CgroupPath,
+    systemd: bool,
+    held: Option<&UnitName>,
+    owner: impl FnOnce(&CgroupPath) -> Result<Option<UnitName>, E>,
+) -> Result<Route, E> {
+    if let Some(unit) = held {
+        return Ok(Route::Unit(unit.clone()));
+    }
+    if !systemd || systemd::unit_for(cgroup.as_str()).is_none() {
+        return Ok(Route::Files);
+    }
+    Ok(owner(cgroup)?.map_or(Route::Files, Route::Unit))
+}
+
+/// How often, at most, [`CgroupActuator::check_drift`] asks systemd for the
+/// values it holds on units (the cgroup files are compared every call).
+pub const SYSTEMD_DRIFT_EVERY: Duration = Duration::from_secs(1);
+/// How long a drift check's call to systemd may take: it runs inside a tick.
+pub const DRIFT_READ_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a drift check's call to systemd failed (PID 1 busy reloading, or
+/// gone), how long the checks compare only the cgroup files.
+const DRIFT_QUIET: Duration = Duration::from_secs(10);
+
+/// A value the agent holds that someone else changed: one line of
+/// `governor status`, a label pair of `governor_drift`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drifted {
+    /// The policy whose claim is in force there (the newest holder).
+    pub policy: String,
+    /// The target cgroup.
+    pub target: CgroupPath,
+    /// The unit, if the target is acted on through systemd.
+    pub unit: Option<UnitName>,
+    /// What the agent holds (`CPUQuota=20%`, `cpu.max "20000 100000"`).
+    pub held: String,
+    /// What is there instead, and where.
+    pub found: String,
+    /// True if the episode started at this check (logged, counted).
+    pub started: bool,
+}
+
+impl fmt::Display for Drifted {
+    /// `policy p: /system.slice/hog.service (hog.service): held
+    /// CPUQuota=20%, found systemd has CPUQuota=50%`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy {}: {}", self.policy, self.target)?;
+        if let Some(unit) = &self.unit {
+            write!(f, " ({unit})")?;
+        }
+        write!(f, ": held {}, found {}", self.held, self.found)
+    }
+}
+
+/// What the drift checks saw of one journal entry.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Skip the unit's cgroup files once: systemd writes them after it
+    /// answers, so they are compared from the check after a change on.
+    settling: bool,
+    /// systemd's value at the last read (units only).
+    systemd: Option<systemd::Value>,
+    /// The episode in progress: what was found.
+    drift: Option<String>,
+}
+
+/// The drift checks' memory, per journal entry (by its file).
+#[derive(Debug)]
+struct DriftWatch {
+    seen: BTreeMap<PathBuf, Seen>,
+    every: Duration,
+    last_round: Option<Instant>,
+    quiet_until: Option<Instant>,
+}
+
+/// systemd, as the actuator uses it.
+#[derive(Debug)]
+struct UnitRoute {
+    units: SystemdUnits,
+    /// A second connection whose calls give up after [`DRIFT_READ_TIMEOUT`].
+    reader: Option<SystemdUnits>,
+    /// systemd's major version.
+    version: u32,
+    /// The kernel's release (`6.1.0-18-amd64`), for whether `cpu.idle` exists.
+    release: Option<String>,
+}
+
 /// Which file an action writes, and what.
 struct Plan {
     target: CgroupPath,
@@ -259,19 +456,115 @@ enum Resolved {
     Absent(PathBuf),
 }
 
-/// Applies and reverts cgroup-file actions, journaling each change first.
+/// Applies and reverts cgroup actions, through the cgroup files or, for
+/// systemd units, through systemd, journaling each change first.
 #[derive(Debug)]
 pub struct CgroupActuator {
     fs: CgroupFs,
     journal: Journal,
+    systemd: Option<UnitRoute>,
+    /// Why there is no systemd route.
+    files_only: String,
+    watch: DriftWatch,
 }
 
 impl CgroupActuator {
-    /// An actuator over the hierarchies of `fs` that records into `journal`.
-    /// Entries the journal already holds are a dead process's: call
-    /// [`Self::revert_all`] before applying anything.
+    /// An actuator over the hierarchies of `fs` that records into `journal`,
+    /// through cgroup files only. Entries the journal already holds are a
+    /// dead process's: call [`Self::revert_all`] before applying anything.
     pub fn new(fs: CgroupFs, journal: Journal) -> Self {
-        Self { fs, journal }
+        Self {
+            fs,
+            journal,
+            systemd: None,
+            files_only: "not connected to systemd".into(),
+            watch: DriftWatch {
+                seen: BTreeMap::new(),
+                every: SYSTEMD_DRIFT_EVERY,
+                last_round: None,
+                quiet_until: None,
+            },
+        }
+    }
+
+    /// The agent's actuator: through systemd for its units if systemd is the
+    /// cgroup manager here and its bus answers (connected now, before the
+    /// journal's entries are reverted), through files otherwise. Logs once
+    /// which ([`Self::route_description`]).
+    pub fn for_host(fs: CgroupFs, journal: Journal) -> Self {
+        let mut act = Self::new(fs, journal);
+        let connected =
+            systemd::systemd_manages_cgroups(Path::new("/"), Path::new(systemd::SYSTEM_BUS_SOCKET))
+                .and_then(|()| SystemdUnits::connect())
+                .and_then(|units| act.use_systemd(units));
+        if let Err(e) = connected {
+            act.files_only = e.to_string();
+        }
+        tracing::info!("actuators: {}", act.route_description());
+        act
+    }
+
+    /// Acts on systemd's units through `units` from now on (reads systemd's
+    /// version, and opens a second connection for drift checks). On error
+    /// nothing changes: files only.
+    pub fn use_systemd(&mut self, units: SystemdUnits) -> Result<(), SystemdError> {
+        let version = units.version()?;
+        let reader = match units.reader(DRIFT_READ_TIMEOUT) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("drift checks compare cgroup files only, not systemd's values: {e}");
+                None
+            }
+        };
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|r| r.trim().to_owned());
+        self.systemd = Some(UnitRoute {
+            units,
+            reader,
+            version,
+            release,
+        });
+        Ok(())
+    }
+
+    /// How often, at most, drift checks ask systemd ([`SYSTEMD_DRIFT_EVERY`]
+    /// unless set; tests use zero).
+    pub fn with_drift_interval(mut self, every: Duration) -> Self {
+        self.watch.every = every;
+        self
+    }
+
+    /// Which route targets take: `systemd units through D-Bus (…), other
+    /// cgroups through their files`, or `cgroup files only: <why>`.
+    pub fn route_description(&self) -> String {
+        match &self.systemd {
+            Some(s) => format!(
+                "systemd units through D-Bus (systemd {} at {}), other cgroups through their files",
+                s.version,
+                s.units.address()
+            ),
+            None => format!("cgroup files only: {}", self.files_only),
+        }
+    }
+
+    /// The route for `action` ([`route`]): `None` for cgroup files.
+    fn unit_of(&self, action: &Action) -> Result<Option<UnitName>, ActError> {
+        let Some(cgroup) = cgroup_of(action) else {
+            return Ok(None);
+        };
+        let held = (self.journal.entries().iter())
+            .filter(|e| e.target == *cgroup)
+            .find_map(Entry::unit);
+        let sd = self.systemd.as_ref();
+        let r = route(cgroup, sd.is_some(), held, |c| match sd {
+            Some(s) => s.units.resolve(c.as_str()),
+            None => Ok(None),
+        })?;
+        Ok(match r {
+            Route::Unit(u) => Some(u),
+            Route::Files => None,
+        })
     }
 
     /// The journal (for status and tests).
@@ -286,8 +579,12 @@ impl CgroupActuator {
 
     /// Puts `action` in force for `policy`: journals the file's original text
     /// (once, however often the file is changed) and then writes the new one.
-    /// A missing target is [`Applied::TargetAbsent`], not an error.
+    /// A missing target is [`Applied::TargetAbsent`], not an error. A target
+    /// that is a systemd unit is set through systemd ([`route`]).
     pub fn apply(&mut self, policy: &str, action: &Action) -> Result<Applied, ActError> {
+        if let Some(unit) = self.unit_of(action)? {
+            return self.apply_unit(policy, action, unit);
+        }
         let plan = match self.plan(action)? {
             Resolved::Plan(p) => p,
             Resolved::Absent(dir) => return Ok(Applied::TargetAbsent { dir }),
@@ -310,6 +607,7 @@ impl CgroupActuator {
                     since_unix_ms: now_unix_ms(),
                     pid: std::process::id(),
                     pending: None,
+                    systemd: None,
                 };
                 (entry, true)
             }
@@ -323,12 +621,14 @@ impl CgroupActuator {
             policy: policy.to_owned(),
             action: phrase,
             value: plan.value.clone(),
+            unit_value: None,
         });
         entry.value.clone_from(&plan.value);
         entry.pending = None;
         if before.as_ref() != Some(&entry) {
             self.journal.put(entry.clone())?;
         }
+        self.watch.seen.remove(&plan.file);
         match write_value(&plan.file, &plan.value) {
             Ok(()) => Ok(Applied::Written {
                 file: plan.file,
@@ -336,6 +636,7 @@ impl CgroupActuator {
                 value: plan.value,
                 journaled,
                 fallback: plan.fallback,
+                unit: None,
             }),
             Err(e) if is_gone(&e) && !parent(&plan.file).is_dir() => {
                 self.journal.remove(&plan.file)?;
@@ -354,6 +655,114 @@ impl CgroupActuator {
                     value: plan.value,
                     source,
                 })
+            }
+        }
+    }
+
+    /// [`Self::apply`] on a unit: the prior journaled (the one already
+    /// journaled for this unit and property, holding the new value, or a new
+    /// one from systemd), then `SetUnitProperties`.
+    fn apply_unit(
+        &mut self,
+        policy: &str,
+        action: &Action,
+        unit: UnitName,
+    ) -> Result<Applied, ActError> {
+        let Some(sd) = self.systemd.as_ref() else {
+            return Err(ActError::NoSystemd {
+                unit,
+                why: self.files_only.clone(),
+            });
+        };
+        let (Some(target), Some(setting)) = (cgroup_of(action), setting_of(action)) else {
+            return Err(ActError::NotMine {
+                action: action.to_string(),
+            });
+        };
+        let hybrid = self.fs.layout() == Layout::Hybrid;
+        if hybrid && matches!(action, Action::MemoryHigh { .. }) {
+            return Err(ActError::Unsupported {
+                action: action.to_string(),
+                reason: MEMORY_HIGH_ON_V1.into(),
+            });
+        }
+        let dir = self.fs.dir(target);
+        let idle = systemd::idle_support(
+            sd.version,
+            cpu_idle_available(&dir, sd.release.as_deref()),
+            hybrid,
+        );
+        let mapped = systemd::to_systemd(setting, idle)?;
+        let value = mapped.value;
+        let before = self.journal.find_unit(&unit, value.property()).cloned();
+        // The next rung on a unit already held keeps the journaled prior:
+        // the unit's own value stays the one restored.
+        let held = (before.as_ref())
+            .and_then(|e| e.systemd.as_ref().map(|p| (e.clone(), p.with_held(value))));
+        let (mut entry, prior, journaled) = match held {
+            Some((e, prior)) => (e, prior?, false),
+            None => match sd.units.prepare(&unit, value) {
+                Ok(prior) => (
+                    Entry {
+                        target: target.clone(),
+                        file: prior.dropin.clone(),
+                        original: prior.original.to_string(),
+                        value: String::new(),
+                        holders: Vec::new(),
+                        since_unix_ms: now_unix_ms(),
+                        pid: std::process::id(),
+                        pending: None,
+                        systemd: None,
+                    },
+                    prior,
+                    true,
+                ),
+                Err(SystemdError::NoSuchUnit { .. }) => return Ok(Applied::TargetAbsent { dir }),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        entry.systemd = Some(prior.clone());
+        let phrase = action.to_string();
+        // The newest claim is the one in force: (re)place it last.
+        entry
+            .holders
+            .retain(|h| !(h.policy == policy && h.action == phrase));
+        entry.holders.push(Holder {
+            policy: policy.to_owned(),
+            action: phrase.clone(),
+            value: value.to_string(),
+            unit_value: Some(value),
+        });
+        entry.value = value.to_string();
+        entry.pending = None;
+        // Journaled before the call: a crash after it finds the change.
+        if before.as_ref() != Some(&entry) {
+            self.journal.put(entry.clone())?;
+        }
+        self.watch.seen.remove(&entry.file);
+        match sd.units.apply(&prior) {
+            Ok(()) => Ok(Applied::Written {
+                file: entry.file,
+                original: entry.original,
+                value: entry.value,
+                journaled,
+                fallback: mapped.fallback.map(Fallback::from),
+                unit: Some(unit),
+            }),
+            Err(err) => {
+                // Not in force (or, after a timeout, perhaps in force):
+                // take this claim out and put back what the others hold, or
+                // the unit's own value. What cannot be put back now stays
+                // journaled, pending.
+                let gone = matches!(err, SystemdError::NoSuchUnit { .. });
+                match self.release(entry, |h| h.policy == policy && h.action == phrase) {
+                    Ok(_) if gone => Ok(Applied::TargetAbsent { dir }),
+                    Ok(_) => Err(err.into()),
+                    Err(undo) => {
+                        tracing::warn!(policy, "{action}: {err}; undoing it: {undo}");
+                        Err(err.into())
+                    }
+                }
             }
         }
     }
@@ -418,11 +827,14 @@ impl CgroupActuator {
     /// still failing. Call it each tick while [`Self::pending`] is non-zero.
     pub fn retry_pending(&mut self) -> RevertReport {
         let mut report = RevertReport::default();
+        // A unit's entry waits for a connection to systemd, which this
+        // process does not have: it stays pending, saying why.
+        let connected = self.systemd.is_some();
         let pending: Vec<Entry> = self
             .journal
             .entries()
             .iter()
-            .filter(|e| e.pending.is_some())
+            .filter(|e| e.pending.is_some() && (connected || e.systemd.is_none()))
             .cloned()
             .collect();
         for entry in pending {
@@ -441,6 +853,141 @@ impl CgroupActuator {
             .count()
     }
 
+    /// Every value held that someone else changed, as found now (one per
+    /// journal entry that drifted). Call it each tick: files are compared
+    /// every call, systemd is asked at most every [`SYSTEMD_DRIFT_EVERY`]
+    /// (and when a unit's files first disagree), each call giving up after
+    /// [`DRIFT_READ_TIMEOUT`]. Each episode is logged when it starts (a
+    /// warning naming the policy, the target, the value held and the value
+    /// found) and when it ends; nothing is repaired.
+    pub fn check_drift(&mut self) -> Vec<Drifted> {
+        let entries = self.journal.entries();
+        let DriftWatch {
+            seen,
+            every,
+            last_round,
+            quiet_until,
+        } = &mut self.watch;
+        if entries.is_empty() {
+            seen.clear();
+            return Vec::new();
+        }
+        seen.retain(|file, _| entries.iter().any(|e| e.file == *file));
+        let now = Instant::now();
+        let reader = (self.systemd.as_ref()).and_then(|s| s.reader.as_ref());
+        let mut may_ask = reader.is_some() && quiet_until.is_none_or(|t| now >= t);
+        let round = may_ask && last_round.is_none_or(|t| now.duration_since(t) >= *every);
+        if round {
+            *last_round = Some(now);
+        }
+        let mut out = Vec::new();
+        for e in entries {
+            // Nothing is held while a revert is pending.
+            let Some(holder) = e.holders.last() else {
+                continue;
+            };
+            if e.pending.is_some() {
+                continue;
+            }
+            if !seen.contains_key(&e.file) {
+                let fresh = Seen {
+                    settling: e.systemd.is_some(),
+                    ..Seen::default()
+                };
+                seen.insert(e.file.clone(), fresh);
+            }
+            let Some(s) = seen.get_mut(&e.file) else {
+                continue;
+            };
+            let found = match (&e.systemd, reader) {
+                (None, _) => file_drift(&e.file, &e.value),
+                (Some(prior), reader) => {
+                    let dir = self.fs.dir(&e.target);
+                    let kernel = if std::mem::take(&mut s.settling) {
+                        None
+                    } else {
+                        systemd::read_kernel(&dir, prior.property()).ok().flatten()
+                    };
+                    let off =
+                        (kernel.as_ref()).is_some_and(|k| !systemd::kernel_agrees(&prior.held, k));
+                    let mut gone = false;
+                    if let Some(r) = reader
+                        && may_ask
+                        && (round || (off && s.drift.is_none()))
+                    {
+                        match r.read(&prior.unit, prior.property()) {
+                            Ok(v) => s.systemd = Some(v),
+                            Err(SystemdError::NoSuchUnit { .. }) => gone = true,
+                            Err(err) => {
+                                may_ask = false;
+                                *quiet_until = Some(now + DRIFT_QUIET);
+                                tracing::warn!(
+                                    "drift checks compare only cgroup files for {DRIFT_QUIET:?}: asking systemd failed: {err}"
+                                );
+                            }
+                        }
+                    }
+                    let live = systemd::Live {
+                        systemd: s.systemd.unwrap_or(prior.held),
+                        kernel: kernel.map(|k| (dir, k)),
+                    };
+                    if gone {
+                        None
+                    } else {
+                        live.drift(&prior.unit, &prior.held).map(|d| match d {
+                            systemd::Drift::Systemd { held, systemd, .. } => {
+                                (held.to_string(), format!("systemd has {systemd}"))
+                            }
+                            systemd::Drift::Kernel {
+                                held, dir, kernel, ..
+                            } => (
+                                held.to_string(),
+                                format!(
+                                    "{kernel} in {} (written behind systemd's back)",
+                                    dir.display()
+                                ),
+                            ),
+                        })
+                    }
+                }
+            };
+            let unit = e.unit().cloned();
+            match (found, s.drift.is_some()) {
+                (Some((held, found)), was) => {
+                    let d = Drifted {
+                        policy: holder.policy.clone(),
+                        target: e.target.clone(),
+                        unit,
+                        held,
+                        found: found.clone(),
+                        started: !was,
+                    };
+                    if !was {
+                        tracing::warn!(
+                            policy = %d.policy,
+                            target = %d.target,
+                            "drift: {d}: someone else changed a value the agent holds; it is left as found"
+                        );
+                    }
+                    s.drift = Some(found);
+                    out.push(d);
+                }
+                (None, true) => {
+                    tracing::info!(
+                        policy = %holder.policy,
+                        target = %e.target,
+                        "drift over: {} holds {} again",
+                        e.unit().map_or_else(|| e.file.display().to_string(), ToString::to_string),
+                        e.value
+                    );
+                    s.drift = None;
+                }
+                (None, false) => {}
+            }
+        }
+        out
+    }
+
     /// Drops the holders `lifted` selects from `entry`, then writes what is
     /// left in force (the newest remaining holder's value) or the original.
     fn release(
@@ -448,12 +995,16 @@ impl CgroupActuator {
         mut entry: Entry,
         lifted: impl Fn(&Holder) -> bool,
     ) -> Result<Lifted, ActError> {
+        if entry.systemd.is_some() {
+            return self.release_unit(entry, lifted);
+        }
         entry.holders.retain(|h| !lifted(h));
         let value = entry
             .holders
             .last()
             .map_or_else(|| entry.original.clone(), |h| h.value.clone());
         let file = entry.file.clone();
+        self.watch.seen.remove(&file);
         match write_value(&file, &value) {
             Ok(()) if entry.holders.is_empty() => {
                 self.journal.remove(&file)?;
@@ -492,6 +1043,137 @@ impl CgroupActuator {
         }
     }
 
+    /// [`Self::release`] of a unit's entry, through systemd: the newest
+    /// remaining holder's value is set (journaled first), or, with none
+    /// left, the prior restored ([`SystemdUnits::restore`]).
+    fn release_unit(
+        &mut self,
+        mut entry: Entry,
+        lifted: impl Fn(&Holder) -> bool,
+    ) -> Result<Lifted, ActError> {
+        let Some(prior) = entry.systemd.clone() else {
+            return Err(ActError::Parse {
+                path: self.journal.path(),
+                reason: format!("{} is not a unit's entry", entry.file.display()),
+            });
+        };
+        let unit = prior.unit.clone();
+        // Every value the agent set on this property: after a crash between
+        // journaling a rung and setting it, the one in force may be another
+        // of them than `held`, and it is still the agent's to undo.
+        let ours: Vec<systemd::Value> = (entry.holders.iter())
+            .filter_map(|h| h.unit_value)
+            .chain([prior.held])
+            .collect();
+        let mut policies: Vec<String> = (entry.holders.iter())
+            .filter(|h| lifted(h))
+            .map(|h| h.policy.clone())
+            .collect();
+        policies.dedup();
+        entry.holders.retain(|h| !lifted(h));
+        let file = entry.file.clone();
+        self.watch.seen.remove(&file);
+        let Some(sd) = self.systemd.as_ref() else {
+            let err = ActError::NoSystemd {
+                unit: unit.clone(),
+                why: self.files_only.clone(),
+            };
+            if entry.holders.is_empty() {
+                entry.value.clone_from(&entry.original);
+            }
+            entry.pending = Some(err.to_string());
+            self.journal.put(entry)?;
+            return Err(err);
+        };
+        let outcome = match entry.holders.last() {
+            Some(top) => {
+                let Some(value) = top.unit_value else {
+                    return Err(ActError::Parse {
+                        path: self.journal.path(),
+                        reason: format!(
+                            "holder {} of {} has no unit value",
+                            top.policy,
+                            file.display()
+                        ),
+                    });
+                };
+                let next = prior.with_held(value)?;
+                entry.systemd = Some(next.clone());
+                entry.value = value.to_string();
+                entry.pending = None;
+                self.journal.put(entry.clone())?;
+                match sd.units.apply(&next) {
+                    Ok(()) => {
+                        let by = entry.holders.iter().map(|h| h.policy.clone()).collect();
+                        return Ok(Lifted::StillHeld {
+                            file,
+                            value: entry.value,
+                            by,
+                        });
+                    }
+                    // Gone: its drop-in is put back as it was.
+                    Err(SystemdError::NoSuchUnit { .. }) => sd.units.restore(&next),
+                    Err(e) => Err(e),
+                }
+            }
+            None => {
+                let mut prior = prior;
+                if ours.iter().any(|v| *v != prior.held)
+                    && let Ok(live) = sd.units.read(&prior.unit, prior.property())
+                    && live != prior.held
+                    && ours.contains(&live)
+                {
+                    prior = prior.with_held(live)?;
+                }
+                sd.units.restore(&prior)
+            }
+        };
+        match outcome {
+            Ok(Restored::Restored) => {
+                self.journal.remove(&file)?;
+                Ok(Lifted::Restored {
+                    file,
+                    original: entry.original,
+                })
+            }
+            Ok(Restored::Vanished) => {
+                self.journal.remove(&file)?;
+                Ok(Lifted::Vanished { file })
+            }
+            Ok(Restored::Superseded { live }) => {
+                let held = entry.systemd.as_ref().map(|p| p.held.to_string());
+                tracing::warn!(
+                    unit = %unit,
+                    target = %entry.target,
+                    "{unit}: not restored to {}: it was changed to {live} through systemd since the agent set {} (for {}); that value is left in force",
+                    entry.original,
+                    held.unwrap_or_default(),
+                    if policies.is_empty() { "a pending revert".to_owned() } else { policies.join(", ") },
+                );
+                self.journal.remove(&file)?;
+                Ok(Lifted::Superseded {
+                    file,
+                    unit,
+                    live: live.to_string(),
+                })
+            }
+            Err(err) => {
+                if entry.holders.is_empty() {
+                    entry.value.clone_from(&entry.original);
+                }
+                tracing::warn!(
+                    unit = %unit,
+                    target = %entry.target,
+                    "setting {unit} back to {} failed, will retry: {err}",
+                    entry.value
+                );
+                entry.pending = Some(err.to_string());
+                self.journal.put(entry)?;
+                Err(err.into())
+            }
+        }
+    }
+
     /// The directory holding the cpu controller's files of `cgroup`: the
     /// cgroup2 directory, or the v1 cpu controller's on hybrid hosts.
     fn cpu_dir(&self, cgroup: &CgroupPath, action: &Action) -> Result<PathBuf, ActError> {
@@ -516,7 +1198,7 @@ impl CgroupActuator {
             Action::MemoryHigh { cgroup, .. } if v1 => {
                 return Err(ActError::Unsupported {
                     action: action.to_string(),
-                    reason: "memory.high exists only in cgroup2, and this host's cgroup2 has no memory controller (hybrid layout); v1's memory.soft_limit_in_bytes is a different mechanism and is not substituted".into(),
+                    reason: MEMORY_HIGH_ON_V1.into(),
                 });
             }
             Action::MemoryHigh { cgroup, .. } => (cgroup, self.fs.dir(cgroup)),
@@ -595,6 +1277,94 @@ impl CgroupActuator {
     }
 }
 
+const MEMORY_HIGH_ON_V1: &str = "memory.high exists only in cgroup2, and this host's cgroup2 has no memory controller (hybrid layout); v1's memory.soft_limit_in_bytes is a different mechanism and is not substituted";
+
+/// The cgroup an action of this module acts on.
+fn cgroup_of(action: &Action) -> Option<&CgroupPath> {
+    match action {
+        Action::CpuWeight { cgroup, .. }
+        | Action::CpuLimit { cgroup, .. }
+        | Action::MemoryHigh { cgroup, .. } => Some(cgroup),
+        Action::ThrottleConnections { .. } | Action::RejectConnections { .. } => None,
+    }
+}
+
+/// The action as [`systemd::to_systemd`] takes it.
+fn setting_of(action: &Action) -> Option<Setting> {
+    Some(match action {
+        Action::CpuWeight {
+            weight: CpuWeight::Weight(w),
+            ..
+        } => Setting::CpuWeight(*w),
+        Action::CpuWeight {
+            weight: CpuWeight::Idle,
+            ..
+        } => Setting::CpuIdle,
+        Action::CpuLimit { cpus, .. } => Setting::CpuLimit { cpus: cpus.get() },
+        Action::MemoryHigh { bytes, .. } => Setting::MemoryHigh { bytes: bytes.get() },
+        Action::ThrottleConnections { .. } | Action::RejectConnections { .. } => return None,
+    })
+}
+
+/// Whether the unit's cgroup2 directory `dir` has `cpu.idle`, or will once
+/// systemd enables the cpu controller there: its file if the controller is
+/// on (`cpu.weight` is there), else the kernel's release (5.15 and later).
+fn cpu_idle_available(dir: &Path, release: Option<&str>) -> bool {
+    if dir.join("cpu.idle").exists() {
+        return true;
+    }
+    if dir.join("cpu.weight").exists() {
+        return false;
+    }
+    release.is_some_and(|r| {
+        let mut n = (r.split(|c: char| !c.is_ascii_digit()))
+            .take(2)
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        (n.next().unwrap_or(0), n.next().unwrap_or(0)) >= (5, 15)
+    })
+}
+
+/// True if a cgroup file that was written `written` and now reads `found`
+/// still holds it: `memory.high` as the kernel keeps it (whole pages, `max`
+/// from `i64::MAX` bytes up), other files field by field.
+fn file_agrees(file: &Path, written: &str, found: &str) -> bool {
+    use systemd::{KernelValue, MemoryHigh, Value};
+    if file.file_name().is_some_and(|n| n == "memory.high")
+        && let Ok(bytes) = written.trim().parse::<u64>()
+    {
+        let shown = match found.trim() {
+            "max" => None,
+            n => match n.parse() {
+                Ok(n) => Some(n),
+                Err(_) => return false,
+            },
+        };
+        return systemd::kernel_agrees(
+            &Value::MemoryHigh(MemoryHigh::Bytes(bytes)),
+            &KernelValue::MemoryHigh(shown),
+        );
+    }
+    written.split_whitespace().eq(found.split_whitespace())
+}
+
+/// How a cgroup file the agent wrote `written` into differs from it now, as
+/// (held, found); `None` if it agrees or cannot be read (the cgroup is gone,
+/// and a lift will say so).
+fn file_drift(file: &Path, written: &str) -> Option<(String, String)> {
+    let found = fs::read_to_string(file).ok()?;
+    let found = found.trim_end_matches('\n');
+    if file_agrees(file, written, found) {
+        return None;
+    }
+    let name = file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Some((
+        format!("{name} {written:?}"),
+        format!("{found:?} in {}", file.display()),
+    ))
+}
+
 fn memory_value(bytes: Bytes) -> String {
     bytes.get().to_string()
 }
@@ -661,6 +1431,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
+    use crate::act::systemd::test_support::{Bus, dbus_daemon, fake, start_bus};
     use governor_engine::config::{RejectMode, Target};
 
     /// A fake host: cgroupfs files under a temp dir, and a journal beside them.
@@ -1241,5 +2012,521 @@ mod tests {
         assert_eq!(host.read("cpu/b/cpu.idle"), "0");
         assert_eq!(host.read("cpu/c/cpu.shares"), "1024");
         assert!(act.journal().is_empty());
+    }
+
+    #[test]
+    fn targets_route_through_systemd_only_for_its_own_units() {
+        let hog = UnitName::parse("hog.service").unwrap();
+        let never = |_: &CgroupPath| -> Result<Option<UnitName>, String> {
+            panic!("systemd asked when it need not be")
+        };
+        let says = |u: Option<&UnitName>| {
+            let u = u.cloned();
+            move |_: &CgroupPath| -> Result<Option<UnitName>, String> { Ok(u) }
+        };
+        let unit = cg("/system.slice/hog.service");
+        // No systemd: files, whatever the name.
+        assert_eq!(route(&unit, false, None, never), Ok(Route::Files));
+        // Not a unit's name: files, without asking.
+        for c in [
+            "/batch",
+            "/system.slice/hog.service/worker",
+            "/x/backup.timer",
+        ] {
+            assert_eq!(route(&cg(c), true, None, never), Ok(Route::Files), "{c}");
+        }
+        // A unit's name that systemd's manager owns: through systemd.
+        assert_eq!(
+            route(&unit, true, None, says(Some(&hog))),
+            Ok(Route::Unit(hog.clone()))
+        );
+        // One it does not (a user manager's service, a unit not loaded): files.
+        let users = cg("/user.slice/user-1000.slice/user@1000.service/app.slice/hog.service");
+        assert_eq!(route(&users, true, None, says(None)), Ok(Route::Files));
+        // Asking failed: the caller's error, not a file write on a unit.
+        let failed = |_: &CgroupPath| -> Result<Option<UnitName>, String> { Err("timeout".into()) };
+        assert_eq!(route(&unit, true, None, failed), Err("timeout".to_owned()));
+        // Held through systemd already: that unit, without asking.
+        assert_eq!(
+            route(&unit, true, Some(&hog), never),
+            Ok(Route::Unit(hog.clone()))
+        );
+        // Whether cpu.idle will be there once systemd enables the controller.
+        let d = tempfile::tempdir().unwrap();
+        assert!(cpu_idle_available(d.path(), Some("6.1.0-18-amd64")));
+        assert!(cpu_idle_available(d.path(), Some("5.15.0")));
+        assert!(!cpu_idle_available(d.path(), Some("5.10.0-28-amd64")));
+        assert!(!cpu_idle_available(d.path(), None));
+        write(&d.path().join("cpu.weight"), "100\n");
+        assert!(
+            !cpu_idle_available(d.path(), Some("6.1.0")),
+            "enabled, no cpu.idle"
+        );
+        write(&d.path().join("cpu.idle"), "0\n");
+        assert!(cpu_idle_available(d.path(), None));
+    }
+
+    /// A fake systemd 252 on a private dbus-daemon whose units' cgroups are
+    /// in the host's fake cgroup2 tree and whose drop-ins are beside it.
+    struct FakeSystemd {
+        bus: Bus,
+        state: fake::Shared,
+        root: PathBuf,
+    }
+
+    impl FakeSystemd {
+        /// `None` (the test is skipped) without dbus-daemon.
+        fn start(host: &Host, units: &[(&str, &'static str, &str)]) -> Option<Self> {
+            let Some(exe) = dbus_daemon() else {
+                println!("SKIPPED: dbus-daemon is not installed (apt-get install dbus)");
+                return None;
+            };
+            let bus = start_bus(&exe);
+            let state = fake::Shared::default();
+            {
+                let mut st = state.lock().unwrap();
+                st.cgroup_root = Some(host.path(""));
+                for (name, section, cgroup) in units {
+                    st.units
+                        .insert((*name).into(), fake::Unit::new(section, cgroup));
+                }
+            }
+            let root = host.d.path().to_path_buf();
+            fake::serve(&bus.address, root.clone(), state.clone()).unwrap();
+            Some(Self { bus, state, root })
+        }
+
+        fn actuator(&self, host: &Host) -> CgroupActuator {
+            let mut act = host.actuator().with_drift_interval(Duration::ZERO);
+            let units = SystemdUnits::connect_to(&self.bus.address, &self.root).unwrap();
+            act.use_systemd(units).unwrap();
+            act
+        }
+
+        fn prop(&self, unit: &str, name: &str) -> u64 {
+            self.state.lock().unwrap().units[unit].props[name]
+        }
+
+        /// What someone else's `systemctl set-property` does.
+        fn set_property(&self, unit: &str, name: &str, v: u64) {
+            fake::set(&mut self.state.lock().unwrap(), &self.root, unit, name, v);
+        }
+
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut self.state.lock().unwrap().calls)
+        }
+
+        fn dropin(&self, unit: &str, name: &str) -> PathBuf {
+            (self.root)
+                .join("run/systemd/system.control")
+                .join(format!("{unit}.d/50-{name}.conf"))
+        }
+    }
+
+    fn unit_host() -> Host {
+        Host::unified(&[
+            ("system.slice/hog.service/cpu.weight", "100\n"),
+            ("system.slice/hog.service/cpu.idle", "0\n"),
+            ("system.slice/hog.service/cpu.max", "max 100000\n"),
+            ("system.slice/hog.service/memory.high", "max\n"),
+            ("system.slice/gone.service/cpu.max", "max 100000\n"),
+            ("batch/cpu.max", "max 100000\n"),
+        ])
+    }
+
+    const HOG: &str = "/system.slice/hog.service";
+
+    /// Runs `f` with the log captured (plain text, one line per event).
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        (out, text)
+    }
+
+    #[test]
+    fn through_systemd_a_crash_is_reverted_by_the_next_start() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        let mut act = sd.actuator(&host);
+        assert!(
+            act.route_description()
+                .starts_with("systemd units through D-Bus (systemd 252 at unix:"),
+            "{}",
+            act.route_description()
+        );
+        let hog = UnitName::parse("hog.service").unwrap();
+
+        // Idle is CPUWeight=idle, 0 on the wire, journaled with systemd's value before.
+        let applied = act.apply("p", &weight(HOG, CpuWeight::Idle)).unwrap();
+        let weight_dropin = sd.dropin("hog.service", "CPUWeight");
+        assert_eq!(
+            applied,
+            Applied::Written {
+                file: weight_dropin.clone(),
+                original: "CPUWeight unset (100)".into(),
+                value: "CPUWeight=idle".into(),
+                journaled: true,
+                fallback: None,
+                unit: Some(hog.clone()),
+            }
+        );
+        let calls = sd.calls();
+        assert!(
+            calls.contains(
+                &"SetUnitProperties(sba(sv)) hog.service runtime=true [CPUWeight t 0]".to_owned()
+            ),
+            "{calls:?}"
+        );
+        assert!(weight_dropin.exists());
+        assert_eq!(
+            host.read("system.slice/hog.service/cpu.idle"),
+            "1\n",
+            "systemd's realize"
+        );
+        let text = fs::read_to_string(act.journal().path()).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
+        assert!(text.contains("\"systemd\": {"), "{text}");
+
+        // Two rungs of quota: the second keeps the unit's own value as the original.
+        let _ = act.apply("p", &limit(HOG, 0.5)).unwrap();
+        let second = act.apply("p", &limit(HOG, 0.2)).unwrap();
+        assert!(
+            matches!(&second, Applied::Written { journaled: false, original, value, .. }
+                if original == "CPUQuota unset (max)" && value == "CPUQuota=20%"),
+            "{second:?}"
+        );
+        assert_eq!(sd.prop("hog.service", "CPUQuotaPerSecUSec"), 200_000);
+        let quota = act
+            .journal()
+            .find_unit(&hog, systemd::Property::CpuQuota)
+            .unwrap();
+        assert_eq!(quota.holders.len(), 2);
+        let prior = quota.systemd.as_ref().unwrap();
+        assert_eq!(
+            prior.original,
+            systemd::Value::CpuQuota(systemd::CpuQuota::Unset)
+        );
+        assert_eq!(
+            prior.held,
+            systemd::Value::CpuQuota(systemd::CpuQuota::PerSecUsec(200_000))
+        );
+
+        // Not units: a plain cgroup, and a unit-named one systemd does not have.
+        sd.calls();
+        for c in ["/batch", "/system.slice/gone.service"] {
+            let applied = act.apply("q", &limit(c, 0.2)).unwrap();
+            assert!(
+                matches!(&applied, Applied::Written { unit: None, value, .. } if value == "20000 100000"),
+                "{applied:?}"
+            );
+        }
+        assert_eq!(host.read("batch/cpu.max"), "20000 100000");
+        assert_eq!(sd.calls(), ["GetUnit gone.service"], "no call for /batch");
+        assert_eq!(act.journal().entries().len(), 4);
+
+        // The process dies without reverting.
+        drop(act);
+        // A start that cannot reach systemd puts the files back, and keeps
+        // the units' entries for a start that can.
+        let mut files_only = host.actuator();
+        let report = files_only.revert_all();
+        assert_eq!(report.restored.len(), 2, "{report}");
+        assert_eq!(report.failed.len(), 2, "{report}");
+        assert!(
+            report.to_string().contains("no connection to systemd"),
+            "{report}"
+        );
+        assert_eq!(host.read("batch/cpu.max"), "max 100000");
+        assert_eq!(files_only.pending(), 2);
+        assert!(
+            files_only.retry_pending().is_clean(),
+            "waits for a connection"
+        );
+        drop(files_only);
+        assert_eq!(sd.prop("hog.service", "CPUWeight"), 0, "still the agent's");
+
+        let mut act = sd.actuator(&host);
+        assert_eq!(act.journal().entries().len(), 2);
+        let report = act.revert_all();
+        assert_eq!(report.restored.len(), 2, "{report}");
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(sd.prop("hog.service", "CPUWeight"), u64::MAX);
+        assert_eq!(sd.prop("hog.service", "CPUQuotaPerSecUSec"), u64::MAX);
+        assert!(!weight_dropin.exists(), "no drop-in of the agent is left");
+        assert!(!sd.dropin("hog.service", "CPUQuota").exists());
+        assert!(act.journal().is_empty());
+        assert_eq!(
+            host.read("system.slice/hog.service/cpu.max"),
+            "max 100000\n"
+        );
+    }
+
+    #[test]
+    fn through_systemd_stepping_down_puts_the_rung_below_back() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        let mut act = sd.actuator(&host);
+        let _ = act.apply("p", &limit(HOG, 0.5)).unwrap();
+        let _ = act.apply("q", &memory(HOG, 1 << 30)).unwrap();
+        let _ = act.apply("p", &limit(HOG, 0.2)).unwrap();
+        let lifted = act.lift("p", &limit(HOG, 0.2)).unwrap();
+        assert_eq!(
+            lifted,
+            Lifted::StillHeld {
+                file: sd.dropin("hog.service", "CPUQuota"),
+                value: "CPUQuota=50%".into(),
+                by: vec!["p".into()],
+            }
+        );
+        assert_eq!(sd.prop("hog.service", "CPUQuotaPerSecUSec"), 500_000);
+        // A policy's release leaves the other's hold in force.
+        let report = act.lift_policy("p");
+        assert_eq!(report.restored.len(), 1, "{report}");
+        assert_eq!(sd.prop("hog.service", "CPUQuotaPerSecUSec"), u64::MAX);
+        assert!(!sd.dropin("hog.service", "CPUQuota").exists());
+        assert_eq!(sd.prop("hog.service", "MemoryHigh"), 1 << 30);
+        assert!(matches!(
+            act.lift("q", &memory(HOG, 1 << 30)).unwrap(),
+            Lifted::Restored { .. }
+        ));
+        assert!(act.journal().is_empty());
+        assert!(!sd.dropin("hog.service", "MemoryHigh").exists());
+    }
+
+    #[test]
+    fn through_systemd_a_crash_before_a_rung_was_set_still_reverts_the_rung_below() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        let mut act = sd.actuator(&host);
+        let _ = act.apply("p", &limit(HOG, 0.5)).unwrap();
+        let _ = act.apply("p", &limit(HOG, 0.2)).unwrap();
+        drop(act);
+        // As if the process died after journaling 0.2 and before systemd set
+        // it: systemd still has the agent's 0.5, which is not someone else's.
+        sd.set_property("hog.service", "CPUQuotaPerSecUSec", 500_000);
+        let mut act = sd.actuator(&host);
+        let report = act.revert_all();
+        assert_eq!(report.restored.len(), 1, "{report}");
+        assert!(report.superseded.is_empty(), "{report}");
+        assert_eq!(sd.prop("hog.service", "CPUQuotaPerSecUSec"), u64::MAX);
+        assert!(!sd.dropin("hog.service", "CPUQuota").exists());
+    }
+
+    #[test]
+    fn through_systemd_a_refused_change_leaves_nothing_journaled() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        sd.state.lock().unwrap().denied.push("hog.service".into());
+        let mut act = sd.actuator(&host);
+        let err = act.apply("p", &limit(HOG, 0.2)).unwrap_err();
+        assert!(
+            matches!(err, ActError::Systemd(SystemdError::AccessDenied { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("SetUnitProperties hog.service CPUQuota=20%: access denied"),
+            "{err}"
+        );
+        assert!(act.journal().is_empty(), "{:?}", act.journal().entries());
+        assert_eq!(act.pending(), 0);
+        let calls = sd.calls();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.starts_with("SetUnitProperties"))
+                .count(),
+            1,
+            "nothing to put back, so nothing else is set: {calls:?}"
+        );
+    }
+
+    #[test]
+    fn drift_through_systemd_is_seen_at_once_and_reported_once_per_episode() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        let mut act = sd.actuator(&host);
+        let _ = act.apply("p", &limit(HOG, 0.2)).unwrap();
+        assert_eq!(
+            host.read("system.slice/hog.service/cpu.max"),
+            "20000 100000\n"
+        );
+        assert_eq!(act.check_drift(), [], "the files settle");
+        assert_eq!(act.check_drift(), [], "systemd and the files agree");
+
+        // A cgroup file written behind systemd's back.
+        write(
+            &host.path("system.slice/hog.service/cpu.max"),
+            "max 100000\n",
+        );
+        let (d, log) = logged(|| act.check_drift());
+        let [first] = d.as_slice() else {
+            panic!("{d:?}")
+        };
+        assert!(
+            log.contains("WARN") && log.contains(&format!("drift: {first}")),
+            "{log}"
+        );
+        assert!(first.started);
+        assert_eq!((first.policy.as_str(), first.target.as_str()), ("p", HOG));
+        assert_eq!(
+            first.unit.as_ref().map(UnitName::as_str),
+            Some("hog.service")
+        );
+        assert_eq!(first.held, "CPUQuota=20%");
+        assert!(
+            first.to_string().starts_with(
+                "policy p: /system.slice/hog.service (hog.service): held CPUQuota=20%, found cpu.max \"max 100000\" in "
+            ) && first.found.ends_with("(written behind systemd's back)"),
+            "{first}"
+        );
+        let (d, log) = logged(|| act.check_drift());
+        assert!(d.len() == 1 && !d[0].started, "the same episode: {d:?}");
+        assert_eq!(log, "", "warned once per episode");
+        write(
+            &host.path("system.slice/hog.service/cpu.max"),
+            "20000 100000\n",
+        );
+        let (d, log) = logged(|| act.check_drift());
+        assert_eq!(d, [], "over");
+        assert!(
+            log.contains("INFO")
+                && log.contains("drift over: hog.service holds CPUQuota=20% again"),
+            "{log}"
+        );
+
+        // systemctl set-property: systemd's value and its files.
+        sd.set_property("hog.service", "CPUQuotaPerSecUSec", 500_000);
+        let d = act.check_drift();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].started);
+        assert_eq!(d[0].found, "systemd has CPUQuota=50%");
+        sd.set_property("hog.service", "CPUQuotaPerSecUSec", 200_000);
+        assert_eq!(act.check_drift(), []);
+
+        // systemd's value alone (its files unchanged): seen by asking it.
+        sd.state
+            .lock()
+            .unwrap()
+            .units
+            .get_mut("hog.service")
+            .unwrap()
+            .props
+            .insert("CPUQuotaPerSecUSec", 300_000);
+        let d = act.check_drift();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].found, "systemd has CPUQuota=30%");
+        // Lifting leaves their value in force and says so.
+        let (lifted, log) = logged(|| act.lift("p", &limit(HOG, 0.2)).unwrap());
+        assert!(
+            log.contains("WARN")
+                && log.contains("hog.service: not restored to CPUQuota unset (max): it was changed to CPUQuota=30% through systemd since the agent set CPUQuota=20% (for p); that value is left in force"),
+            "{log}"
+        );
+        assert_eq!(
+            lifted,
+            Lifted::Superseded {
+                file: sd.dropin("hog.service", "CPUQuota"),
+                unit: UnitName::parse("hog.service").unwrap(),
+                live: "CPUQuota=30%".into(),
+            }
+        );
+        assert_eq!(sd.prop("hog.service", "CPUQuotaPerSecUSec"), 300_000);
+        assert!(act.journal().is_empty());
+        assert_eq!(act.check_drift(), []);
+    }
+
+    #[test]
+    fn drift_of_a_file_is_its_text_no_longer_what_was_written() {
+        let host = Host::unified(&[("b/cpu.max", "max 100000\n"), ("b/memory.high", "max\n")]);
+        let mut act = host.actuator();
+        let _ = act.apply("p", &limit("/b", 0.2)).unwrap();
+        let _ = act.apply("p", &memory("/b", 1_000_000)).unwrap();
+        // The kernel keeps memory.high in whole pages: not drift.
+        // SAFETY: sysconf takes no pointers.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        write(
+            &host.path("b/memory.high"),
+            &format!("{}\n", 1_000_000 / page * page),
+        );
+        assert_eq!(act.check_drift(), []);
+        write(&host.path("b/cpu.max"), "max 100000\n");
+        let d = act.check_drift();
+        let [first] = d.as_slice() else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            first.to_string(),
+            format!(
+                "policy p: /b: held cpu.max \"20000 100000\", found \"max 100000\" in {}",
+                host.path("b/cpu.max").display()
+            )
+        );
+        assert!(first.started && first.unit.is_none());
+        assert!(!act.check_drift()[0].started);
+        // The policy's next change writes its value again: no drift.
+        let _ = act.apply("p", &limit("/b", 0.1)).unwrap();
+        assert_eq!(act.check_drift(), []);
+        let report = act.revert_all();
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(act.check_drift(), []);
+    }
+
+    #[test]
+    fn a_journaled_unit_is_put_back_only_through_its_own_drop_in() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        let mut act = sd.actuator(&host);
+        let _ = act.apply("p", &weight(HOG, CpuWeight::Weight(5))).unwrap();
+        drop(act);
+        // The journal names another file as the unit's drop-in.
+        let victim = host.d.path().join("etc/important.conf");
+        write(&victim, "keep\n");
+        let journal = host.journal_dir().join("journal.json");
+        let own = sd.dropin("hog.service", "CPUWeight");
+        let text = fs::read_to_string(&journal).unwrap();
+        let text = text.replace(own.to_str().unwrap(), victim.to_str().unwrap());
+        fs::write(&journal, text).unwrap();
+        let mut act = sd.actuator(&host);
+        let report = act.revert_all();
+        assert_eq!(report.failed.len(), 1, "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("not the unit's own runtime drop-in"),
+            "{report}"
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+        assert_eq!(act.pending(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! The journal: every cgroup file the agent changes, with the text it held
-//! before, written to disk before the change is made.
+//! before, and every unit property it sets through systemd, with what
+//! systemd had before ([`Prior`]), written to disk before the change is made.
 //!
 //! It is what makes every change revertible (safety invariant 2): on exit the
 //! agent writes each original back; after a crash (`kill -9`, OOM, power loss
@@ -10,6 +11,14 @@
 //! (write `journal.json.tmp` in the same directory, fsync it, rename it over
 //! the old one, fsync the directory), so a reader sees the old or the new
 //! journal and never half of one. A few entries per policy make this cheap.
+//!
+//! An entry of a unit acted on through systemd carries its [`Prior`] in
+//! `systemd` (and each holder its value in `unit_value`); its `file` is the
+//! unit's runtime drop-in, and `original` / `value` are texts for people.
+//! Journals holding such entries are written as format version 2, which
+//! older governors refuse rather than misread (they would write the text
+//! into the drop-in); journals of cgroup files only are still version 1, and
+//! both are read.
 //!
 //! Reboots: the journal records the kernel's boot id. Entries written
 //! under another boot (a journal kept on a disk, not the default tmpfs)
@@ -33,6 +42,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use governor_engine::snapshot::CgroupPath;
+
+use super::systemd::{Prior, Property, UnitName, Value};
 
 /// Where the agent keeps its journal (a tmpfs: entries do not outlive a
 /// reboot, and neither do the cgroup values they restore).
@@ -67,8 +78,12 @@ const TMP: &str = "journal.json.tmp";
 pub const BEFORE_REBOOT: &str = "journal.json.before-reboot";
 /// The kernel's id of this boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
-/// Version of the file format; a newer one is refused rather than misread.
-const VERSION: u32 = 1;
+/// Version of the file format of journals with cgroup files only.
+const VERSION_FILES: u32 = 1;
+/// Version of the file format of journals with an entry acted on through
+/// systemd; the newest this governor reads, a newer one is refused rather
+/// than misread.
+const VERSION_UNITS: u32 = 2;
 
 /// A journal problem, with the path that failed.
 #[derive(Debug, thiserror::Error)]
@@ -112,20 +127,25 @@ pub struct Holder {
     /// lifting names the action, and one policy may hold a file through
     /// several rungs.
     pub action: String,
-    /// The text this holder wrote.
+    /// The text this holder wrote (for a unit: its value, as text).
     pub value: String,
+    /// For an entry acted on through systemd: the value this holder set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_value: Option<Value>,
 }
 
-/// One changed cgroup file.
+/// One changed cgroup file, or one property of a unit set through systemd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The cgroup the file belongs to (relative to the cgroup2 mount, also
     /// on hybrid hosts where the file lives in the v1 cpu hierarchy).
     pub target: CgroupPath,
-    /// The file, absolute.
+    /// The file, absolute; for a unit, its runtime drop-in for the property
+    /// (`/run/systemd/system.control/hog.service.d/50-CPUQuota.conf`).
     pub file: PathBuf,
     /// Its text before the agent first changed it (trailing newline removed):
-    /// what a revert writes back, exactly.
+    /// what a revert writes back, exactly. For a unit, systemd's value
+    /// before, as text (`systemd` has it exactly).
     pub original: String,
     /// The text the file should hold now: the value of the last holder, or
     /// `original` while a failed revert is pending.
@@ -140,12 +160,23 @@ pub struct Entry {
     /// Why the last write of `value` failed, if it did (a revert to retry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// Set if the target is a systemd unit acted on through systemd: the
+    /// unit, its value and runtime drop-in before the agent, and the value
+    /// held now (what a revert and a drift check need). Absent in entries
+    /// of cgroup files, and in every journal of older governors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<Prior>,
 }
 
 impl Entry {
     /// True if `policy` holds this file.
     pub fn held_by(&self, policy: &str) -> bool {
         self.holders.iter().any(|h| h.policy == policy)
+    }
+
+    /// The unit, if this entry is acted on through systemd.
+    pub fn unit(&self) -> Option<&UnitName> {
+        self.systemd.as_ref().map(|p| &p.unit)
     }
 }
 
@@ -301,6 +332,15 @@ impl Journal {
         self.entries.iter().find(|e| e.file == file)
     }
 
+    /// The entry of `property` of `unit`, if it was set through systemd.
+    pub fn find_unit(&self, unit: &UnitName, property: Property) -> Option<&Entry> {
+        self.entries.iter().find(|e| {
+            e.systemd
+                .as_ref()
+                .is_some_and(|p| p.unit == *unit && p.property() == property)
+        })
+    }
+
     /// Records `entry` (replacing the one of the same file) and writes the
     /// journal to disk. On failure nothing changes, in memory or on disk.
     pub fn put(&mut self, entry: Entry) -> Result<(), JournalError> {
@@ -334,7 +374,11 @@ impl Journal {
     /// that after a crash at any point the journal is the old or the new one.
     fn write_atomically(&self, entries: &[Entry]) -> Result<(), JournalError> {
         let doc = OnDisk {
-            version: VERSION,
+            version: if entries.iter().any(|e| e.systemd.is_some()) {
+                VERSION_UNITS
+            } else {
+                VERSION_FILES
+            },
             pid: std::process::id(),
             written_unix_ms: now_unix_ms(),
             boot_id: self.boot_id.clone(),
@@ -372,9 +416,9 @@ fn parse(text: &str, path: &Path) -> Result<(Vec<Entry>, Option<String>), Journa
         reason,
     };
     let doc: OnDisk = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-    if doc.version != VERSION {
+    if !(VERSION_FILES..=VERSION_UNITS).contains(&doc.version) {
         return Err(corrupt(format!(
-            "format version {} (this governor reads {VERSION})",
+            "format version {} (this governor reads {VERSION_FILES} and {VERSION_UNITS})",
             doc.version
         )));
     }
@@ -408,10 +452,12 @@ mod tests {
                 policy: policy.into(),
                 action: format!("set {value}"),
                 value: value.into(),
+                unit_value: None,
             }],
             since_unix_ms: 1,
             pid: 42,
             pending: None,
+            systemd: None,
         }
     }
 
@@ -557,6 +603,109 @@ mod tests {
         .unwrap();
         let err = Journal::open(d.path()).unwrap_err();
         assert!(err.to_string().contains("version 9"), "{err}");
+        assert!(err.to_string().contains("reads 1 and 2"), "{err}");
+    }
+
+    #[test]
+    fn a_journal_of_an_older_governor_still_loads() {
+        // Exactly as the governor before systemd units wrote it: version 1,
+        // no `systemd` in entries, no `unit_value` in holders.
+        let d = tempfile::tempdir().unwrap();
+        let old = r#"{
+  "version": 1,
+  "pid": 4242,
+  "written_unix_ms": 1700000000000,
+  "boot_id": "b",
+  "entries": [
+    {
+      "target": "/batch",
+      "file": "/sys/fs/cgroup/batch/cpu.max",
+      "original": "max 100000",
+      "value": "20000 100000",
+      "holders": [
+        {
+          "policy": "p",
+          "action": "cpu_limit 0.2 CPUs on cgroup /batch",
+          "value": "20000 100000"
+        }
+      ],
+      "since_unix_ms": 1700000000000,
+      "pid": 4242
+    }
+  ]
+}
+"#;
+        fs::write(d.path().join(FILE), old).unwrap();
+        let j = Journal::open_in_boot(d.path(), Some("b".into())).unwrap();
+        let [e] = j.entries() else {
+            panic!("{:?}", j.entries())
+        };
+        assert_eq!(e.file, Path::new("/sys/fs/cgroup/batch/cpu.max"));
+        assert_eq!(
+            (e.original.as_str(), e.systemd.as_ref()),
+            ("max 100000", None)
+        );
+        assert_eq!(e.holders[0].unit_value, None);
+        assert_eq!(e.pending, None);
+    }
+
+    #[test]
+    fn a_unit_entry_round_trips_and_makes_the_journal_version_2() {
+        use crate::act::systemd::{CpuQuota, Value};
+        let d = tempfile::tempdir().unwrap();
+        let hog = UnitName::parse("hog.service").unwrap();
+        let dropin = PathBuf::from("/run/systemd/system.control/hog.service.d/50-CPUQuota.conf");
+        let held = Value::CpuQuota(CpuQuota::PerSecUsec(200_000));
+        let prior = Prior {
+            unit: hog.clone(),
+            original: Value::CpuQuota(CpuQuota::Unset),
+            held,
+            transient: false,
+            dropin: dropin.clone(),
+            dropin_before: None,
+        };
+        let mut unit = entry(dropin.to_str().unwrap(), "", "", "p");
+        unit.target = CgroupPath::new("/system.slice/hog.service").unwrap();
+        unit.original = prior.original.to_string();
+        unit.value = held.to_string();
+        unit.holders[0].value = held.to_string();
+        unit.holders[0].unit_value = Some(held);
+        unit.systemd = Some(prior);
+        let file = entry("/cg/batch/cpu.weight", "100", "5", "q");
+        let mut j = Journal::open(d.path()).unwrap();
+        j.put(file.clone()).unwrap();
+        let version = |d: &Path| -> u64 {
+            let text = fs::read_to_string(d.join(FILE)).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        };
+        assert_eq!(version(d.path()), 1, "files only: older governors read it");
+        j.put(unit.clone()).unwrap();
+        assert_eq!(version(d.path()), 2, "older governors refuse it");
+        let text = fs::read_to_string(j.path()).unwrap();
+        for needle in [
+            "\"systemd\": {",
+            "\"unit\": \"hog.service\"",
+            "\"unit_value\": {",
+            "50-CPUQuota.conf",
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        drop(j);
+        let mut j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.entries(), [file.clone(), unit.clone()]);
+        assert_eq!(
+            j.find_unit(&hog, crate::act::systemd::Property::CpuQuota),
+            Some(&unit)
+        );
+        assert_eq!(
+            j.find_unit(&hog, crate::act::systemd::Property::CpuWeight),
+            None
+        );
+        assert_eq!(unit.unit(), Some(&hog));
+        j.remove(&dropin).unwrap();
+        assert_eq!(version(d.path()), 1, "back to files only");
     }
 
     #[test]

@@ -14,13 +14,14 @@ use governor_engine::{
 
 use crate::{
     act::{
-        cgroup::{Applied, CgroupActuator},
+        cgroup::{Applied, CgroupActuator, Drifted},
         net::{NetEnforcer, Rule},
     },
     sense::cgroupfs::CgroupFs,
 };
 
-/// Cgroup-file actions (`cpu_weight`, `cpu_limit`, `memory_high`), journaled.
+/// Cgroup actions (`cpu_weight`, `cpu_limit`, `memory_high`), journaled:
+/// through cgroup files, or through systemd for its units.
 pub trait CgroupActuation: Send {
     /// Puts `action` of `policy` in force.
     fn apply(&mut self, policy: &str, action: &Action) -> anyhow::Result<()>;
@@ -31,6 +32,11 @@ pub trait CgroupActuation: Send {
     fn revert_all(&mut self) -> String;
     /// Retries reverts that failed before (each tick).
     fn retry_pending(&mut self) {}
+    /// Values held that someone else changed, as found now (each tick; the
+    /// actuator logs each episode once).
+    fn check_drift(&mut self) -> Vec<Drifted> {
+        Vec::new()
+    }
 }
 
 impl CgroupActuation for CgroupActuator {
@@ -38,6 +44,12 @@ impl CgroupActuation for CgroupActuator {
         match CgroupActuator::apply(self, policy, action)? {
             Applied::TargetAbsent { dir } => {
                 anyhow::bail!("target cgroup {} does not exist", dir.display())
+            }
+            Applied::Written {
+                fallback: Some(f), ..
+            } => {
+                tracing::warn!(policy, "{action}: {f}");
+                Ok(())
             }
             Applied::Written { .. } => Ok(()),
         }
@@ -53,8 +65,15 @@ impl CgroupActuation for CgroupActuator {
     fn retry_pending(&mut self) {
         if self.pending() > 0 {
             let report = CgroupActuator::retry_pending(self);
-            tracing::warn!("retrying failed reverts: {report}");
+            if !report.is_clean() {
+                tracing::warn!("retrying failed reverts: {report}");
+            } else if report != Default::default() {
+                tracing::info!("retried failed reverts: {report}");
+            }
         }
+    }
+    fn check_drift(&mut self) -> Vec<Drifted> {
+        CgroupActuator::check_drift(self)
     }
 }
 
@@ -261,6 +280,11 @@ impl Actuators {
     /// Retries failed reverts (each tick).
     pub fn retry_pending(&mut self) {
         self.cgroups.retry_pending();
+    }
+
+    /// Values held on cgroups that someone else changed since (each tick).
+    pub fn check_drift(&mut self) -> Vec<Drifted> {
+        self.cgroups.check_drift()
     }
 
     /// Reverts everything: connection rules go with the enforcer (its links

@@ -66,10 +66,11 @@
 //!   (`NeedDaemonReload=yes`) until the next reload, which then yields the
 //!   unit's own value. That is cosmetic and expected.
 //!
-//! # Use (by the actuator, once wired)
+//! # Use (by [`super::cgroup::CgroupActuator`])
 //!
 //! 1. At start, [`systemd_manages_cgroups`], then [`SystemdUnits::connect`]
-//!    and [`SystemdUnits::version`] (for [`idle_support`] and [`to_systemd`]).
+//!    and [`SystemdUnits::version`] (for [`idle_support`] and [`to_systemd`]),
+//!    and [`SystemdUnits::reader`] for drift checks.
 //! 2. Per target cgroup, [`SystemdUnits::resolve`]: `Some(unit)` only if the
 //!    last path component is a unit name ([`unit_for`]) *and* the system
 //!    manager has that unit with exactly that cgroup (a `*.service` under
@@ -83,10 +84,16 @@
 //!    [`Prior::with_held`] of its journaled prior, never a new `prepare`
 //!    (which would take the agent's own value for the unit's).
 //!    [`SystemdUnits::set_runtime`] does both for callers without a journal.
-//! 4. Each tick, [`SystemdUnits::drift`]. The cgroup files are written by
-//!    systemd after it replies, so compare them from the next tick on.
+//! 4. Each tick, the unit's cgroup files ([`read_kernel`], [`kernel_agrees`]),
+//!    and at most every second or so systemd's own value through the reader
+//!    ([`Live::drift`] puts the two together; [`SystemdUnits::drift`] does
+//!    it in one call). The cgroup files are written by systemd after it
+//!    replies, so compare them from the next tick on.
 //! 5. On lift, exit and after a crash, [`SystemdUnits::restore`] with the
-//!    journaled prior.
+//!    journaled prior (which checks that its drop-in is the unit's own).
+//!
+//! `test_support` (tests only) serves a fake systemd 252 on a private
+//! dbus-daemon for this module's tests and the actuator's.
 //!
 //! The bus address and the file system root are parameters
 //! ([`SystemdUnits::connect_to`]) so tests can serve a fake systemd on a
@@ -1098,8 +1105,18 @@ impl SystemdUnits {
     /// `unix:path=/run/dbus/system_bus_socket`), with drop-ins under
     /// `<root>/run/systemd` ("/" in production; a test's temporary tree).
     pub fn connect_to(address: &str, root: &Path) -> Result<Self, SystemdError> {
+        Self::connect_with_timeout(address, root, CALL_TIMEOUT)
+    }
+
+    /// [`Self::connect_to`], with calls given up after `timeout` instead of
+    /// [`CALL_TIMEOUT`].
+    pub fn connect_with_timeout(
+        address: &str,
+        root: &Path,
+        timeout: Duration,
+    ) -> Result<Self, SystemdError> {
         let conn = zbus::blocking::connection::Builder::address(address)
-            .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
+            .and_then(|b| b.method_timeout(timeout).build())
             .map_err(|e| SystemdError::BusUnreachable {
                 address: address.to_owned(),
                 reason: e.to_string(),
@@ -1114,6 +1131,13 @@ impl SystemdUnits {
     /// The bus address connected to.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// A second connection to the same bus whose calls give up after
+    /// `timeout`: for reads inside a tick (drift checks), which must not
+    /// wait [`CALL_TIMEOUT`] for a PID 1 that is busy reloading.
+    pub fn reader(&self, timeout: Duration) -> Result<Self, SystemdError> {
+        Self::connect_with_timeout(&self.address, &self.root, timeout)
     }
 
     /// systemd's major version: the manager's `Version` (`252.39-1~deb12u2`
@@ -1250,7 +1274,27 @@ impl SystemdUnits {
     /// drop-in too unless it is still exactly the one written for the
     /// agent's value ([`Restored::Superseded`]). A failure leaves the prior
     /// valid for another try.
+    ///
+    /// A prior whose drop-in is not the unit's own runtime drop-in for that
+    /// property (a journal edited by hand, or damaged) is refused: no other
+    /// file is ever written or removed. A prior that was journaled but never
+    /// applied (systemd still has the original, the drop-in is as it was)
+    /// needs no call that changes anything.
     pub fn restore(&self, prior: &Prior) -> Result<Restored, SystemdError> {
+        let own = prior
+            .property()
+            .dropin_path(&self.root, &prior.unit, prior.transient);
+        if prior.dropin != own || prior.original.property() != prior.property() {
+            return Err(SystemdError::Invalid {
+                what: format!(
+                    "restoring {} {} with the drop-in {}",
+                    prior.unit,
+                    prior.property(),
+                    prior.dropin.display()
+                ),
+                reason: "that is not the unit's own runtime drop-in for the property; refused (restore it by hand)",
+            });
+        }
         let path = match self.unit_object(&prior.unit) {
             Ok(p) => p,
             Err(SystemdError::NoSuchUnit { .. }) => {
@@ -1272,6 +1316,10 @@ impl SystemdUnits {
                 self.put_back_dropin(prior)?;
             }
             return Ok(Restored::Superseded { live });
+        }
+        if live == prior.original && read_dropin(&prior.unit, &prior.dropin)? == prior.dropin_before
+        {
+            return Ok(Restored::Restored);
         }
         self.set(&prior.unit, &prior.original)?;
         self.put_back_dropin(prior)?;
@@ -1468,11 +1516,427 @@ fn parse_u64(path: &Path, text: &str) -> Result<u64, SystemdError> {
     })
 }
 
+/// Test support shared by the crate's tests: a fake systemd on a private
+/// dbus-daemon.
+#[cfg(test)]
+pub(crate) mod test_support {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{
+        fs, io,
+        path::{Path, PathBuf},
+    };
+
+    /// A fake `org.freedesktop.systemd1` on a private bus: the calls the
+    /// client makes, answered and recorded as systemd 252 would, including
+    /// the runtime drop-ins it writes, and (with [`fake::State::cgroup_root`])
+    /// the cgroup2 files it realizes.
+    pub mod fake {
+        use std::{
+            collections::BTreeMap,
+            sync::{Arc, Mutex},
+        };
+
+        use zbus::{
+            blocking::{Connection, MessageIterator},
+            message::Type,
+            zvariant::{ObjectPath, OwnedValue, Value},
+        };
+
+        use super::super::{MANAGER_IFACE, MANAGER_PATH, PROPERTIES_IFACE, UNIT_IFACE};
+        use std::path::{Path, PathBuf};
+
+        pub struct Unit {
+            pub section: &'static str,
+            pub cgroup: String,
+            pub transient: bool,
+            pub props: BTreeMap<&'static str, u64>,
+        }
+
+        impl Unit {
+            pub fn new(section: &'static str, cgroup: &str) -> Self {
+                let props = [
+                    ("CPUWeight", u64::MAX),
+                    ("CPUQuotaPerSecUSec", u64::MAX),
+                    ("MemoryHigh", u64::MAX),
+                ];
+                Self {
+                    section,
+                    cgroup: cgroup.into(),
+                    transient: false,
+                    props: props.into_iter().collect(),
+                }
+            }
+        }
+
+        #[derive(Default)]
+        pub struct State {
+            pub units: BTreeMap<String, Unit>,
+            /// Units whose SetUnitProperties polkit would refuse.
+            pub denied: Vec<String>,
+            /// Every call, as `Member args`.
+            pub calls: Vec<String>,
+            /// Where the units' cgroups are (a fake cgroup2 mount): if set,
+            /// every value set is also written into the unit's cgroup files,
+            /// as systemd's realize does.
+            pub cgroup_root: Option<PathBuf>,
+        }
+
+        pub type Shared = Arc<Mutex<State>>;
+
+        /// `bus_label_escape`: how systemd makes a unit's object path.
+        pub fn object_path(unit: &str) -> String {
+            let mut p = String::from("/org/freedesktop/systemd1/unit/");
+            for (i, b) in unit.bytes().enumerate() {
+                if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+                    p.push(char::from(b));
+                } else {
+                    p.push_str(&format!("_{b:02x}"));
+                }
+            }
+            p
+        }
+
+        /// The line `bus_cgroup_set_property` writes, formatted here on its
+        /// own (from dbus-cgroup.c), not by the module under test.
+        fn setting_line(name: &str, v: u64) -> (String, String) {
+            match name {
+                "CPUWeight" => (
+                    "CPUWeight".into(),
+                    match v {
+                        u64::MAX => "CPUWeight=".into(),
+                        0 => "CPUWeight=idle".into(),
+                        n => format!("CPUWeight={n}"),
+                    },
+                ),
+                "CPUQuotaPerSecUSec" => (
+                    "CPUQuota".into(),
+                    if v == u64::MAX {
+                        "CPUQuota=".into()
+                    } else {
+                        format!("CPUQuota={:.0}%", (v / 10_000) as f64)
+                    },
+                ),
+                _ => (
+                    name.into(),
+                    if v == u64::MAX {
+                        format!("{name}=infinity")
+                    } else {
+                        format!("{name}={v}")
+                    },
+                ),
+            }
+        }
+
+        /// What SetUnitProperties(runtime=true) does to one property.
+        pub fn set(state: &mut State, root: &Path, unit: &str, name: &str, v: u64) {
+            let u = state.units.get_mut(unit).expect("unit");
+            u.props.insert(
+                match name {
+                    "CPUWeight" => "CPUWeight",
+                    "CPUQuotaPerSecUSec" => "CPUQuotaPerSecUSec",
+                    _ => "MemoryHigh",
+                },
+                v,
+            );
+            let dir = if u.transient {
+                "run/systemd/transient"
+            } else {
+                "run/systemd/system.control"
+            };
+            let dir = root.join(dir).join(format!("{unit}.d"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (file, line) = setting_line(name, v);
+            std::fs::write(
+                dir.join(format!("50-{file}.conf")),
+                format!(
+                    "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n# or an equivalent operation. Do not edit.\n[{}]\n{line}\n",
+                    u.section
+                ),
+            )
+            .unwrap();
+            if let Some(cg) = &state.cgroup_root {
+                realize(&cg.join(u.cgroup.trim_start_matches('/')), name, v);
+            }
+        }
+
+        /// What systemd 252's `cgroup_context_apply` writes into a unit's
+        /// cgroup2 directory for one property (`src/core/cgroup.c`),
+        /// written here on its own, not by the module under test.
+        pub fn realize(dir: &Path, name: &str, v: u64) {
+            std::fs::create_dir_all(dir).unwrap();
+            let put = |f: &str, t: String| std::fs::write(dir.join(f), format!("{t}\n")).unwrap();
+            match name {
+                "CPUWeight" if v == 0 => put("cpu.idle", "1".into()),
+                "CPUWeight" => {
+                    put("cpu.idle", "0".into());
+                    put(
+                        "cpu.weight",
+                        if v == u64::MAX { 100 } else { v }.to_string(),
+                    );
+                }
+                "CPUQuotaPerSecUSec" if v == u64::MAX => put("cpu.max", "max 100000".into()),
+                "CPUQuotaPerSecUSec" => {
+                    put("cpu.max", format!("{} 100000", (v / 10).max(1000)));
+                }
+                _ if v == u64::MAX => put("memory.high", "max".into()),
+                _ => put("memory.high", (v / 4096 * 4096).to_string()),
+            }
+        }
+
+        type Answer = Result<Reply, (&'static str, String)>;
+
+        enum Reply {
+            Path(String),
+            Variant(OwnedValue),
+            Empty,
+        }
+
+        fn no_unit(name: &str) -> (&'static str, String) {
+            (
+                "org.freedesktop.systemd1.NoSuchUnit",
+                format!("Unit {name} not loaded."),
+            )
+        }
+
+        fn answer(state: &Shared, root: &Path, msg: &zbus::Message) -> Answer {
+            let hdr = msg.header();
+            let path = hdr
+                .path()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let iface = hdr
+                .interface()
+                .map(|i| i.as_str().to_owned())
+                .unwrap_or_default();
+            let member = hdr
+                .member()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default();
+            let body = msg.body();
+            let signature = body.signature().to_string_no_parens();
+            let bad = |e: zbus::Error| ("org.freedesktop.DBus.Error.InvalidArgs", e.to_string());
+            let mut st = state.lock().unwrap();
+            match (path.as_str(), iface.as_str(), member.as_str()) {
+                (MANAGER_PATH, MANAGER_IFACE, "GetUnit") => {
+                    let (name,): (String,) = body.deserialize().map_err(bad)?;
+                    st.calls.push(format!("GetUnit {name}"));
+                    if st.units.contains_key(&name) {
+                        Ok(Reply::Path(object_path(&name)))
+                    } else {
+                        Err(no_unit(&name))
+                    }
+                }
+                (MANAGER_PATH, MANAGER_IFACE, "SetUnitProperties") => {
+                    let (name, runtime, props): (String, bool, Vec<(String, OwnedValue)>) =
+                        body.deserialize().map_err(bad)?;
+                    let shown: Vec<String> = props
+                        .iter()
+                        .map(|(p, v)| match &**v {
+                            Value::U64(n) => format!("{p} t {n}"),
+                            other => format!("{p} {} {other:?}", other.value_signature()),
+                        })
+                        .collect();
+                    st.calls.push(format!(
+                        "SetUnitProperties({signature}) {name} runtime={runtime} [{}]",
+                        shown.join(", ")
+                    ));
+                    if st.denied.contains(&name) {
+                        return Err((
+                            "org.freedesktop.DBus.Error.AccessDenied",
+                            "Access denied".into(),
+                        ));
+                    }
+                    if !st.units.contains_key(&name) {
+                        return Err(no_unit(&name));
+                    }
+                    // Check every value first, then set them (systemd's two passes).
+                    let mut checked = Vec::new();
+                    for (p, v) in &props {
+                        let Value::U64(n) = &**v else {
+                            return Err((
+                                "org.freedesktop.DBus.Error.InvalidArgs",
+                                format!("{p}: wants t"),
+                            ));
+                        };
+                        let ok = match p.as_str() {
+                            "CPUWeight" => *n == u64::MAX || *n <= 10_000,
+                            "CPUQuotaPerSecUSec" | "MemoryHigh" => *n > 0,
+                            _ => {
+                                return Err((
+                                    "org.freedesktop.DBus.Error.PropertyReadOnly",
+                                    format!("Cannot set property {p}, or unknown property."),
+                                ));
+                            }
+                        };
+                        if !ok {
+                            return Err((
+                                "org.freedesktop.DBus.Error.InvalidArgs",
+                                format!("Value specified in {p} is out of range"),
+                            ));
+                        }
+                        checked.push((p.clone(), *n));
+                    }
+                    for (p, n) in checked {
+                        set(&mut st, root, &name, &p, n);
+                    }
+                    Ok(Reply::Empty)
+                }
+                (_, PROPERTIES_IFACE, "Get") => {
+                    let (want_iface, prop): (String, String) = body.deserialize().map_err(bad)?;
+                    st.calls.push(format!("Get {path} {want_iface} {prop}"));
+                    if (path.as_str(), want_iface.as_str(), prop.as_str())
+                        == (MANAGER_PATH, MANAGER_IFACE, "Version")
+                    {
+                        let v = Value::from("252.39-1~deb12u2");
+                        return Ok(Reply::Variant(v.try_to_owned().map_err(|e| bad(e.into()))?));
+                    }
+                    let Some((name, u)) = st.units.iter().find(|(n, _)| object_path(n) == path)
+                    else {
+                        return Err((
+                            "org.freedesktop.DBus.Error.UnknownObject",
+                            format!("Unknown object '{path}'."),
+                        ));
+                    };
+                    let own_iface = format!("org.freedesktop.systemd1.{}", u.section);
+                    let v: Value<'_> = match (want_iface.as_str(), prop.as_str()) {
+                        (UNIT_IFACE, "Id") => Value::from(name.as_str()),
+                        (UNIT_IFACE, "Transient") => Value::Bool(u.transient),
+                        (i, "ControlGroup") if i == own_iface => Value::from(u.cgroup.as_str()),
+                        (i, p) if i == own_iface && u.props.contains_key(p) => {
+                            Value::U64(u.props[p])
+                        }
+                        _ => {
+                            return Err((
+                                "org.freedesktop.DBus.Error.UnknownProperty",
+                                format!("Unknown property {want_iface}.{prop}"),
+                            ));
+                        }
+                    };
+                    Ok(Reply::Variant(v.try_to_owned().map_err(|e| bad(e.into()))?))
+                }
+                _ => Err((
+                    "org.freedesktop.DBus.Error.UnknownMethod",
+                    format!("{iface}.{member} on {path}"),
+                )),
+            }
+        }
+
+        /// Serves `state` as `org.freedesktop.systemd1` on the bus at
+        /// `address`, with drop-ins under `root`, until the bus goes away.
+        pub fn serve(address: &str, root: PathBuf, state: Shared) -> zbus::Result<()> {
+            let conn = zbus::blocking::connection::Builder::address(address)?
+                .name("org.freedesktop.systemd1")?
+                .build()?;
+            let messages = MessageIterator::from(&conn);
+            std::thread::spawn(move || serve_on(&conn, messages, &root, &state));
+            Ok(())
+        }
+
+        fn serve_on(conn: &Connection, messages: MessageIterator, root: &Path, state: &Shared) {
+            for msg in messages {
+                let Ok(msg) = msg else { return };
+                if msg.message_type() != Type::MethodCall {
+                    continue;
+                }
+                let hdr = msg.header();
+                let sent = match answer(state, root, &msg) {
+                    Ok(Reply::Path(p)) => {
+                        conn.reply(&hdr, &ObjectPath::try_from(p.as_str()).unwrap())
+                    }
+                    Ok(Reply::Variant(v)) => conn.reply(&hdr, &*v),
+                    Ok(Reply::Empty) => conn.reply(&hdr, &()),
+                    Err((name, text)) => conn.reply_error(&hdr, name, &text),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A private dbus-daemon, stopped when dropped.
+    pub struct Bus {
+        child: std::process::Child,
+        /// Its address, for [`super::SystemdUnits::connect_to`].
+        pub address: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Bus {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The dbus-daemon executable on `$PATH`, if installed.
+    pub fn dbus_daemon() -> Option<PathBuf> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join("dbus-daemon"))
+            .find(|p| p.is_file())
+    }
+
+    /// Starts a private dbus-daemon `exe`.
+    pub fn start_bus(exe: &Path) -> Bus {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("bus.conf");
+        fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                dir.path().join("bus").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("dbus-daemon.log");
+        let mut child = std::process::Command::new(exe)
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--print-address", "--nofork"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut address = String::new();
+        io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        let address = address.trim().to_owned();
+        assert!(
+            address.starts_with("unix:"),
+            "dbus-daemon printed {address:?}; its log: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        Bus {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::*;
+    use super::{
+        test_support::{dbus_daemon, fake, start_bus},
+        *,
+    };
 
     fn unit(name: &str) -> UnitName {
         UnitName::parse(name).unwrap()
@@ -1924,372 +2388,6 @@ mod tests {
             "",
         );
         assert_eq!(e.to_string(), "GetUnit a.slice: boom");
-    }
-
-    /// A fake `org.freedesktop.systemd1` on a private bus: the calls the
-    /// client makes, answered and recorded as systemd 252 would, including
-    /// the runtime drop-ins it writes.
-    mod fake {
-        use std::{
-            collections::BTreeMap,
-            sync::{Arc, Mutex},
-        };
-
-        use zbus::{
-            blocking::{Connection, MessageIterator},
-            message::Type,
-            zvariant::{ObjectPath, OwnedValue, Value},
-        };
-
-        use super::super::{MANAGER_IFACE, MANAGER_PATH, PROPERTIES_IFACE, UNIT_IFACE};
-        use std::path::{Path, PathBuf};
-
-        pub struct Unit {
-            pub section: &'static str,
-            pub cgroup: String,
-            pub transient: bool,
-            pub props: BTreeMap<&'static str, u64>,
-        }
-
-        impl Unit {
-            pub fn new(section: &'static str, cgroup: &str) -> Self {
-                let props = [
-                    ("CPUWeight", u64::MAX),
-                    ("CPUQuotaPerSecUSec", u64::MAX),
-                    ("MemoryHigh", u64::MAX),
-                ];
-                Self {
-                    section,
-                    cgroup: cgroup.into(),
-                    transient: false,
-                    props: props.into_iter().collect(),
-                }
-            }
-        }
-
-        #[derive(Default)]
-        pub struct State {
-            pub units: BTreeMap<String, Unit>,
-            /// Units whose SetUnitProperties polkit would refuse.
-            pub denied: Vec<String>,
-            /// Every call, as `Member args`.
-            pub calls: Vec<String>,
-        }
-
-        pub type Shared = Arc<Mutex<State>>;
-
-        /// `bus_label_escape`: how systemd makes a unit's object path.
-        pub fn object_path(unit: &str) -> String {
-            let mut p = String::from("/org/freedesktop/systemd1/unit/");
-            for (i, b) in unit.bytes().enumerate() {
-                if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
-                    p.push(char::from(b));
-                } else {
-                    p.push_str(&format!("_{b:02x}"));
-                }
-            }
-            p
-        }
-
-        /// The line `bus_cgroup_set_property` writes, formatted here on its
-        /// own (from dbus-cgroup.c), not by the module under test.
-        fn setting_line(name: &str, v: u64) -> (String, String) {
-            match name {
-                "CPUWeight" => (
-                    "CPUWeight".into(),
-                    match v {
-                        u64::MAX => "CPUWeight=".into(),
-                        0 => "CPUWeight=idle".into(),
-                        n => format!("CPUWeight={n}"),
-                    },
-                ),
-                "CPUQuotaPerSecUSec" => (
-                    "CPUQuota".into(),
-                    if v == u64::MAX {
-                        "CPUQuota=".into()
-                    } else {
-                        format!("CPUQuota={:.0}%", (v / 10_000) as f64)
-                    },
-                ),
-                _ => (
-                    name.into(),
-                    if v == u64::MAX {
-                        format!("{name}=infinity")
-                    } else {
-                        format!("{name}={v}")
-                    },
-                ),
-            }
-        }
-
-        /// What SetUnitProperties(runtime=true) does to one property.
-        pub fn set(state: &mut State, root: &Path, unit: &str, name: &str, v: u64) {
-            let u = state.units.get_mut(unit).expect("unit");
-            u.props.insert(
-                match name {
-                    "CPUWeight" => "CPUWeight",
-                    "CPUQuotaPerSecUSec" => "CPUQuotaPerSecUSec",
-                    _ => "MemoryHigh",
-                },
-                v,
-            );
-            let dir = if u.transient {
-                "run/systemd/transient"
-            } else {
-                "run/systemd/system.control"
-            };
-            let dir = root.join(dir).join(format!("{unit}.d"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let (file, line) = setting_line(name, v);
-            std::fs::write(
-                dir.join(format!("50-{file}.conf")),
-                format!(
-                    "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n# or an equivalent operation. Do not edit.\n[{}]\n{line}\n",
-                    u.section
-                ),
-            )
-            .unwrap();
-        }
-
-        type Answer = Result<Reply, (&'static str, String)>;
-
-        enum Reply {
-            Path(String),
-            Variant(OwnedValue),
-            Empty,
-        }
-
-        fn no_unit(name: &str) -> (&'static str, String) {
-            (
-                "org.freedesktop.systemd1.NoSuchUnit",
-                format!("Unit {name} not loaded."),
-            )
-        }
-
-        fn answer(state: &Shared, root: &Path, msg: &zbus::Message) -> Answer {
-            let hdr = msg.header();
-            let path = hdr
-                .path()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            let iface = hdr
-                .interface()
-                .map(|i| i.as_str().to_owned())
-                .unwrap_or_default();
-            let member = hdr
-                .member()
-                .map(|m| m.as_str().to_owned())
-                .unwrap_or_default();
-            let body = msg.body();
-            let signature = body.signature().to_string_no_parens();
-            let bad = |e: zbus::Error| ("org.freedesktop.DBus.Error.InvalidArgs", e.to_string());
-            let mut st = state.lock().unwrap();
-            match (path.as_str(), iface.as_str(), member.as_str()) {
-                (MANAGER_PATH, MANAGER_IFACE, "GetUnit") => {
-                    let (name,): (String,) = body.deserialize().map_err(bad)?;
-                    st.calls.push(format!("GetUnit {name}"));
-                    if st.units.contains_key(&name) {
-                        Ok(Reply::Path(object_path(&name)))
-                    } else {
-                        Err(no_unit(&name))
-                    }
-                }
-                (MANAGER_PATH, MANAGER_IFACE, "SetUnitProperties") => {
-                    let (name, runtime, props): (String, bool, Vec<(String, OwnedValue)>) =
-                        body.deserialize().map_err(bad)?;
-                    let shown: Vec<String> = props
-                        .iter()
-                        .map(|(p, v)| match &**v {
-                            Value::U64(n) => format!("{p} t {n}"),
-                            other => format!("{p} {} {other:?}", other.value_signature()),
-                        })
-                        .collect();
-                    st.calls.push(format!(
-                        "SetUnitProperties({signature}) {name} runtime={runtime} [{}]",
-                        shown.join(", ")
-                    ));
-                    if st.denied.contains(&name) {
-                        return Err((
-                            "org.freedesktop.DBus.Error.AccessDenied",
-                            "Access denied".into(),
-                        ));
-                    }
-                    if !st.units.contains_key(&name) {
-                        return Err(no_unit(&name));
-                    }
-                    // Check every value first, then set them (systemd's two passes).
-                    let mut checked = Vec::new();
-                    for (p, v) in &props {
-                        let Value::U64(n) = &**v else {
-                            return Err((
-                                "org.freedesktop.DBus.Error.InvalidArgs",
-                                format!("{p}: wants t"),
-                            ));
-                        };
-                        let ok = match p.as_str() {
-                            "CPUWeight" => *n == u64::MAX || *n <= 10_000,
-                            "CPUQuotaPerSecUSec" | "MemoryHigh" => *n > 0,
-                            _ => {
-                                return Err((
-                                    "org.freedesktop.DBus.Error.PropertyReadOnly",
-                                    format!("Cannot set property {p}, or unknown property."),
-                                ));
-                            }
-                        };
-                        if !ok {
-                            return Err((
-                                "org.freedesktop.DBus.Error.InvalidArgs",
-                                format!("Value specified in {p} is out of range"),
-                            ));
-                        }
-                        checked.push((p.clone(), *n));
-                    }
-                    for (p, n) in checked {
-                        set(&mut st, root, &name, &p, n);
-                    }
-                    Ok(Reply::Empty)
-                }
-                (_, PROPERTIES_IFACE, "Get") => {
-                    let (want_iface, prop): (String, String) = body.deserialize().map_err(bad)?;
-                    st.calls.push(format!("Get {path} {want_iface} {prop}"));
-                    if (path.as_str(), want_iface.as_str(), prop.as_str())
-                        == (MANAGER_PATH, MANAGER_IFACE, "Version")
-                    {
-                        let v = Value::from("252.39-1~deb12u2");
-                        return Ok(Reply::Variant(v.try_to_owned().map_err(|e| bad(e.into()))?));
-                    }
-                    let Some((name, u)) = st.units.iter().find(|(n, _)| object_path(n) == path)
-                    else {
-                        return Err((
-                            "org.freedesktop.DBus.Error.UnknownObject",
-                            format!("Unknown object '{path}'."),
-                        ));
-                    };
-                    let own_iface = format!("org.freedesktop.systemd1.{}", u.section);
-                    let v: Value<'_> = match (want_iface.as_str(), prop.as_str()) {
-                        (UNIT_IFACE, "Id") => Value::from(name.as_str()),
-                        (UNIT_IFACE, "Transient") => Value::Bool(u.transient),
-                        (i, "ControlGroup") if i == own_iface => Value::from(u.cgroup.as_str()),
-                        (i, p) if i == own_iface && u.props.contains_key(p) => {
-                            Value::U64(u.props[p])
-                        }
-                        _ => {
-                            return Err((
-                                "org.freedesktop.DBus.Error.UnknownProperty",
-                                format!("Unknown property {want_iface}.{prop}"),
-                            ));
-                        }
-                    };
-                    Ok(Reply::Variant(v.try_to_owned().map_err(|e| bad(e.into()))?))
-                }
-                _ => Err((
-                    "org.freedesktop.DBus.Error.UnknownMethod",
-                    format!("{iface}.{member} on {path}"),
-                )),
-            }
-        }
-
-        /// Serves `state` as `org.freedesktop.systemd1` on the bus at
-        /// `address`, with drop-ins under `root`, until the bus goes away.
-        pub fn serve(address: &str, root: PathBuf, state: Shared) -> zbus::Result<()> {
-            let conn = zbus::blocking::connection::Builder::address(address)?
-                .name("org.freedesktop.systemd1")?
-                .build()?;
-            let messages = MessageIterator::from(&conn);
-            std::thread::spawn(move || serve_on(&conn, messages, &root, &state));
-            Ok(())
-        }
-
-        fn serve_on(conn: &Connection, messages: MessageIterator, root: &Path, state: &Shared) {
-            for msg in messages {
-                let Ok(msg) = msg else { return };
-                if msg.message_type() != Type::MethodCall {
-                    continue;
-                }
-                let hdr = msg.header();
-                let sent = match answer(state, root, &msg) {
-                    Ok(Reply::Path(p)) => {
-                        conn.reply(&hdr, &ObjectPath::try_from(p.as_str()).unwrap())
-                    }
-                    Ok(Reply::Variant(v)) => conn.reply(&hdr, &*v),
-                    Ok(Reply::Empty) => conn.reply(&hdr, &()),
-                    Err((name, text)) => conn.reply_error(&hdr, name, &text),
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// A private dbus-daemon, stopped when dropped.
-    struct Bus {
-        child: std::process::Child,
-        address: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for Bus {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn dbus_daemon() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|d| d.join("dbus-daemon"))
-            .find(|p| p.is_file())
-    }
-
-    fn start_bus(exe: &Path) -> Bus {
-        use std::io::BufRead as _;
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("bus.conf");
-        fs::write(
-            &conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                dir.path().join("bus").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("dbus-daemon.log");
-        let mut child = std::process::Command::new(exe)
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--print-address", "--nofork"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut address = String::new();
-        io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut address)
-            .unwrap();
-        let address = address.trim().to_owned();
-        assert!(
-            address.starts_with("unix:"),
-            "dbus-daemon printed {address:?}; its log: {}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        Bus {
-            child,
-            address,
-            _dir: dir,
-        }
     }
 
     #[test]

@@ -339,7 +339,10 @@ async fn agent(
             cfg.agent.journal_dir.display()
         );
     }
-    let cgroups: Box<dyn CgroupActuation> = Box::new(crate::act::cgroup::CgroupActuator::new(
+    // Through systemd for its units if it is the cgroup manager, else cgroup
+    // files only; logs which, once. Connected before the revert below, which
+    // may have units to put back.
+    let cgroups: Box<dyn CgroupActuation> = Box::new(crate::act::cgroup::CgroupActuator::for_host(
         cgroupfs.clone(),
         journal,
     ));
@@ -458,6 +461,17 @@ async fn agent(
                     }
                 }
                 actuators.retry_pending();
+                // Drift (held values someone else changed): act/ logs each
+                // episode once; metrics and status show it.
+                let drift = actuators.check_drift();
+                metrics.drift(
+                    drift.iter().map(|d| (d.policy.as_str(), d.target.as_str(), d.started)),
+                );
+                let drift: Vec<String> = drift.iter().map(ToString::to_string).collect();
+                if let Ok(mut r) = report.lock() && r.drift != drift {
+                    r.drift = drift;
+                }
+                // End of drift.
                 let statuses = Arc::new(state.status());
                 metrics.policies(Arc::clone(&statuses));
                 if let Ok(mut r) = report.lock() {

@@ -45,6 +45,10 @@ pub struct Metrics {
     flap_exhausted: IntCounterVec,
     action_errors: IntCounterVec,
     stale_ticks: prometheus::IntCounter,
+    drift_total: IntCounterVec,
+    drift: GaugeVec,
+    /// (policy, target) whose `governor_drift` is 1.
+    drifted: Mutex<HashSet<(String, String)>>,
     exported_cgroups: Mutex<HashSet<String>>,
     pending: Mutex<Pending>,
     last_counters: Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -181,6 +185,17 @@ impl Metrics {
                 "Ticks without a new snapshot (sensing slower than the tick); nothing is decided on them.",
             )
             .unwrap_or_else(|e| panic!("metric: {e}")),
+            drift_total: counter_vec(
+                "governor_drift_total",
+                "Times a value a policy holds on a target was found changed by someone else (systemctl set-property, a cgroup file write): drift episodes started.",
+                &["policy", "target"],
+            ),
+            drift: gauge_vec(
+                "governor_drift",
+                "1 while a value a policy holds on a target is changed by someone else (drift), 0 once it holds again.",
+                &["policy", "target"],
+            ),
+            drifted: Mutex::new(HashSet::new()),
             exported_cgroups: Mutex::new(HashSet::new()),
             pending: Mutex::new(Pending::default()),
             last_counters: Mutex::new(Default::default()),
@@ -205,6 +220,8 @@ impl Metrics {
             Box::new(m.flap_exhausted.clone()),
             Box::new(m.action_errors.clone()),
             Box::new(m.stale_ticks.clone()),
+            Box::new(m.drift_total.clone()),
+            Box::new(m.drift.clone()),
         ] {
             m.registry
                 .register(c)
@@ -365,6 +382,31 @@ impl Metrics {
         self.stale_ticks.inc();
     }
 
+    /// Drift as found at a tick: every (policy, target, started) drifted
+    /// now, `started` if its episode began at this tick (counted).
+    pub fn drift<'a>(&self, now: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
+        let Ok(mut before) = self.drifted.lock() else {
+            return;
+        };
+        let mut current = HashSet::new();
+        for (policy, target, started) in now {
+            if started {
+                self.drift_total.with_label_values(&[policy, target]).inc();
+            }
+            current.insert((policy.to_owned(), target.to_owned()));
+        }
+        if current.is_empty() && before.is_empty() {
+            return;
+        }
+        for (policy, target) in before.difference(&current) {
+            self.drift.with_label_values(&[policy, target]).set(0.0);
+        }
+        for (policy, target) in &current {
+            self.drift.with_label_values(&[policy, target]).set(1.0);
+        }
+        *before = current;
+    }
+
     fn set_policies(&self, statuses: &[governor_engine::decide::PolicyStatus]) {
         for p in statuses {
             self.policy_rung
@@ -422,4 +464,39 @@ pub fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<SocketAd
             }
         })?;
     Ok(bound)
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::Metrics;
+
+    #[test]
+    fn drift_is_counted_per_episode_and_gauged_while_it_lasts() {
+        let m = Metrics::new();
+        m.drift([("p", "/system.slice/hog.service", true)]);
+        m.drift([("p", "/system.slice/hog.service", false)]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "governor_drift_total{policy=\"p\",target=\"/system.slice/hog.service\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("governor_drift{policy=\"p\",target=\"/system.slice/hog.service\"} 1"),
+            "{text}"
+        );
+        m.drift([]);
+        let text = m.render();
+        assert!(
+            text.contains("governor_drift{policy=\"p\",target=\"/system.slice/hog.service\"} 0"),
+            "{text}"
+        );
+        m.drift([("p", "/system.slice/hog.service", true)]);
+        assert!(
+            m.render().contains(
+                "governor_drift_total{policy=\"p\",target=\"/system.slice/hog.service\"} 2"
+            )
+        );
+    }
 }

@@ -117,6 +117,10 @@ pub struct StatusReport {
     pub recent: Vec<DecisionRecord>,
     /// Signals that cannot be measured, with the reason.
     pub missing: Vec<String>,
+    /// Held values someone else changed (drift), one line per target and
+    /// value: policy, target, unit, value held, value found.
+    #[serde(default)]
+    pub drift: Vec<String>,
 }
 
 impl StatusReport {
@@ -165,6 +169,7 @@ impl StatusReport {
                 .collect(),
             recent: recent.cloned().collect(),
             missing: missing.to_vec(),
+            drift: Vec::new(),
         }
     }
 
@@ -243,6 +248,9 @@ impl StatusReport {
         for m in &self.missing {
             let _ = writeln!(out, "missing: {m}");
         }
+        for d in &self.drift {
+            let _ = writeln!(out, "DRIFT: {d}");
+        }
         out
     }
 }
@@ -266,12 +274,14 @@ pub struct Published {
     pub recent: Vec<DecisionRecord>,
     /// Signals that cannot be measured, with the reason.
     pub missing: Vec<String>,
+    /// Held values someone else changed, one line each.
+    pub drift: Vec<String>,
 }
 
 impl Published {
     /// The report of what was published.
     pub fn report(&self) -> StatusReport {
-        StatusReport::new(
+        let mut report = StatusReport::new(
             &self.config,
             self.dry_run,
             self.tick,
@@ -279,7 +289,9 @@ impl Published {
             &self.policies,
             self.recent.iter(),
             &self.missing,
-        )
+        );
+        report.drift.clone_from(&self.drift);
+        report
     }
 }
 
@@ -330,4 +342,29 @@ pub fn fetch(path: &Path) -> anyhow::Result<StatusReport> {
     s.read_to_string(&mut text)?;
     serde_json::from_str(&text)
         .with_context(|| format!("the agent answered something that is not a status: {text:?}"))
+}
+
+#[cfg(test)]
+mod drift_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Published, StatusReport};
+
+    #[test]
+    fn drift_is_a_line_of_the_table_and_old_reports_still_parse() {
+        let line = "policy p: /system.slice/hog.service (hog.service): held CPUQuota=20%, found systemd has CPUQuota=50%";
+        let published = Published {
+            drift: vec![line.to_owned()],
+            ..Default::default()
+        };
+        let report = published.report();
+        assert!(report.table().contains(&format!("DRIFT: {line}")));
+        let back: StatusReport = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(back.drift, [line]);
+        // An agent before drift reporting answers without the field.
+        let mut old: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        old.as_object_mut().unwrap().remove("drift");
+        let back: StatusReport = serde_json::from_value(old).unwrap();
+        assert!(back.drift.is_empty());
+    }
 }
