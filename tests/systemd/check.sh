@@ -422,6 +422,22 @@ check_reverted_after_kill() {
 	fi
 }
 
+# The exposure systemd-analyze computes for the unit as it runs.
+check_unit_exposure() {
+	local out score
+	out=$(systemd-analyze security governor --no-pager 2>&1)
+	printf '%s\n' "$out" | tail -n 3
+	score=$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for governor.service: \([0-9.]*\).*/\1/p')
+	if [ -z "$score" ]; then
+		fail unit-exposure "no exposure level in systemd-analyze security's output"
+	elif awk -v s="$score" 'BEGIN { exit !(s <= 2.5) }'; then
+		echo "exposure $score (at most 2.5)"
+		pass unit-exposure
+	else
+		fail unit-exposure "exposure $score is over 2.5"
+	fi
+}
+
 check_watchdog_catches_sigstop() {
 	local took
 	OLD_PID=$(prop MainPID)
@@ -453,6 +469,7 @@ main() {
 		check_status_and_journal
 		show_warnings
 		check_no_signal_missing
+		check_unit_exposure
 		check_policy_through_systemd
 		check_kept_across_daemon_reload
 		check_kept_across_set_property

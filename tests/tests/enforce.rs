@@ -165,11 +165,15 @@ fn inbound_throttle_admits_the_rate_resets_the_rest_and_spares_others() {
             "another port is unaffected: {calm_out}"
         );
         assert_eq!(exempt_ok, 50, "an exempt source is unaffected");
+        // Every refusal the client saw was counted by the kernel (a slow,
+        // emulated flood lasts longer and is admitted more: a fixed 8,000
+        // failed a 6.1 guest with 2,730 admitted and 7,397 refused).
         let v = e.port_verdicts().expect("verdicts");
         assert!(
-            v[&limited.port].refused >= 8_000,
-            "the kernel counted the refusals: {:?}",
-            v[&limited.port]
+            v[&limited.port].refused >= field(&out, "refused"),
+            "the kernel counted the refusals: {:?}, the client saw {}",
+            v[&limited.port],
+            field(&out, "refused")
         );
         e.clear_port(limited.port).expect("rule cleared");
         assert!(

@@ -545,6 +545,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn io_crates_in_a_dependency_tree_are_found() {
+        let pure = "governor-engine v0.1.0 (/x)\nserde v1.0.0\nrand v0.10.0\n";
+        assert!(io_dependencies(pure).is_empty());
+        let impure =
+            "governor-engine v0.1.0 (/x)\ntokio v1.0.0\nlibc v0.2.0\nlibc v0.2.0\nlibcrux v1\n";
+        assert_eq!(io_dependencies(impure), ["libc", "tokio"]);
+    }
+
+    #[test]
     fn parses_libtest_summary() {
         let c = parse_result_line(
             "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
