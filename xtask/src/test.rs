@@ -266,6 +266,28 @@ fn systemd_vm_step(
         }
     };
     vm::print_summary(std::slice::from_ref(&r));
+    let name = "systemd VM (Debian 12, kernel 6.1)".to_owned();
+    record_guest(
+        &r,
+        name,
+        t.elapsed().as_secs_f64(),
+        steps,
+        totals,
+        failures,
+        skipped,
+    );
+}
+
+/// Adds one guest's outcome to the totals, failures, skips and steps.
+fn record_guest(
+    r: &vm::KernelRun,
+    name: String,
+    secs: f64,
+    steps: &mut Vec<Step>,
+    totals: &mut Counts,
+    failures: &mut Vec<String>,
+    skipped: &mut Vec<String>,
+) {
     let o = &r.outcome;
     totals.passed += o.passed.len() as u64;
     totals.failed += o.failed.len() as u64;
@@ -273,12 +295,12 @@ fn systemd_vm_step(
     skipped.extend(
         o.skipped
             .iter()
-            .map(|(c, why)| format!("{c} (vm {}): {why}", r.label)),
+            .map(|(t, why)| format!("{t} (vm {}): {why}", r.label)),
     );
     steps.push(Step {
-        name: "systemd VM (Debian 12, kernel 6.1)".into(),
+        name,
         ok: r.ok(),
-        secs: t.elapsed().as_secs_f64(),
+        secs,
         note: r.summary(),
         failed_tests: o.failed.len() as u64,
     });
@@ -390,23 +412,9 @@ fn vm_step(
         }
     };
     vm::print_summary(&runs);
-    for r in runs {
-        let o = &r.outcome;
-        totals.passed += o.passed.len() as u64;
-        totals.failed += o.failed.len() as u64;
-        failures.extend(o.failed.iter().map(|f| format!("{f} (vm {})", r.label)));
-        skipped.extend(
-            o.skipped
-                .iter()
-                .map(|(t, why)| format!("{t} (vm {}): {why}", r.label)),
-        );
-        steps.push(Step {
-            name: format!("vm tests (kernel {})", r.label),
-            ok: r.ok(),
-            secs: r.total_secs,
-            note: r.summary(),
-            failed_tests: o.failed.len() as u64,
-        });
+    for r in &runs {
+        let name = format!("vm tests (kernel {})", r.label);
+        record_guest(r, name, r.total_secs, steps, totals, failures, skipped);
     }
 }
 

@@ -48,21 +48,24 @@ impl KernelBtf {
             })
     }
 
-    /// Byte offset of the first of `fields` that `struct strukt` has
-    /// (several names cover renames, e.g. `__state` / `state`). Only direct
-    /// members are looked at.
-    pub fn member_offset(&self, strukt: &str, fields: &[&str]) -> Result<u32, BtfError> {
-        let types = self
-            .0
+    /// The definition of `struct strukt` (not a forward declaration).
+    fn structure(&self, strukt: &str) -> Result<btf_rs::Struct, BtfError> {
+        self.0
             .resolve_types_by_name(strukt)
-            .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?;
-        let s = types
-            .iter()
+            .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?
+            .into_iter()
             .find_map(|t| match t {
                 Type::Struct(s) if !s.members.is_empty() => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))
+    }
+
+    /// Byte offset of the first of `fields` that `struct strukt` has
+    /// (several names cover renames, e.g. `__state` / `state`). Only direct
+    /// members are looked at.
+    pub fn member_offset(&self, strukt: &str, fields: &[&str]) -> Result<u32, BtfError> {
+        let s = self.structure(strukt)?;
         for field in fields {
             for m in &s.members {
                 if m.get_name_offset().is_some()
@@ -87,17 +90,7 @@ impl KernelBtf {
             strukt: strukt.to_owned(),
             fields: vec![field.to_owned()],
         };
-        let types = self
-            .0
-            .resolve_types_by_name(strukt)
-            .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?;
-        let s = types
-            .iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let s = self.structure(strukt)?;
         self.find_in(&s.members, field, 0).ok_or_else(no_member)
     }
 

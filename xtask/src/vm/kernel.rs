@@ -264,13 +264,15 @@ fn download(release: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// The Debian mirror the host's apt uses.
 #[derive(Debug, PartialEq, Eq)]
-struct Mirror {
-    uri: String,
-    keyring: String,
+pub(super) struct Mirror {
+    /// The archive's URI, without a trailing slash.
+    pub uri: String,
+    /// The keyring that signs it (`Signed-By`, else Debian's archive keyring).
+    pub keyring: String,
 }
 
 /// Reads the host's main Debian mirror from its apt sources.
-fn host_mirror() -> anyhow::Result<Mirror> {
+pub(super) fn host_mirror() -> anyhow::Result<Mirror> {
     let dir = Path::new("/etc/apt/sources.list.d");
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map(|rd| {
@@ -294,8 +296,8 @@ fn host_mirror() -> anyhow::Result<Mirror> {
         return Ok(m);
     }
     bail!(
-        "no Debian mirror found in {}/*.sources or {}: the VM kernels come from the mirror \
-         the host's apt already uses",
+        "no Debian mirror found in {}/*.sources or {}: the VM kernels and the systemd root \
+         filesystem come from the mirror the host's apt already uses",
         dir.display(),
         legacy.display()
     )

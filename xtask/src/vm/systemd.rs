@@ -390,11 +390,12 @@ fn build_tar(options: &[String], tar: &Path) -> anyhow::Result<()> {
     if !Path::new(MERGED_USR_HOOK).is_dir() {
         bail!("{MERGED_USR_HOOK} is missing (is mmdebstrap older than 1.0?)");
     }
-    let mirror = host_mirror()?;
-    let source = match &mirror.keyring {
-        Some(k) => format!("deb [signed-by={k}] {} {RELEASE} main", mirror.uri),
-        None => format!("deb {} {RELEASE} main", mirror.uri),
-    };
+    // The mirror (and its keyring) the host's apt uses, as for the kernels.
+    let mirror = kernel::host_mirror()?;
+    let source = format!(
+        "deb [signed-by={}] {} {RELEASE} main",
+        mirror.keyring, mirror.uri
+    );
     let partial = tar.with_extension("tar.partial");
     let _ = fs::remove_file(&partial);
     say(format!(
@@ -814,107 +815,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The host's Debian mirror.
-#[derive(Debug, PartialEq, Eq)]
-struct Mirror {
-    uri: String,
-    /// `Signed-By`/`signed-by=` when it names a file.
-    keyring: Option<String>,
-}
-
-/// Reads the host's main Debian mirror from its apt sources (never a
-/// written-in host name).
-fn host_mirror() -> anyhow::Result<Mirror> {
-    let dir = Path::new("/etc/apt/sources.list.d");
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "sources"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    for f in &files {
-        let text = fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        if let Some(m) = mirror_from_deb822(&text) {
-            return Ok(m);
-        }
-    }
-    let legacy = Path::new("/etc/apt/sources.list");
-    if let Ok(text) = fs::read_to_string(legacy)
-        && let Some(m) = mirror_from_one_line(&text)
-    {
-        return Ok(m);
-    }
-    bail!(
-        "no Debian mirror found in {}/*.sources or {}: the systemd root filesystem comes from \
-         the mirror the host's apt already uses",
-        dir.display(),
-        legacy.display()
-    )
-}
-
-/// The first enabled `deb` stanza with the `main` component and a suite
-/// that is not `-security`.
-fn mirror_from_deb822(text: &str) -> Option<Mirror> {
-    text.split("\n\n").find_map(|stanza| {
-        let field = |name: &str| {
-            stanza.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                (!l.starts_with('#') && k.trim().eq_ignore_ascii_case(name))
-                    .then(|| v.trim().to_owned())
-            })
-        };
-        let has = |name: &str, word: &str| {
-            field(name).is_some_and(|v| v.split_whitespace().any(|w| w == word))
-        };
-        if field("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no"))
-            || !has("Types", "deb")
-            || !has("Components", "main")
-            || field("Suites")?
-                .split_whitespace()
-                .all(|s| s.ends_with("-security"))
-        {
-            return None;
-        }
-        Some(Mirror {
-            uri: field("URIs")?
-                .split_whitespace()
-                .next()?
-                .trim_end_matches('/')
-                .to_owned(),
-            keyring: field("Signed-By").filter(|k| k.starts_with('/')),
-        })
-    })
-}
-
-/// The first `deb [options] URI suite … main` line of a sources.list.
-fn mirror_from_one_line(text: &str) -> Option<Mirror> {
-    text.lines().find_map(|l| {
-        let mut words = l.split_whitespace().peekable();
-        if words.next()? != "deb" {
-            return None;
-        }
-        let mut keyring = None;
-        if words.peek()?.starts_with('[') {
-            for w in words.by_ref() {
-                let w = w.trim_start_matches('[');
-                if let Some(k) = w.trim_end_matches(']').strip_prefix("signed-by=") {
-                    keyring = Some(k.to_owned());
-                }
-                if w.ends_with(']') {
-                    break;
-                }
-            }
-        }
-        let uri = words.next()?.trim_end_matches('/').to_owned();
-        let suite = words.next()?;
-        (!suite.ends_with("-security") && words.any(|c| c == "main"))
-            .then_some(Mirror { uri, keyring })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -969,29 +869,6 @@ mod tests {
         let o = mmdebstrap_options();
         assert!(o.iter().any(|x| x.starts_with("--include=systemd,")));
         assert_eq!(o.last().map(String::as_str), Some(RELEASE));
-    }
-
-    #[test]
-    fn mirrors_from_host_sources() {
-        let text = "Types: deb\nURIs: http://m.example/debian-security\n\
-                    Suites: bookworm-security\nComponents: main\n\n\
-                    Types: deb\n# c: x\nURIs: http://m.example/debian/\n\
-                    Suites: bookworm bookworm-updates\nComponents: main\n\
-                    Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
-        assert_eq!(
-            mirror_from_deb822(text),
-            Some(Mirror {
-                uri: "http://m.example/debian".into(),
-                keyring: Some("/usr/share/keyrings/debian-archive-keyring.gpg".into()),
-            })
-        );
-        assert_eq!(
-            mirror_from_one_line("deb http://m.example/debian bookworm main\n"),
-            Some(Mirror {
-                uri: "http://m.example/debian".into(),
-                keyring: None
-            })
-        );
     }
 
     #[test]
