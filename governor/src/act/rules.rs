@@ -92,6 +92,10 @@ pub struct Actuators {
     /// first: lifting a rung restores the rung below it on the same target
     /// (reject → throttle) rather than opening the target entirely.
     imposed: BTreeMap<(String, Target), Vec<Rule>>,
+    /// Something may be in force that [`Actuators::revert_all`] has not
+    /// reverted since: dropping the actuators then reverts it (the guard
+    /// for every exit path, an error or a panic included).
+    dirty: bool,
 }
 
 impl Actuators {
@@ -105,12 +109,16 @@ impl Actuators {
             netns_attached: false,
             connect_attached: BTreeSet::new(),
             imposed: BTreeMap::new(),
+            dirty: false,
         }
     }
 
     /// Carries out one decision: `Applied` imposes, `Reverted` lifts; `Would`
     /// and `Refused` change nothing.
     pub fn carry_out(&mut self, d: &Decision) -> anyhow::Result<()> {
+        if d.kind == DecisionKind::Applied {
+            self.dirty = true;
+        }
         match (d.kind, d.change) {
             (DecisionKind::Applied, Change::Impose) => self.impose(&d.policy, &d.action),
             (DecisionKind::Applied, Change::Adjust) => self.adjust(&d.policy, &d.action),
@@ -294,6 +302,119 @@ impl Actuators {
         self.netns_attached = false;
         self.connect_attached.clear();
         self.imposed.clear();
+        self.dirty = false;
         self.cgroups.revert_all()
+    }
+}
+
+impl Drop for Actuators {
+    /// The agent reverts on its way out; an exit that skipped it (an error
+    /// returned early, a panic unwinding) is caught here, so that no exit
+    /// path leaves a limit behind.
+    fn drop(&mut self) {
+        if self.dirty {
+            let report = self.revert_all();
+            tracing::warn!("exiting without a clean stop: reverted everything: {report}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use governor_engine::{
+        config::{Action, Scope, SignalKind, SignalSpec, units::CpuWeight},
+        decide::{Cause, Reason},
+    };
+
+    use super::*;
+    use crate::sense::cgroupfs::Layout;
+
+    /// Cgroup actuation that records what it was asked to do.
+    struct Recorder(Arc<Mutex<Vec<&'static str>>>);
+
+    impl CgroupActuation for Recorder {
+        fn apply(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push("apply");
+            Ok(())
+        }
+        fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push("lift");
+            Ok(())
+        }
+        fn revert_all(&mut self) -> String {
+            self.0.lock().unwrap().push("revert_all");
+            "restored 1".into()
+        }
+    }
+
+    fn actuators(log: &Arc<Mutex<Vec<&'static str>>>) -> Actuators {
+        let fs = CgroupFs::new("/nonexistent".into(), None, Layout::Unified);
+        Actuators::new(
+            fs,
+            Box::new(Recorder(Arc::clone(log))),
+            "/nonexistent".into(),
+        )
+    }
+
+    fn weight_decision(kind: DecisionKind) -> Decision {
+        let action = Action::CpuWeight {
+            cgroup: CgroupPath::new("/batch").unwrap(),
+            weight: CpuWeight::Idle,
+        };
+        Decision {
+            at: Duration::ZERO,
+            policy: "p".into(),
+            kind,
+            change: Change::Impose,
+            target: action.target(),
+            action,
+            from_rung: 0,
+            to_rung: 1,
+            reason: Reason {
+                signal: SignalSpec {
+                    kind: SignalKind::RunqP99,
+                    scope: Scope::Host,
+                },
+                value: None,
+                watermark: None,
+                held_for: Duration::ZERO,
+                cause: Cause::Over,
+            },
+        }
+    }
+
+    #[test]
+    fn an_exit_that_skips_the_revert_still_reverts() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut a = actuators(&log);
+        a.carry_out(&weight_decision(DecisionKind::Applied))
+            .unwrap();
+        // An error returned early: the actuators are dropped, not stopped.
+        drop(a);
+        assert_eq!(*log.lock().unwrap(), ["apply", "revert_all"]);
+    }
+
+    #[test]
+    fn a_clean_stop_reverts_once_and_dry_run_never_needs_it() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut a = actuators(&log);
+        a.carry_out(&weight_decision(DecisionKind::Applied))
+            .unwrap();
+        a.revert_all();
+        drop(a);
+        assert_eq!(*log.lock().unwrap(), ["apply", "revert_all"]);
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut a = actuators(&log);
+        a.carry_out(&weight_decision(DecisionKind::Would)).unwrap();
+        drop(a);
+        assert!(log.lock().unwrap().is_empty());
     }
 }
