@@ -24,6 +24,18 @@ pub enum BtfError {
     /// The struct is not in the BTF.
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
+    /// The member is not of the size the programs read.
+    #[error("{strukt}.{field} is {size} bytes on this kernel, the programs read {expected}")]
+    Size {
+        /// The struct.
+        strukt: String,
+        /// The member.
+        field: String,
+        /// Its size here (0: not a scalar).
+        size: u32,
+        /// The sizes that are read correctly.
+        expected: String,
+    },
     /// None of the member names is in the struct.
     #[error("struct {strukt} has none of the fields {fields:?} on this kernel")]
     NoMember {
@@ -61,6 +73,57 @@ impl KernelBtf {
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))
     }
 
+    /// Size in bytes of a scalar member's type (through typedefs,
+    /// `volatile` and `const`), 0 if it is not a scalar.
+    fn scalar_size(&self, m: &btf_rs::Member) -> u32 {
+        let mut t = self.0.resolve_chained_type(m).ok();
+        for _ in 0..16 {
+            t = match t {
+                Some(Type::Int(i)) => return u32::try_from(i.size()).unwrap_or(0),
+                Some(Type::Enum(e)) => return u32::try_from(e.size()).unwrap_or(0),
+                Some(Type::Ptr(_)) => return 8,
+                Some(Type::Typedef(x)) => self.0.resolve_chained_type(&x).ok(),
+                Some(Type::Volatile(x)) => self.0.resolve_chained_type(&x).ok(),
+                Some(Type::Const(x)) => self.0.resolve_chained_type(&x).ok(),
+                _ => return 0,
+            };
+        }
+        0
+    }
+
+    /// [`Self::member_offset`], refusing a member whose size is not one of
+    /// `sizes` (a type change on another kernel would be read as garbage).
+    pub fn sized_member_offset(
+        &self,
+        strukt: &str,
+        fields: &[&str],
+        sizes: &[u32],
+    ) -> Result<u32, BtfError> {
+        let s = self.structure(strukt)?;
+        for field in fields {
+            for m in &s.members {
+                if m.get_name_offset().is_some()
+                    && self.0.resolve_name(m).is_ok_and(|n| n == *field)
+                {
+                    let size = self.scalar_size(m);
+                    if !sizes.contains(&size) {
+                        return Err(BtfError::Size {
+                            strukt: strukt.to_owned(),
+                            field: (*field).to_owned(),
+                            size,
+                            expected: format!("{sizes:?}"),
+                        });
+                    }
+                    return Ok(m.bit_offset() / 8);
+                }
+            }
+        }
+        Err(BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        })
+    }
+
     /// Byte offset of the first of `fields` that `struct strukt` has
     /// (several names cover renames, e.g. `__state` / `state`). Only direct
     /// members are looked at.
@@ -84,27 +147,37 @@ impl KernelBtf {
     /// Byte offset of `field` in `struct strukt`, looking also inside its
     /// anonymous struct and union members (`sock_common.skc_num` lives in
     /// an anonymous struct inside an anonymous union). Bit fields are
-    /// refused: the programs read whole bytes.
-    pub fn nested_offset(&self, strukt: &str, field: &str) -> Result<u32, BtfError> {
+    /// refused: the programs read whole bytes; so is a field whose size is
+    /// not one of `sizes`.
+    pub fn nested_offset(&self, strukt: &str, field: &str, sizes: &[u32]) -> Result<u32, BtfError> {
         let no_member = || BtfError::NoMember {
             strukt: strukt.to_owned(),
             fields: vec![field.to_owned()],
         };
         let s = self.structure(strukt)?;
-        self.find_in(&s.members, field, 0).ok_or_else(no_member)
+        let (offset, size) = self.find_in(&s.members, field, 0).ok_or_else(no_member)?;
+        if !sizes.contains(&size) {
+            return Err(BtfError::Size {
+                strukt: strukt.to_owned(),
+                field: field.to_owned(),
+                size,
+                expected: format!("{sizes:?}"),
+            });
+        }
+        Ok(offset)
     }
 
-    /// Bit offset of `field` among `members` (and their anonymous members),
-    /// `base` bits from the start of the outer struct; `None` if absent or a
-    /// bit field.
-    fn find_in(&self, members: &[btf_rs::Member], field: &str, base: u32) -> Option<u32> {
+    /// Byte offset and size of `field` among `members` (and their anonymous
+    /// members), which start `base` bits into the outer struct; `None` if
+    /// absent or a bit field.
+    fn find_in(&self, members: &[btf_rs::Member], field: &str, base: u32) -> Option<(u32, u32)> {
         for m in members {
             let named = m.get_name_offset().is_some_and(|o| o != 0);
             if named {
                 if self.0.resolve_name(m).is_ok_and(|n| n == field) {
                     let bits = base + m.bit_offset();
                     return (m.bitfield_size().is_none_or(|s| s == 0) && bits.is_multiple_of(8))
-                        .then_some(bits / 8);
+                        .then(|| (bits / 8, self.scalar_size(m)));
                 }
                 continue;
             }
@@ -122,8 +195,8 @@ impl KernelBtf {
     /// sock *`: the local port (`__sk_common.skc_num`) and `sk_protocol`.
     pub fn sock_offsets(&self) -> Result<(u32, u32), BtfError> {
         let common = self.member_offset("sock", &["__sk_common"])?;
-        let num = self.nested_offset("sock_common", "skc_num")?;
-        let protocol = self.nested_offset("sock", "sk_protocol")?;
+        let num = self.nested_offset("sock_common", "skc_num", &[2])?;
+        let protocol = self.nested_offset("sock", "sk_protocol", &[2])?;
         Ok((common + num, protocol))
     }
 }
@@ -163,8 +236,8 @@ mod tests {
             return;
         }
         let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
-        let dport = btf.nested_offset("sock_common", "skc_dport").unwrap();
-        let num = btf.nested_offset("sock_common", "skc_num").unwrap();
+        let dport = btf.nested_offset("sock_common", "skc_dport", &[2]).unwrap();
+        let num = btf.nested_offset("sock_common", "skc_num", &[2]).unwrap();
         assert_eq!(num, dport + 2, "skc_num follows skc_dport");
         assert!(
             matches!(
@@ -179,6 +252,19 @@ mod tests {
             protocol > port && protocol < 4096,
             "sk_protocol at {protocol}"
         );
-        assert!(btf.nested_offset("sock", "no_such_field").is_err());
+        assert!(btf.nested_offset("sock", "no_such_field", &[2]).is_err());
+        // A size the programs do not read is refused, not read as garbage.
+        assert!(matches!(
+            btf.nested_offset("sock_common", "skc_num", &[4]),
+            Err(BtfError::Size { size: 2, .. })
+        ));
+        assert!(matches!(
+            btf.sized_member_offset("task_struct", &["pid"], &[8]),
+            Err(BtfError::Size { size: 4, .. })
+        ));
+        assert!(
+            btf.sized_member_offset("task_struct", &["pid"], &[4])
+                .is_ok()
+        );
     }
 }

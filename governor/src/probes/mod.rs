@@ -131,7 +131,8 @@ struct TracepointProbe {
     program: &'static str,
     category: &'static str,
     event: &'static str,
-    fields: &'static [(&'static str, &'static str)],
+    /// (global set to the offset, field name, size the program reads).
+    fields: &'static [(&'static str, &'static str, u32)],
     /// The signals lost when this probe cannot run.
     signals: &'static str,
 }
@@ -142,9 +143,9 @@ const TRACEPOINTS: &[TracepointProbe] = &[
         category: "sched",
         event: "sched_switch",
         fields: &[
-            (globals::SWITCH_PREV_PID, "prev_pid"),
-            (globals::SWITCH_PREV_STATE, "prev_state"),
-            (globals::SWITCH_NEXT_PID, "next_pid"),
+            (globals::SWITCH_PREV_PID, "prev_pid", 4),
+            (globals::SWITCH_PREV_STATE, "prev_state", 8),
+            (globals::SWITCH_NEXT_PID, "next_pid", 4),
         ],
         signals: "run-queue latency (runq_p50, runq_p99)",
     },
@@ -152,14 +153,14 @@ const TRACEPOINTS: &[TracepointProbe] = &[
         program: names::PROG_SCHED_WAKEUP,
         category: "sched",
         event: "sched_wakeup",
-        fields: &[(globals::WAKEUP_PID, "pid")],
+        fields: &[(globals::WAKEUP_PID, "pid", 4)],
         signals: "run-queue latency after wakeups",
     },
     TracepointProbe {
         program: names::PROG_SCHED_WAKEUP_NEW,
         category: "sched",
         event: "sched_wakeup_new",
-        fields: &[(globals::WAKEUP_NEW_PID, "pid")],
+        fields: &[(globals::WAKEUP_NEW_PID, "pid", 4)],
         signals: "run-queue latency of new tasks",
     },
     TracepointProbe {
@@ -167,10 +168,10 @@ const TRACEPOINTS: &[TracepointProbe] = &[
         category: "sock",
         event: "inet_sock_set_state",
         fields: &[
-            (globals::SOCK_OLDSTATE, "oldstate"),
-            (globals::SOCK_NEWSTATE, "newstate"),
-            (globals::SOCK_SPORT, "sport"),
-            (globals::SOCK_PROTOCOL, "protocol"),
+            (globals::SOCK_OLDSTATE, "oldstate", 4),
+            (globals::SOCK_NEWSTATE, "newstate", 4),
+            (globals::SOCK_SPORT, "sport", 2),
+            (globals::SOCK_PROTOCOL, "protocol", 2),
         ],
         signals: "accepted connections per port, outbound connects per cgroup",
     },
@@ -297,9 +298,15 @@ impl Probes {
             let found: Result<Vec<_>, _> = tp
                 .fields
                 .iter()
-                .map(|(global, field)| {
-                    crate::probes::tracefs::field_offset(root, tp.category, tp.event, field)
-                        .map(|f| (*global, f.offset))
+                .map(|(global, field, size)| {
+                    crate::probes::tracefs::sized_field_offset(
+                        root,
+                        tp.category,
+                        tp.event,
+                        field,
+                        *size,
+                    )
+                    .map(|f| (*global, f.offset))
                 })
                 .collect();
             match found {
@@ -318,10 +325,12 @@ impl Probes {
             }
         }
         // The cheaper raw tracepoints need task_struct offsets from BTF.
+        // pid_t is 4 bytes; `__state` is an unsigned int, `state` (before
+        // 5.14) a long whose low half the program reads (little endian).
         let btf = kernel_btf.and_then(|b| {
             Ok((
-                b.member_offset("task_struct", &["pid"])?,
-                b.member_offset("task_struct", &["__state", "state"])?,
+                b.sized_member_offset("task_struct", &["pid"], &[4])?,
+                b.sized_member_offset("task_struct", &["__state", "state"], &[4, 8])?,
             ))
         });
         let sched_raw = match btf {

@@ -31,6 +31,24 @@ pub enum TracefsError {
         /// The tracefs root that was looked at.
         path: PathBuf,
     },
+    /// The field is not of the size the program reads.
+    #[error(
+        "{category}:{event} field {field} is {size} bytes on this kernel, the program reads {expected} ({path})"
+    )]
+    FieldSize {
+        /// Tracepoint category.
+        category: String,
+        /// Tracepoint name.
+        event: String,
+        /// The field.
+        field: String,
+        /// Its size on this kernel.
+        size: u32,
+        /// The size the program reads.
+        expected: u32,
+        /// The `format` file.
+        path: PathBuf,
+    },
     /// The running kernel does not have the tracepoint.
     #[error("the kernel lacks the tracepoint {category}:{event} ({path} does not exist)")]
     EventMissing {
@@ -323,6 +341,33 @@ pub fn field_offset(
         })
 }
 
+/// [`field_offset`] of a field the program reads as `size` bytes: another
+/// size (a type changed on this kernel) is an error, not garbage read.
+pub fn sized_field_offset(
+    root: &Path,
+    category: &str,
+    event: &str,
+    field: &str,
+    size: u32,
+) -> Result<Field, TracefsError> {
+    let f = field_offset(root, category, event, field)?;
+    if f.size != size {
+        return Err(TracefsError::FieldSize {
+            category: category.to_owned(),
+            event: event.to_owned(),
+            field: field.to_owned(),
+            size: f.size,
+            expected: size,
+            path: root
+                .join("events")
+                .join(category)
+                .join(event)
+                .join("format"),
+        });
+    }
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -401,6 +446,29 @@ mod tests {
         let v6 = field("sock", "inet_sock_set_state", "saddr_v6");
         assert_eq!((v6.offset, v6.size), (40, 16));
         assert_eq!(v6.kind, FieldKind::Array { len: 16 });
+    }
+
+    #[test]
+    fn a_field_of_another_size_is_refused() {
+        let root = fixtures();
+        let ok = sized_field_offset(&root, "sock", "inet_sock_set_state", "sport", 2).unwrap();
+        assert_eq!(ok.offset, 24);
+        let err = sized_field_offset(&root, "sock", "inet_sock_set_state", "sport", 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TracefsError::FieldSize {
+                    size: 2,
+                    expected: 4,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("sport is 2 bytes on this kernel, the program reads 4")
+        );
     }
 
     #[test]
