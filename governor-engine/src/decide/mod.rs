@@ -291,7 +291,15 @@ impl State {
             match old.iter().position(|p| p.config.name == new.name) {
                 Some(i) => {
                     let mut p = old.remove(i);
-                    if p.config.signal == new.signal
+                    // A rung in force on a target the new config protects
+                    // is lifted, even if the policy is otherwise unchanged.
+                    let now_protected = (1..=p.memory.rung)
+                        .filter_map(|r| p.config.ladder.action(r))
+                        .find_map(|a| protected.covers(&a.target()));
+                    if let Some(why) = now_protected {
+                        p.release(now, Cause::Protected(why), &mut out);
+                        policies.push(Policy::new(new, &config.agent));
+                    } else if p.config.signal == new.signal
                         && p.config.ladder == new.ladder
                         && p.dry_run == dry_run
                     {
@@ -339,7 +347,7 @@ impl State {
         // the journal retries a revert that failed.
         if matches!(
             decision.reason.cause,
-            Cause::PolicyRemoved | Cause::PolicyChanged | Cause::Shutdown
+            Cause::PolicyRemoved | Cause::PolicyChanged | Cause::Shutdown | Cause::Protected(_)
         ) {
             return;
         }

@@ -657,3 +657,32 @@ fn dry_run_decisions_are_not_failures() {
     assert_eq!(rung(&s), 2, "dry-run would-decisions are not carried out");
     assert!(s.status()[0].failed.is_none());
 }
+
+#[test]
+fn a_reload_that_protects_a_target_in_force_lifts_it() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 60, Some(3000));
+    assert_eq!(rung(&s), 2);
+    // The same policy, but /batch is now protected.
+    let mut c2 = c.clone();
+    c2.agent
+        .protect
+        .push(config::Target::Cgroup(CgroupPath::new("/batch").unwrap()));
+    let protected = Protected::for_config(&c2, None);
+    let (s, d) = s.reconcile(&c2, protected, t);
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.from_rung, d.to_rung, d.change))
+            .collect::<Vec<_>>(),
+        vec![(2, 1, Change::Lift), (1, 0, Change::Lift)],
+        "both rungs on the now protected /batch are lifted"
+    );
+    assert!(
+        d.iter()
+            .all(|d| matches!(d.reason.cause, Cause::Protected(_))),
+        "{d:?}"
+    );
+    assert_eq!(rung(&s), 0);
+}

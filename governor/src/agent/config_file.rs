@@ -97,11 +97,55 @@ fn write_summary(config: &Config, name: &str, out: &mut dyn Write) -> std::io::R
     Ok(())
 }
 
+/// The `[agent]` keys whose new value a reload cannot put in force (they
+/// are read once at start): what differs between the running config and
+/// the reloaded one, so that the agent says so instead of ignoring them.
+/// `dry_run` and `protect` are applied at reload.
+pub fn needs_restart(
+    running: &governor_engine::config::AgentConfig,
+    reloaded: &governor_engine::config::AgentConfig,
+) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if running.tick != reloaded.tick {
+        keys.push("tick");
+    }
+    if running.metrics_addr != reloaded.metrics_addr {
+        keys.push("metrics_addr");
+    }
+    if running.status_socket != reloaded.status_socket {
+        keys.push("status_socket");
+    }
+    if running.seed != reloaded.seed {
+        keys.push("seed");
+    }
+    if running.netns != reloaded.netns {
+        keys.push("netns");
+    }
+    if running.journal_dir != reloaded.journal_dir {
+        keys.push("journal_dir");
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn agent_keys_a_reload_cannot_apply_are_named() {
+        let run = governor_engine::config::AgentConfig::default();
+        let mut new = run.clone();
+        new.dry_run = !run.dry_run;
+        assert!(
+            needs_restart(&run, &new).is_empty(),
+            "dry_run is applied at reload"
+        );
+        new.tick = run.tick * 2;
+        new.journal_dir = "/elsewhere".into();
+        assert_eq!(needs_restart(&run, &new), ["tick", "journal_dir"]);
+    }
 
     /// The example of `design.md`, "Config", shared with the engine's tests.
     const DESIGN_EXAMPLE: &str =

@@ -517,6 +517,14 @@ async fn agent(
                             r.recent = recent.iter().cloned().collect();
                         }
                         cfg_dry_run = new_cfg.agent.dry_run;
+                        let later = config_file::needs_restart(&cfg.agent, &new_cfg.agent);
+                        if !later.is_empty() {
+                            tracing::warn!(
+                                "reloaded, but [agent] {} changed and take{} effect only at the next restart (systemctl restart governor)",
+                                later.join(", "),
+                                if later.len() == 1 { "s" } else { "" }
+                            );
+                        }
                         tracing::info!(policies = new_cfg.policies.len(), "reloaded");
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                     }
