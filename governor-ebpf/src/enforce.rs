@@ -29,6 +29,7 @@ const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 /// How many cgroup levels above the connecting task are searched for a bucket.
 const MAX_DEPTH: i32 = 16;
 
@@ -47,8 +48,10 @@ static CGROUP_VERDICTS: PerCpuHashMap<u64, Verdicts> = PerCpuHashMap::with_max_e
 #[map(name = "EXEMPT")]
 static EXEMPT: LpmTrie<ExemptData, u8> = LpmTrie::with_max_entries(4096, 1); // BPF_F_NO_PREALLOC, required by LPM tries
 
+/// The drop sinks: 0 an IPv4 listener, 1 an IPv6 one (a lookup can only be
+/// steered to a socket of its own family).
 #[map(name = "DROP_SINK")]
-static DROP_SINK: SockMap = SockMap::with_max_entries(1, 0);
+static DROP_SINK: SockMap = SockMap::with_max_entries(2, 0);
 
 /// GCRA admission; racing CPUs may admit a few extra at most.
 #[inline(always)]
@@ -158,7 +161,8 @@ pub fn admit_inbound(ctx: SkLookupContext) -> u32 {
     }
     count(&PORT_VERDICTS, &port, false);
     // SAFETY: as above.
-    if unsafe { (*b).mode } == MODE_DROP && DROP_SINK.redirect_sk_lookup(&ctx, 0, 0).is_ok() {
+    let sink = if family == AF_INET6 { 1 } else { 0 };
+    if unsafe { (*b).mode } == MODE_DROP && DROP_SINK.redirect_sk_lookup(&ctx, sink, 0).is_ok() {
         // Steered into the full sink: the SYN is dropped, the client retries.
         return SK_PASS;
     }

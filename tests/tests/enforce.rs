@@ -237,6 +237,65 @@ fn inbound_drop_mode_makes_clients_time_out_and_retry() {
     .expect("test thread");
 }
 
+/// Drop mode for an IPv6 client: its SYN is dropped too (it times out and
+/// retries), not reset. The sink used to be IPv4 only, and a lookup can be
+/// steered only to a socket of its own family: IPv6 clients got RST.
+#[test]
+fn inbound_drop_mode_drops_ipv6_syns_too() {
+    require_root();
+    thread::spawn(|| {
+        enter_own_netns();
+        let listener = match TcpListener::bind("[::1]:0") {
+            Ok(l) => l,
+            Err(e) => {
+                println!(
+                    "SKIPPED: inbound_drop_mode_drops_ipv6_syns_too: no IPv6 loopback here ({e})"
+                );
+                return;
+            }
+        };
+        let addr = listener.local_addr().expect("addr");
+        let accepting = thread::spawn(move || {
+            // Accept whatever gets in until the test ends.
+            let mut kept = Vec::new();
+            for s in listener.incoming().take(4) {
+                match s {
+                    Ok(s) => kept.push(s),
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut e = enforcer_here();
+        let rule = Rule {
+            rate: Some(0.5),
+            burst: 1,
+            mode: RejectMode::Drop,
+            exempt: vec![],
+        };
+        e.set_port(addr.port(), &rule).expect("rule set");
+        let first = TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+        assert!(first.is_ok(), "the token admits the first: {first:?}");
+        let second = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        let kind = second.as_ref().err().map(std::io::Error::kind);
+        println!("second IPv6 connect: {second:?}");
+        assert_eq!(
+            kind,
+            Some(std::io::ErrorKind::TimedOut),
+            "drop mode sends no RST to an IPv6 client either: {second:?}"
+        );
+        let v = e.port_verdicts().expect("verdicts");
+        assert!(v[&addr.port()].refused >= 1, "{:?}", v[&addr.port()]);
+        e.clear_port(addr.port()).expect("rule cleared");
+        // Let the acceptor end: connect until it has taken its four.
+        for _ in 0..4 {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        }
+        let _ = accepting.join();
+    })
+    .join()
+    .expect("test thread");
+}
+
 #[test]
 fn outbound_throttle_refuses_with_eperm_at_once_and_spares_the_sibling() {
     require_root();

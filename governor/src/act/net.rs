@@ -140,9 +140,9 @@ pub struct NetEnforcer {
     cgroups: HashMap<PathBuf, [CgroupSockAddrLinkId; 2]>,
     /// Exemption keys in force, by scope (a port's or a cgroup's).
     exempt_of: HashMap<[u8; 8], Vec<Key<ExemptData>>>,
-    /// The drop sink: a listener with a full accept queue, and the
-    /// connection that fills it.
-    sink: Option<(socket2::Socket, TcpStream)>,
+    /// The drop sinks (IPv4, and IPv6 where the namespace has it): a
+    /// listener with a full accept queue each, and the connection that fills it.
+    sinks: Vec<(socket2::Socket, TcpStream)>,
 }
 
 impl NetEnforcer {
@@ -154,7 +154,7 @@ impl NetEnforcer {
             netns: None,
             cgroups: HashMap::new(),
             exempt_of: HashMap::new(),
-            sink: None,
+            sinks: Vec::new(),
         })
     }
 
@@ -167,8 +167,15 @@ impl NetEnforcer {
             move |source| EnforceError::Io { what, source }
         };
         let file = File::open(netns).map_err(io("opening the network namespace"))?;
-        self.make_sink()
+        self.make_sink(false)
             .map_err(io("creating the drop sink listener"))?;
+        // Without an IPv6 sink, IPv6 clients in drop mode would be reset.
+        if let Err(e) = self.make_sink(true) {
+            tracing::warn!(
+                "no IPv6 drop sink in {} ({e}): IPv6 clients of a port in drop mode are reset instead",
+                netns.display()
+            );
+        }
         let prog: &mut SkLookup = self
             .ebpf
             .program_mut(names::PROG_ADMIT)
@@ -192,10 +199,19 @@ impl NetEnforcer {
         Ok(())
     }
 
-    fn make_sink(&mut self) -> std::io::Result<()> {
+    /// A listener on loopback whose accept queue is kept full, in the
+    /// sockmap slot of its family (0 IPv4, 1 IPv6).
+    fn make_sink(&mut self, ipv6: bool) -> std::io::Result<()> {
         use socket2::{Domain, Socket, Type};
-        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let (domain, addr, slot): (_, SocketAddr, u32) = if ipv6 {
+            (Domain::IPV6, (std::net::Ipv6Addr::LOCALHOST, 0).into(), 1)
+        } else {
+            (Domain::IPV4, ([127, 0, 0, 1], 0).into(), 0)
+        };
+        let sock = Socket::new(domain, Type::STREAM, None)?;
+        if ipv6 {
+            sock.set_only_v6(true)?;
+        }
         sock.bind(&addr.into())?;
         // Backlog 0 holds one connection; the one we make fills it, and every
         // SYN steered here afterwards is dropped as an overflow.
@@ -211,8 +227,8 @@ impl NetEnforcer {
             .ok_or_else(|| std::io::Error::other("DROP_SINK map missing"))?;
         let mut sockmap: SockMap<&mut MapData> =
             SockMap::try_from(map).map_err(std::io::Error::other)?;
-        sockmap.set(0, &sock, 0).map_err(std::io::Error::other)?;
-        self.sink = Some((sock, filler));
+        sockmap.set(slot, &sock, 0).map_err(std::io::Error::other)?;
+        self.sinks.push((sock, filler));
         Ok(())
     }
 
