@@ -170,7 +170,13 @@ check_restart_after_kill() {
 	fi
 	echo "kill -9 $OLD_PID (main PID; NRestarts=$OLD_RESTARTS)"
 	kill -9 "$OLD_PID"
-	if took=$(wait_active restarted); then
+	# RestartSec=2s, then a start beside the CPU hogs: 16 s were seen under
+	# TCG on 6.12 (7.6 s on 6.1). The 15 s bound is for the first start.
+	ACTIVE_WITHIN=40
+	took=$(wait_active restarted)
+	local ok=$?
+	ACTIVE_WITHIN=15
+	if [ $ok -eq 0 ]; then
 		echo "restarted as PID $(prop MainPID), NRestarts=$(prop NRestarts), active again after ${took}s"
 		pass restart-after-kill
 	else
