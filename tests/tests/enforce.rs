@@ -396,6 +396,93 @@ fn decision(
     }
 }
 
+/// A cgroup removed and made again at the same path is a new cgroup: a
+/// rule imposed on it must attach the connect programs to it anew. They
+/// were remembered by path, so the new cgroup got a rule and no program.
+#[test]
+fn a_cgroup_made_again_at_its_path_gets_its_own_connect_programs() {
+    use governor::act::rules::{Actuators, CgroupActuation};
+    use governor_engine::{
+        config::{Action, Target},
+        decide::{Change, DecisionKind},
+    };
+    struct NoCgroups;
+    impl CgroupActuation for NoCgroups {
+        fn apply(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+            anyhow::bail!("not in this test")
+        }
+        fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn revert_all(&mut self) -> String {
+            String::new()
+        }
+    }
+    require_root();
+    let cg = TestCgroup::new("remade");
+    let server = Server::start();
+    let fs = governor::sense::cgroupfs::CgroupFs::discover(Path::new(
+        governor::sense::cgroupfs::DEFAULT_ROOT,
+    ))
+    .expect("cgroup2");
+    let mut act = Actuators::new(fs, Box::new(NoCgroups), "/proc/self/ns/net".into());
+    let reject = Action::RejectConnections {
+        target: Target::Cgroup(cg.path.clone()),
+        mode: RejectMode::Reset,
+        exempt: vec![],
+    };
+    let connects = |kids: &mut Children| {
+        let procs = cg.procs();
+        let c = kids.spawn(&[
+            "connect",
+            "--addr",
+            &server.addr(),
+            "--count",
+            "5",
+            "--join",
+            procs.to_str().expect("utf-8"),
+        ]);
+        kids.wait_output(c)
+    };
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    act.carry_out(&decision(
+        DecisionKind::Applied,
+        Change::Impose,
+        reject.clone(),
+        0,
+        1,
+    ))
+    .expect("reject on the first cgroup");
+    let first = connects(&mut kids);
+    assert_eq!(
+        field(&first, "eperm"),
+        5,
+        "refused in the first cgroup: {first}"
+    );
+    // The same path, a new cgroup (the old one is empty: its connect
+    // helper has exited).
+    let old_id = cg.id();
+    std::fs::remove_dir(&cg.dir).expect("rmdir the test cgroup");
+    std::fs::create_dir(&cg.dir).expect("mkdir it again");
+    assert_ne!(cg.id(), old_id, "a new cgroup");
+    act.carry_out(&decision(
+        DecisionKind::Applied,
+        Change::Impose,
+        reject,
+        1,
+        2,
+    ))
+    .expect("reject on the new cgroup");
+    let second = connects(&mut kids);
+    println!("first cgroup: {first}\nmade again: {second}");
+    assert_eq!(
+        field(&second, "eperm"),
+        5,
+        "refused in the cgroup made again at the path: {second}"
+    );
+    act.revert_all();
+}
+
 /// Stepping down from reject (rung 2) to throttle (rung 1) puts the
 /// throttle back in force; it must not open the port (a bug the herd
 /// benchmark found).

@@ -137,7 +137,9 @@ fn exempt_keys(scope: [u8; 8], nets: &[IpNet]) -> Vec<Key<ExemptData>> {
 pub struct NetEnforcer {
     ebpf: Ebpf,
     netns: Option<(PathBuf, SkLookupLinkId)>,
-    cgroups: HashMap<PathBuf, [CgroupSockAddrLinkId; 2]>,
+    /// By cgroup id (the directory's inode): a cgroup removed and made
+    /// again at the same path is a new cgroup, with no program yet.
+    cgroups: HashMap<u64, (PathBuf, [CgroupSockAddrLinkId; 2])>,
     /// Exemption keys in force, by scope (a port's or a cgroup's).
     exempt_of: HashMap<[u8; 8], Vec<Key<ExemptData>>>,
     /// The drop sinks (IPv4, and IPv6 where the namespace has it): a
@@ -235,7 +237,14 @@ impl NetEnforcer {
     /// Attaches outbound admission (`connect4`/`connect6`) to the cgroup
     /// directory `dir` (cgroup2). Other programs on the cgroup keep running.
     pub fn attach_cgroup(&mut self, dir: &Path) -> Result<(), EnforceError> {
-        if self.cgroups.contains_key(dir) {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = std::fs::metadata(dir)
+            .map_err(|source| EnforceError::Io {
+                what: format!("reading cgroup {}", dir.display()),
+                source,
+            })?
+            .ino();
+        if self.cgroups.contains_key(&id) {
             return Ok(());
         }
         let mut links = Vec::with_capacity(2);
@@ -272,13 +281,18 @@ impl NetEnforcer {
         let [a, b]: [CgroupSockAddrLinkId; 2] = links
             .try_into()
             .map_err(|_| EnforceError::Missing("connect link"))?;
-        self.cgroups.insert(dir.to_path_buf(), [a, b]);
+        self.cgroups.insert(id, (dir.to_path_buf(), [a, b]));
         Ok(())
     }
 
     /// Detaches outbound admission from `dir`.
     pub fn detach_cgroup(&mut self, dir: &Path) -> Result<(), EnforceError> {
-        let Some([a, b]) = self.cgroups.remove(dir) else {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = std::fs::metadata(dir).ok().map(|m| m.ino());
+        let Some((_, [a, b])) = id.and_then(|id| self.cgroups.remove(&id)) else {
+            // Not attached to this cgroup (or it is gone, taking its
+            // programs with it): entries of earlier cgroups at the path go.
+            self.cgroups.retain(|_, (path, _)| path != dir);
             return Ok(());
         };
         for (name, link) in [(names::PROG_CONNECT4, a), (names::PROG_CONNECT6, b)] {

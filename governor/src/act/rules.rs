@@ -86,8 +86,8 @@ pub struct Actuators {
     /// The namespace whose ports policies name.
     netns: PathBuf,
     netns_attached: bool,
-    /// Cgroups whose connect programs we attached.
-    connect_attached: BTreeSet<PathBuf>,
+    /// Cgroups (by id) whose connect programs we attached.
+    connect_attached: BTreeSet<u64>,
     /// The connection rules each policy has imposed on each target, oldest
     /// first: lifting a rung restores the rung below it on the same target
     /// (reject → throttle) rather than opening the target entirely.
@@ -242,9 +242,10 @@ impl Actuators {
             }
             Target::Cgroup(c) => {
                 let (id, dir) = self.cgroup_id(&c)?;
-                if !self.connect_attached.contains(&dir) {
+                // By id: a cgroup made again at the same path needs its own.
+                if !self.connect_attached.contains(&id) {
                     self.enforcer()?.attach_cgroup(&dir)?;
-                    self.connect_attached.insert(dir);
+                    self.connect_attached.insert(id);
                 }
                 self.enforcer()?.set_cgroup(id, &rule)?;
             }
@@ -278,7 +279,7 @@ impl Actuators {
                 if let Some((id, dir)) = found {
                     net.clear_cgroup(id)?;
                     net.detach_cgroup(&dir)?;
-                    self.connect_attached.remove(&dir);
+                    self.connect_attached.remove(&id);
                 }
             }
         }
