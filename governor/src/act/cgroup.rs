@@ -20,6 +20,29 @@
 //!
 //! Roots come from [`CgroupFs`], so every mapping is tested on fake trees.
 //!
+//! # Claims of several policies
+//!
+//! Each journal entry keeps every claim on its file (its holders). The
+//! strictest claim is in force, whoever made it and in whatever order:
+//! the lowest `cpu.weight` / `cpu.shares`, `cpu.idle` 1, the lowest quota
+//! (`cpu.max`, `cpu.cfs_quota_us`, where `max` and -1 are the loosest), the
+//! fewest bytes of `memory.high`; through systemd, per property the same
+//! (`CPUWeight=idle` before any weight). A release puts the strictest claim
+//! left in force, and the original only when none is left.
+//!
+//! # What a journal may make it write
+//!
+//! The agent runs as root, and at start it writes back what a journal says.
+//! An entry is used only if its file is one of the control files it writes
+//! ([`CONTROL_FILES`]) in a cgroup below a hierarchy of its [`CgroupFs`]
+//! (a plain path, no `.` or `..`; its directory, links resolved, still below
+//! it; the file itself not a link), or, for a unit, the unit's own runtime
+//! drop-in for the property; other entries are refused when the actuator is
+//! made ([`super::journal::Journal::reject`]). Every write opens the
+//! cgroup's directory, checks where it really is, and opens the file in it
+//! without following a link. An entry records its cgroup's id, and a
+//! cgroup made anew at the same path since is not written into.
+//!
 //! # systemd units
 //!
 //! On a host where systemd is the cgroup manager, a target that is one of
@@ -48,10 +71,18 @@
 //! once when it ends; nothing is repaired.
 
 use std::{
+    cmp::Reverse,
     collections::BTreeMap,
     fmt,
-    fs::{self, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::{self, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::{
+            ffi::OsStrExt as _,
+            fs::{MetadataExt as _, OpenOptionsExt as _},
+        },
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -231,7 +262,7 @@ pub enum Lifted {
         /// The text written back.
         original: String,
     },
-    /// Other actions still hold the file; the newest of them is back in force.
+    /// Other actions still hold the file; the strictest of them is in force.
     StillHeld {
         /// The file.
         file: PathBuf,
@@ -242,6 +273,13 @@ pub enum Lifted {
     },
     /// The cgroup is gone; its entry was dropped.
     Vanished {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The cgroup was removed and made anew at the same path since the
+    /// change (it has another id): the new one never had the agent's
+    /// value, so nothing was written; the entry was dropped.
+    Recreated {
         /// The file.
         file: PathBuf,
     },
@@ -265,8 +303,12 @@ pub enum Lifted {
 pub struct RevertReport {
     /// Files whose original text is back.
     pub restored: Vec<PathBuf>,
-    /// Files whose cgroup is gone (nothing to restore; the entry is dropped).
+    /// Files whose cgroup is gone (nothing to restore; the entry is dropped),
+    /// those of `recreated` included.
     pub vanished: Vec<PathBuf>,
+    /// Files whose cgroup was made anew at the same path since (another id):
+    /// not written into; the entry is dropped.
+    pub recreated: Vec<PathBuf>,
     /// Units whose value was changed through systemd since, with that value,
     /// left in force (the entry is dropped).
     pub superseded: Vec<(PathBuf, String)>,
@@ -285,6 +327,10 @@ impl RevertReport {
         match outcome {
             Ok(Lifted::Restored { .. } | Lifted::StillHeld { .. }) => self.restored.push(file),
             Ok(Lifted::Vanished { .. }) => self.vanished.push(file),
+            Ok(Lifted::Recreated { .. }) => {
+                self.vanished.push(file.clone());
+                self.recreated.push(file);
+            }
             Ok(Lifted::Superseded { live, .. }) => self.superseded.push((file, live)),
             Ok(Lifted::NotHeld) => {}
             Err(e) => self.failed.push((file, e.to_string())),
@@ -293,8 +339,8 @@ impl RevertReport {
 }
 
 impl fmt::Display for RevertReport {
-    /// `restored 2, vanished 1, failed 1 (/sys/…/cpu.max: …)`; superseded
-    /// units are counted only if there are any.
+    /// `restored 2, vanished 1, failed 1 (/sys/…/cpu.max: …)`; cgroups made
+    /// anew and superseded units are counted only if there are any.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -302,6 +348,17 @@ impl fmt::Display for RevertReport {
             self.restored.len(),
             self.vanished.len()
         )?;
+        if !self.recreated.is_empty() {
+            let files: Vec<String> = (self.recreated.iter())
+                .map(|p| p.display().to_string())
+                .collect();
+            write!(
+                f,
+                " (recreated {}, not written into: {})",
+                self.recreated.len(),
+                files.join(", ")
+            )?;
+        }
         if !self.superseded.is_empty() {
             write!(
                 f,
@@ -384,7 +441,7 @@ const DRIFT_QUIET: Duration = Duration::from_secs(10);
 /// `governor status`, a label pair of `governor_drift`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drifted {
-    /// The policy whose claim is in force there (the newest holder).
+    /// The policy whose claim is in force there (the strictest holder).
     pub policy: String,
     /// The target cgroup.
     pub target: CgroupPath,
@@ -456,11 +513,20 @@ enum Resolved {
     Absent(PathBuf),
 }
 
+/// A hierarchy the actuator writes into: as given, and with links resolved.
+#[derive(Debug, Clone)]
+struct Root {
+    given: PathBuf,
+    real: PathBuf,
+}
+
 /// Applies and reverts cgroup actions, through the cgroup files or, for
 /// systemd units, through systemd, journaling each change first.
 #[derive(Debug)]
 pub struct CgroupActuator {
     fs: CgroupFs,
+    /// The hierarchies of `fs`: no file outside them is ever written.
+    roots: Vec<Root>,
     journal: Journal,
     systemd: Option<UnitRoute>,
     /// Why there is no systemd route.
@@ -472,9 +538,27 @@ impl CgroupActuator {
     /// An actuator over the hierarchies of `fs` that records into `journal`,
     /// through cgroup files only. Entries the journal already holds are a
     /// dead process's: call [`Self::revert_all`] before applying anything.
-    pub fn new(fs: CgroupFs, journal: Journal) -> Self {
+    /// Entries that name anything but a control file the agent writes under
+    /// those hierarchies (or a unit's own runtime drop-in) are refused first:
+    /// never reverted, named in a warning, the journal kept aside
+    /// ([`Journal::reject`]).
+    pub fn new(fs: CgroupFs, mut journal: Journal) -> Self {
+        let roots: Vec<Root> = [Some(fs.cgroup2_root()), fs.cpu_v1_root()]
+            .into_iter()
+            .flatten()
+            .map(|r| Root {
+                given: r.to_path_buf(),
+                real: fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()),
+            })
+            .collect();
+        if let Err(e) = journal.reject(|e| vet(&roots, e)) {
+            tracing::error!(
+                "journal entries were refused (not reverted), but the journal could not be rewritten without them: {e}"
+            );
+        }
         Self {
             fs,
+            roots,
             journal,
             systemd: None,
             files_only: "not connected to systemd".into(),
@@ -589,7 +673,22 @@ impl CgroupActuator {
             Resolved::Plan(p) => p,
             Resolved::Absent(dir) => return Ok(Applied::TargetAbsent { dir }),
         };
-        let before = self.journal.find(&plan.file).cloned();
+        let dir = parent(&plan.file);
+        let id = cgroup_id(&dir);
+        let mut before = self.journal.find(&plan.file).cloned();
+        // Journaled for a cgroup since removed and made anew at this path:
+        // its original and claims were the old cgroup's.
+        let stale = before
+            .as_ref()
+            .is_some_and(|e| e.cgroup_id.is_some() && id.is_some() && e.cgroup_id != id);
+        if stale {
+            tracing::info!(
+                target = %plan.target,
+                "{}: the cgroup was made anew since the agent changed it; the claims on the old one are dropped and the new one's original is journaled",
+                plan.file.display()
+            );
+            before = None;
+        }
         let (mut entry, journaled) = match &before {
             Some(e) => (e.clone(), false),
             None => {
@@ -606,6 +705,7 @@ impl CgroupActuator {
                     holders: Vec::new(),
                     since_unix_ms: now_unix_ms(),
                     pid: std::process::id(),
+                    cgroup_id: id,
                     pending: None,
                     systemd: None,
                 };
@@ -613,7 +713,7 @@ impl CgroupActuator {
             }
         };
         let phrase = action.to_string();
-        // The newest claim is the one in force: (re)place it last.
+        // (Re)placed last: of equal claims the newest is in force.
         entry
             .holders
             .retain(|h| !(h.policy == policy && h.action == phrase));
@@ -623,26 +723,31 @@ impl CgroupActuator {
             value: plan.value.clone(),
             unit_value: None,
         });
-        entry.value.clone_from(&plan.value);
+        // The strictest claim is in force, this one or another's.
+        entry.value = in_force(&entry).map_or_else(|| plan.value.clone(), |h| h.value.clone());
         entry.pending = None;
         if before.as_ref() != Some(&entry) {
             self.journal.put(entry.clone())?;
         }
         self.watch.seen.remove(&plan.file);
-        match write_value(&plan.file, &plan.value) {
-            Ok(()) => Ok(Applied::Written {
+        let written = self.write_control(&plan.file, &entry.value, entry.cgroup_id);
+        match written {
+            Ok(Wrote::Done) => Ok(Applied::Written {
                 file: plan.file,
                 original: entry.original,
-                value: plan.value,
+                value: entry.value,
                 journaled,
                 fallback: plan.fallback,
                 unit: None,
             }),
-            Err(e) if is_gone(&e) && !parent(&plan.file).is_dir() => {
+            // Made anew between journaling and writing: nothing written.
+            Ok(Wrote::Recreated) => {
                 self.journal.remove(&plan.file)?;
-                Ok(Applied::TargetAbsent {
-                    dir: parent(&plan.file),
-                })
+                Ok(Applied::TargetAbsent { dir })
+            }
+            Err(e) if is_gone(&e) && !dir.is_dir() => {
+                self.journal.remove(&plan.file)?;
+                Ok(Applied::TargetAbsent { dir })
             }
             Err(source) => {
                 // Not made, so not journaled: put back what was there.
@@ -652,7 +757,7 @@ impl CgroupActuator {
                 }
                 Err(ActError::Write {
                     path: plan.file,
-                    value: plan.value,
+                    value: entry.value,
                     source,
                 })
             }
@@ -697,10 +802,9 @@ impl CgroupActuator {
         let before = self.journal.find_unit(&unit, value.property()).cloned();
         // The next rung on a unit already held keeps the journaled prior:
         // the unit's own value stays the one restored.
-        let held = (before.as_ref())
-            .and_then(|e| e.systemd.as_ref().map(|p| (e.clone(), p.with_held(value))));
+        let held = (before.as_ref()).and_then(|e| e.systemd.clone().map(|p| (e.clone(), p)));
         let (mut entry, prior, journaled) = match held {
-            Some((e, prior)) => (e, prior?, false),
+            Some((e, prior)) => (e, prior, false),
             None => match sd.units.prepare(&unit, value) {
                 Ok(prior) => (
                     Entry {
@@ -711,6 +815,7 @@ impl CgroupActuator {
                         holders: Vec::new(),
                         since_unix_ms: now_unix_ms(),
                         pid: std::process::id(),
+                        cgroup_id: None,
                         pending: None,
                         systemd: None,
                     },
@@ -721,9 +826,8 @@ impl CgroupActuator {
                 Err(e) => return Err(e.into()),
             },
         };
-        entry.systemd = Some(prior.clone());
         let phrase = action.to_string();
-        // The newest claim is the one in force: (re)place it last.
+        // (Re)placed last: of equal claims the newest is in force.
         entry
             .holders
             .retain(|h| !(h.policy == policy && h.action == phrase));
@@ -733,7 +837,11 @@ impl CgroupActuator {
             value: value.to_string(),
             unit_value: Some(value),
         });
-        entry.value = value.to_string();
+        // The strictest claim is in force, this one or another's.
+        let strictest = in_force(&entry).and_then(|h| h.unit_value).unwrap_or(value);
+        let prior = prior.with_held(strictest)?;
+        entry.systemd = Some(prior.clone());
+        entry.value = strictest.to_string();
         entry.pending = None;
         // Journaled before the call: a crash after it finds the change.
         if before.as_ref() != Some(&entry) {
@@ -768,9 +876,10 @@ impl CgroupActuator {
     }
 
     /// Takes `policy`'s `action` out of force. If another action (of this or
-    /// another policy) still holds the file, the newest of those is put back;
-    /// otherwise the original text is restored and the entry dropped. A
-    /// revert that fails stays journaled for [`Self::retry_pending`].
+    /// another policy) still holds the file, the strictest of those is put
+    /// in force; otherwise the original text is restored and the entry
+    /// dropped. A revert that fails stays journaled for
+    /// [`Self::retry_pending`].
     pub fn lift(&mut self, policy: &str, action: &Action) -> Result<Lifted, ActError> {
         if !is_cgroup_action(action) {
             return Err(ActError::NotMine {
@@ -883,7 +992,7 @@ impl CgroupActuator {
         let mut out = Vec::new();
         for e in entries {
             // Nothing is held while a revert is pending.
-            let Some(holder) = e.holders.last() else {
+            let Some(holder) = in_force(e) else {
                 continue;
             };
             if e.pending.is_some() {
@@ -989,7 +1098,7 @@ impl CgroupActuator {
     }
 
     /// Drops the holders `lifted` selects from `entry`, then writes what is
-    /// left in force (the newest remaining holder's value) or the original.
+    /// left in force (the strictest remaining claim) or the original.
     fn release(
         &mut self,
         mut entry: Entry,
@@ -999,21 +1108,27 @@ impl CgroupActuator {
             return self.release_unit(entry, lifted);
         }
         entry.holders.retain(|h| !lifted(h));
-        let value = entry
-            .holders
-            .last()
-            .map_or_else(|| entry.original.clone(), |h| h.value.clone());
+        let value = in_force(&entry).map_or_else(|| entry.original.clone(), |h| h.value.clone());
         let file = entry.file.clone();
         self.watch.seen.remove(&file);
-        match write_value(&file, &value) {
-            Ok(()) if entry.holders.is_empty() => {
+        match self.write_control(&file, &value, entry.cgroup_id) {
+            Ok(Wrote::Recreated) => {
+                tracing::info!(
+                    target = %entry.target,
+                    "{}: not reverted: the cgroup was removed and made anew at the same path since the agent changed it, so the new one never had the agent's value",
+                    file.display()
+                );
+                self.journal.remove(&file)?;
+                Ok(Lifted::Recreated { file })
+            }
+            Ok(Wrote::Done) if entry.holders.is_empty() => {
                 self.journal.remove(&file)?;
                 Ok(Lifted::Restored {
                     file,
                     original: value,
                 })
             }
-            Ok(()) => {
+            Ok(Wrote::Done) => {
                 let by = entry.holders.iter().map(|h| h.policy.clone()).collect();
                 entry.value = value.clone();
                 entry.pending = None;
@@ -1043,9 +1158,9 @@ impl CgroupActuator {
         }
     }
 
-    /// [`Self::release`] of a unit's entry, through systemd: the newest
-    /// remaining holder's value is set (journaled first), or, with none
-    /// left, the prior restored ([`SystemdUnits::restore`]).
+    /// [`Self::release`] of a unit's entry, through systemd: the strictest
+    /// remaining claim is set (journaled first), or, with none left, the
+    /// prior restored ([`SystemdUnits::restore`]).
     fn release_unit(
         &mut self,
         mut entry: Entry,
@@ -1085,7 +1200,7 @@ impl CgroupActuator {
             self.journal.put(entry)?;
             return Err(err);
         };
-        let outcome = match entry.holders.last() {
+        let outcome = match in_force(&entry) {
             Some(top) => {
                 let Some(value) = top.unit_value else {
                     return Err(ActError::Parse {
@@ -1417,11 +1532,215 @@ fn read_value(file: &Path, controller: &'static str) -> Result<Option<String>, A
     }
 }
 
-/// One `write(2)` of `value` to an existing file (cgroupfs takes a value per
-/// write; never create a file, which on a fake tree would hide a typo).
-fn write_value(file: &Path, value: &str) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).truncate(true).open(file)?;
-    f.write_all(value.as_bytes())
+/// The cgroup control files the agent writes: a journal entry naming any
+/// other file is refused, and no other file is written.
+pub const CONTROL_FILES: [&str; 6] = [
+    "cpu.weight",
+    "cpu.idle",
+    "cpu.max",
+    "memory.high",
+    "cpu.shares",
+    "cpu.cfs_quota_us",
+];
+
+/// What [`CgroupActuator::write_control`] did.
+enum Wrote {
+    /// The value was written.
+    Done,
+    /// The cgroup has another id than the one expected: nothing written.
+    Recreated,
+}
+
+impl CgroupActuator {
+    /// One `write(2)` of `value` to the existing control file `file`
+    /// (cgroupfs takes a value per write; never create a file, which on a
+    /// fake tree would hide a typo). The cgroup's directory is opened and
+    /// where it really is checked (below a hierarchy of this actuator),
+    /// then the file opened in it without following a link; with `id`,
+    /// nothing is written if the directory has another id now.
+    fn write_control(&self, file: &Path, value: &str, id: Option<u64>) -> io::Result<Wrote> {
+        let refused = |why: String| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("refused to write {}: {why}", file.display()),
+            )
+        };
+        let name = file.file_name().unwrap_or_default();
+        if !CONTROL_FILES.iter().any(|c| name == *c) {
+            return Err(refused("not a control file the agent writes".into()));
+        }
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(parent(file))?;
+        let real = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+        if !self.roots.iter().any(|r| below(&real, &r.real)) {
+            return Err(refused(format!(
+                "its directory is {}, not a cgroup below {}",
+                real.display(),
+                roots_text(&self.roots)
+            )));
+        }
+        if let Some(id) = id
+            && dir.metadata()?.ino() != id
+        {
+            return Ok(Wrote::Recreated);
+        }
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: openat on a directory fd we own and a NUL-terminated name;
+        // the fd returned, if any, is owned by the File made of it below.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a file descriptor just opened and owned by nobody else.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        f.write_all(value.as_bytes())?;
+        Ok(Wrote::Done)
+    }
+}
+
+/// The id of the cgroup whose directory is `dir` (its inode number; on
+/// cgroup2, what `bpf_get_current_cgroup_id` returns), `None` if it is not
+/// there.
+fn cgroup_id(dir: &Path) -> Option<u64> {
+    fs::symlink_metadata(dir)
+        .ok()
+        .filter(fs::Metadata::is_dir)
+        .map(|m| m.ino())
+}
+
+/// True if `path` lies strictly below `root` (a cgroup, not the root one).
+fn below(path: &Path, root: &Path) -> bool {
+    path.starts_with(root) && path != root
+}
+
+fn roots_text(roots: &[Root]) -> String {
+    let all: Vec<String> = roots
+        .iter()
+        .map(|r| r.given.display().to_string())
+        .collect();
+    all.join(" or ")
+}
+
+/// Why the journal entry `e` may not be used, if it may not: its file is
+/// not a control file the agent writes in a cgroup below `roots`, or, for a
+/// unit, not the unit's own runtime drop-in for the property.
+fn vet(roots: &[Root], e: &Entry) -> Result<(), String> {
+    plain_absolute(&e.file)?;
+    if let Some(prior) = &e.systemd {
+        let own = prior
+            .property()
+            .dropin_path(Path::new(""), &prior.unit, prior.transient);
+        if e.file != prior.dropin {
+            return Err(format!(
+                "its file is not the drop-in its systemd record names ({})",
+                prior.dropin.display()
+            ));
+        }
+        if !e.file.ends_with(&own) || prior.original.property() != prior.property() {
+            return Err(format!(
+                "not {}'s own runtime drop-in for {} (…/{})",
+                prior.unit,
+                prior.property(),
+                own.display()
+            ));
+        }
+        return Ok(());
+    }
+    let name = e.file.file_name().unwrap_or_default();
+    if !CONTROL_FILES.iter().any(|c| name == *c) {
+        return Err(format!(
+            "{} is not a control file the agent writes ({})",
+            name.to_string_lossy(),
+            CONTROL_FILES.join(", ")
+        ));
+    }
+    let dir = parent(&e.file);
+    let Some(root) = roots.iter().find(|r| below(&dir, &r.given)) else {
+        return Err(format!("not in a cgroup below {}", roots_text(roots)));
+    };
+    match fs::canonicalize(&dir) {
+        Ok(real) if below(&real, &root.real) => {}
+        Ok(real) => {
+            return Err(format!(
+                "its directory is really {}, not below {}",
+                real.display(),
+                root.given.display()
+            ));
+        }
+        // The cgroup is gone: nothing will be written (the revert says so).
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(format!("cannot resolve its directory: {err}")),
+    }
+    match fs::symlink_metadata(&e.file) {
+        Ok(m) if m.file_type().is_symlink() => Err("it is a symbolic link".into()),
+        _ => Ok(()),
+    }
+}
+
+/// An absolute path with no `.` or `..` component.
+fn plain_absolute(path: &Path) -> Result<(), String> {
+    let bytes = path.as_os_str().as_bytes();
+    if !bytes.starts_with(b"/") {
+        return Err("not an absolute path".into());
+    }
+    if bytes.split(|&b| b == b'/').any(|c| c == b"." || c == b"..") {
+        return Err("its path has a `.` or `..` component".into());
+    }
+    Ok(())
+}
+
+/// How loose a claim is (lower: stricter): the value as a number where the
+/// lowest limits most, unlimited (`max`, -1, unset) the loosest.
+fn looseness(e: &Entry, h: &Holder) -> u128 {
+    use systemd::{CpuQuota, CpuWeight as Weight, MemoryHigh, Value};
+    const LOOSEST: u128 = u128::MAX;
+    if e.systemd.is_some() {
+        return match h.unit_value {
+            Some(Value::CpuWeight(Weight::Idle)) => 0,
+            Some(Value::CpuWeight(Weight::Weight(w))) => u128::from(w),
+            Some(Value::CpuQuota(CpuQuota::PerSecUsec(u))) => u128::from(u),
+            Some(Value::MemoryHigh(MemoryHigh::Bytes(b))) => u128::from(b),
+            Some(
+                Value::CpuWeight(Weight::Unset)
+                | Value::CpuQuota(CpuQuota::Unset)
+                | Value::MemoryHigh(MemoryHigh::Unset),
+            )
+            | None => LOOSEST,
+        };
+    }
+    let number = |t: &str| t.trim().parse::<u128>().ok();
+    let name = e.file.file_name().unwrap_or_default();
+    let v = h.value.trim();
+    let key = if name == "cpu.idle" {
+        // 1 is idle, the strictest.
+        number(v).map(|n| u128::from(n == 0))
+    } else if name == "cpu.max" {
+        // `QUOTA PERIOD`, compared as a share of the period.
+        let mut parts = v.split_whitespace();
+        match (parts.next().and_then(number), parts.next().and_then(number)) {
+            (Some(q), Some(p)) if p > 0 => Some(q * 1_000_000 / p),
+            _ => None,
+        }
+    } else {
+        // cpu.weight, cpu.shares, cpu.cfs_quota_us (-1: none), memory.high.
+        number(v)
+    };
+    key.unwrap_or(LOOSEST)
+}
+
+/// The claim in force on `e`: the strictest holder, of equals the newest.
+fn in_force(e: &Entry) -> Option<&Holder> {
+    (e.holders.iter().enumerate())
+        .min_by_key(|(i, h)| (looseness(e, h), Reverse(*i)))
+        .map(|(_, h)| h)
 }
 
 #[cfg(test)]
@@ -2506,17 +2825,41 @@ mod tests {
         let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
             return;
         };
-        let mut act = sd.actuator(&host);
-        let _ = act.apply("p", &weight(HOG, CpuWeight::Weight(5))).unwrap();
-        drop(act);
-        // The journal names another file as the unit's drop-in.
-        let victim = host.d.path().join("etc/important.conf");
-        write(&victim, "keep\n");
-        let journal = host.journal_dir().join("journal.json");
         let own = sd.dropin("hog.service", "CPUWeight");
-        let text = fs::read_to_string(&journal).unwrap();
-        let text = text.replace(own.to_str().unwrap(), victim.to_str().unwrap());
-        fs::write(&journal, text).unwrap();
+        let journal = host.journal_dir().join("journal.json");
+        // The journal names `victim` as the unit's drop-in.
+        let tamper = |victim: &Path| {
+            let mut act = sd.actuator(&host);
+            let _ = act.apply("p", &weight(HOG, CpuWeight::Weight(5))).unwrap();
+            drop(act);
+            write(victim, "keep\n");
+            let text = fs::read_to_string(&journal).unwrap();
+            let text = text.replace(own.to_str().unwrap(), victim.to_str().unwrap());
+            fs::write(&journal, text).unwrap();
+        };
+        // Not a drop-in's path at all: refused when the actuator is made,
+        // named in a warning, kept aside.
+        let victim = host.d.path().join("etc/important.conf");
+        tamper(&victim);
+        let (mut act, log) = logged(|| sd.actuator(&host));
+        assert!(
+            log.contains("journal entry refused")
+                && log.contains(victim.to_str().unwrap())
+                && log.contains("not hog.service's own runtime drop-in for CPUWeight"),
+            "{log}"
+        );
+        assert!(act.journal().is_empty());
+        let report = act.revert_all();
+        assert_eq!(report, RevertReport::default(), "{report}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+        assert!(host.journal_dir().join("journal.json.rejected").exists());
+        // Shaped like one, under another root: systemd's route refuses it.
+        let _ = act.apply("p", &weight(HOG, CpuWeight::Weight(5))).unwrap();
+        let _ = act.lift("p", &weight(HOG, CpuWeight::Weight(5))).unwrap();
+        drop(act);
+        let victim = (host.d.path())
+            .join("elsewhere/run/systemd/system.control/hog.service.d/50-CPUWeight.conf");
+        tamper(&victim);
         let mut act = sd.actuator(&host);
         let report = act.revert_all();
         assert_eq!(report.failed.len(), 1, "{report}");
@@ -2528,5 +2871,331 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
         assert_eq!(act.pending(), 1);
+    }
+
+    /// Plants a journal as a dead process would have left it, with
+    /// `entries` as they are on disk.
+    fn plant_journal(host: &Host, entries: serde_json::Value) {
+        drop(Journal::open(&host.journal_dir()).unwrap());
+        let doc = serde_json::json!({
+            "version": 1, "pid": 1, "written_unix_ms": 0, "entries": entries
+        });
+        fs::write(host.journal_dir().join("journal.json"), doc.to_string()).unwrap();
+    }
+
+    /// A file entry on disk: `policy` p holds `value` 1 in `file`.
+    fn planted(target: &str, file: &Path, original: &str) -> serde_json::Value {
+        serde_json::json!({
+            "target": target, "file": file, "original": original, "value": "1",
+            "holders": [{"policy": "p", "action": "set 1", "value": "1"}],
+            "since_unix_ms": 1, "pid": 1
+        })
+    }
+
+    #[test]
+    fn a_journal_naming_a_file_outside_the_cgroup_root_is_refused_not_written() {
+        let host = Host::unified(&[("b/cpu.weight", "5\n")]);
+        let outside = host.d.path().join("outside");
+        write(&outside.join("target"), "keep\n");
+        write(&outside.join("b/cpu.weight"), "keep\n");
+        plant_journal(
+            &host,
+            serde_json::json!([
+                planted("/b", &outside.join("target"), "pwned"),
+                planted("/b", &outside.join("b/cpu.weight"), "pwned"),
+                planted("/b", &host.path("b/cgroup.procs"), "1"),
+                planted("/b", &host.path("b/cpu.weight"), "100"),
+            ]),
+        );
+        let (mut act, log) = logged(|| host.actuator());
+        let report = act.revert_all();
+        assert_eq!(
+            fs::read_to_string(outside.join("target")).unwrap(),
+            "keep\n"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("b/cpu.weight")).unwrap(),
+            "keep\n"
+        );
+        // The genuine entry is still reverted.
+        assert_eq!(host.read("b/cpu.weight"), "100");
+        assert_eq!(report.restored, [host.path("b/cpu.weight")], "{report}");
+        assert!(report.is_clean(), "{report}");
+        assert!(act.journal().is_empty());
+        // Each refused entry is named in a warning, and kept aside for people.
+        for bad in [
+            outside.join("target"),
+            outside.join("b/cpu.weight"),
+            host.path("b/cgroup.procs"),
+        ] {
+            assert!(
+                log.contains("WARN") && log.contains(&bad.display().to_string()),
+                "{} in {log}",
+                bad.display()
+            );
+        }
+        let aside = fs::read_to_string(host.journal_dir().join("journal.json.rejected")).unwrap();
+        assert!(aside.contains("outside/target"), "{aside}");
+    }
+
+    #[test]
+    fn a_journal_naming_a_symlinked_control_file_is_refused_not_followed() {
+        use std::os::unix::fs::symlink;
+        let host = Host::unified(&[("c/cpu.weight", "5\n")]);
+        let outside = host.d.path().join("outside");
+        write(&outside.join("cpu.weight"), "keep\n");
+        write(&outside.join("d/cpu.max"), "keep\n");
+        // The control file is a link out of the hierarchy ...
+        fs::remove_file(host.path("c/cpu.weight")).unwrap();
+        symlink(outside.join("cpu.weight"), host.path("c/cpu.weight")).unwrap();
+        // ... and so is a cgroup's directory.
+        symlink(outside.join("d"), host.path("d")).unwrap();
+        plant_journal(
+            &host,
+            serde_json::json!([
+                planted("/c", &host.path("c/cpu.weight"), "pwned"),
+                planted("/d", &host.path("d/cpu.max"), "pwned"),
+            ]),
+        );
+        let (mut act, log) = logged(|| host.actuator());
+        let report = act.revert_all();
+        assert_eq!(
+            fs::read_to_string(outside.join("cpu.weight")).unwrap(),
+            "keep\n"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("d/cpu.max")).unwrap(),
+            "keep\n"
+        );
+        assert!(report.restored.is_empty(), "{report}");
+        assert!(
+            log.contains("c/cpu.weight") && log.contains("d/cpu.max"),
+            "{log}"
+        );
+        assert!(act.journal().is_empty());
+    }
+
+    #[test]
+    fn a_journal_path_with_dot_dot_is_refused() {
+        let host = Host::hybrid(&[("cpu/b/cpu.shares", "10\n")]);
+        let outside = host.d.path().join("outside");
+        write(&outside.join("cpu.shares"), "keep\n");
+        // Lexically under the v1 root, really beside it.
+        let sneaky = host.path("cpu/b/../../../outside/cpu.shares");
+        assert!(sneaky.starts_with(host.path("cpu")));
+        plant_journal(&host, serde_json::json!([planted("/b", &sneaky, "pwned")]));
+        let (mut act, log) = logged(|| host.actuator());
+        let report = act.revert_all();
+        assert_eq!(
+            fs::read_to_string(outside.join("cpu.shares")).unwrap(),
+            "keep\n"
+        );
+        assert!(report.restored.is_empty(), "{report}");
+        assert!(log.contains("outside/cpu.shares"), "{log}");
+        assert_eq!(host.read("cpu/b/cpu.shares"), "10\n");
+    }
+
+    /// Removes the directory `rel` and makes it anew with `files` (its
+    /// inode, the cgroup's id, changes: the new one exists before the old
+    /// one is removed, so the number cannot be reused).
+    fn recreate(host: &Host, rel: &str, files: &[(&str, &str)]) {
+        let old = host.path(&format!("{rel}.old"));
+        fs::rename(host.path(rel), &old).unwrap();
+        for (f, t) in files {
+            write(&host.path(rel).join(f), t);
+        }
+        fs::remove_dir_all(old).unwrap();
+    }
+
+    #[test]
+    fn a_cgroup_made_anew_at_the_same_path_is_not_reverted_into() {
+        let host = Host::unified(&[("b/cpu.weight", "100\n"), ("c/cpu.weight", "100\n")]);
+        let mut act = host.actuator();
+        let _ = act.apply("p", &weight("/b", CpuWeight::Weight(5))).unwrap();
+        let _ = act.apply("p", &weight("/c", CpuWeight::Weight(5))).unwrap();
+        // The agent dies; someone sets /b up anew with its own weight.
+        drop(act);
+        recreate(&host, "b", &[("cpu.weight", "300\n")]);
+        let mut act = host.actuator();
+        let report = act.revert_all();
+        assert_eq!(
+            host.read("b/cpu.weight"),
+            "300\n",
+            "the new cgroup keeps its own value"
+        );
+        assert_eq!(
+            host.read("c/cpu.weight"),
+            "100",
+            "the same cgroup is reverted"
+        );
+        assert_eq!(report.restored, [host.path("c/cpu.weight")], "{report}");
+        assert_eq!(report.vanished, [host.path("b/cpu.weight")], "{report}");
+        assert!(report.to_string().contains("recreated"), "{report}");
+        assert!(act.journal().is_empty());
+    }
+
+    #[test]
+    fn a_journal_entry_without_a_cgroup_id_is_trusted_as_before() {
+        // As older governors wrote it: no id, reverted whatever is there.
+        let host = Host::unified(&[("b/cpu.weight", "5\n")]);
+        plant_journal(
+            &host,
+            serde_json::json!([planted("/b", &host.path("b/cpu.weight"), "100")]),
+        );
+        recreate(&host, "b", &[("cpu.weight", "5\n")]);
+        let mut act = host.actuator();
+        let report = act.revert_all();
+        assert_eq!(report.restored, [host.path("b/cpu.weight")], "{report}");
+        assert_eq!(host.read("b/cpu.weight"), "100");
+    }
+
+    #[test]
+    fn a_cgroup_made_anew_while_held_gets_its_own_original_journaled() {
+        let host = Host::unified(&[("b/cpu.weight", "100\n")]);
+        let mut act = host.actuator();
+        let _ = act.apply("p", &weight("/b", CpuWeight::Weight(5))).unwrap();
+        recreate(&host, "b", &[("cpu.weight", "300\n")]);
+        let applied = act
+            .apply("q", &weight("/b", CpuWeight::Weight(50)))
+            .unwrap();
+        assert!(
+            matches!(&applied, Applied::Written { original, journaled: true, .. } if original == "300"),
+            "{applied:?}"
+        );
+        assert_eq!(host.read("b/cpu.weight"), "50");
+        let _ = act.lift("q", &weight("/b", CpuWeight::Weight(50))).unwrap();
+        assert_eq!(host.read("b/cpu.weight"), "300");
+        assert!(act.journal().is_empty());
+    }
+
+    #[test]
+    fn two_policies_on_one_file_the_strictest_claim_is_in_force() {
+        let host = Host::unified(&[
+            ("b/cpu.max", "max 100000\n"),
+            ("b/cpu.weight", "100\n"),
+            ("b/memory.high", "max\n"),
+        ]);
+        let mut act = host.actuator();
+        let cases = [
+            (
+                limit("/b", 0.2),
+                limit("/b", 0.5),
+                "b/cpu.max",
+                "20000 100000",
+                "50000 100000",
+                "max 100000",
+            ),
+            (
+                weight("/b", CpuWeight::Weight(10)),
+                weight("/b", CpuWeight::Weight(50)),
+                "b/cpu.weight",
+                "10",
+                "50",
+                "100",
+            ),
+            (
+                memory("/b", 1 << 20),
+                memory("/b", 1 << 30),
+                "b/memory.high",
+                "1048576",
+                "1073741824",
+                "max",
+            ),
+        ];
+        for (strict, loose, rel, strict_v, loose_v, original) in cases {
+            let _ = act.apply("p", &strict).unwrap();
+            // A looser claim after a stricter one leaves the stricter in force.
+            let _ = act.apply("q", &loose).unwrap();
+            assert_eq!(host.read(rel), strict_v, "{loose} after {strict}");
+            assert!(act.check_drift().is_empty());
+            // Releasing the stricter puts the looser in force.
+            let lifted = act.lift("p", &strict).unwrap();
+            assert_eq!(
+                lifted,
+                Lifted::StillHeld {
+                    file: host.path(rel),
+                    value: loose_v.into(),
+                    by: vec!["q".into()]
+                }
+            );
+            assert_eq!(host.read(rel), loose_v);
+            // Releasing both restores the original.
+            let _ = act.lift("q", &loose).unwrap();
+            assert_eq!(host.read(rel), original);
+            // The other order of release: the looser goes first.
+            let _ = act.apply("p", &strict).unwrap();
+            let _ = act.apply("q", &loose).unwrap();
+            let lifted = act.lift("q", &loose).unwrap();
+            assert!(
+                matches!(lifted, Lifted::StillHeld { ref value, .. } if value == strict_v),
+                "{lifted:?}"
+            );
+            assert_eq!(host.read(rel), strict_v);
+            let _ = act.lift("p", &strict).unwrap();
+            assert_eq!(host.read(rel), original);
+        }
+        assert!(act.journal().is_empty());
+
+        // Hybrid: the v1 quota, where -1 (no limit) is the loosest.
+        let host = Host::hybrid(&[
+            ("cpu/b/cpu.cfs_quota_us", "-1\n"),
+            ("cpu/b/cpu.cfs_period_us", "100000\n"),
+            ("cpu/b/cpu.shares", "1024\n"),
+        ]);
+        let mut act = host.actuator();
+        let _ = act.apply("p", &limit("/b", 0.2)).unwrap();
+        let _ = act.apply("q", &limit("/b", 0.5)).unwrap();
+        assert_eq!(host.read("cpu/b/cpu.cfs_quota_us"), "20000");
+        let _ = act
+            .apply("p", &weight("/b", CpuWeight::Weight(10)))
+            .unwrap();
+        let _ = act
+            .apply("q", &weight("/b", CpuWeight::Weight(50)))
+            .unwrap();
+        assert_eq!(host.read("cpu/b/cpu.shares"), "102");
+        let report = act.lift_policy("p");
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(host.read("cpu/b/cpu.cfs_quota_us"), "50000");
+        assert_eq!(host.read("cpu/b/cpu.shares"), "512");
+        let _ = act.lift_policy("q");
+        assert_eq!(host.read("cpu/b/cpu.cfs_quota_us"), "-1");
+        assert_eq!(host.read("cpu/b/cpu.shares"), "1024");
+    }
+
+    #[test]
+    fn through_systemd_two_policies_the_strictest_claim_is_in_force() {
+        let host = unit_host();
+        let Some(sd) = FakeSystemd::start(&host, &[("hog.service", "Service", HOG)]) else {
+            return;
+        };
+        let mut act = sd.actuator(&host);
+        let quota = || sd.prop("hog.service", "CPUQuotaPerSecUSec");
+        let _ = act.apply("p", &limit(HOG, 0.2)).unwrap();
+        let _ = act.apply("q", &limit(HOG, 0.5)).unwrap();
+        assert_eq!(quota(), 200_000, "the looser claim after the stricter");
+        let lifted = act.lift("p", &limit(HOG, 0.2)).unwrap();
+        assert_eq!(
+            lifted,
+            Lifted::StillHeld {
+                file: sd.dropin("hog.service", "CPUQuota"),
+                value: "CPUQuota=50%".into(),
+                by: vec!["q".into()],
+            }
+        );
+        assert_eq!(quota(), 500_000);
+        let _ = act.lift("q", &limit(HOG, 0.5)).unwrap();
+        assert_eq!(quota(), u64::MAX);
+        assert!(!sd.dropin("hog.service", "CPUQuota").exists());
+
+        // Weights: idle is the strictest, then the lowest weight.
+        let w = || sd.prop("hog.service", "CPUWeight");
+        let _ = act.apply("p", &weight(HOG, CpuWeight::Idle)).unwrap();
+        let _ = act.apply("q", &weight(HOG, CpuWeight::Weight(5))).unwrap();
+        assert_eq!(w(), 0, "idle stays in force");
+        let _ = act.lift("p", &weight(HOG, CpuWeight::Idle)).unwrap();
+        assert_eq!(w(), 5);
+        let _ = act.lift("q", &weight(HOG, CpuWeight::Weight(5))).unwrap();
+        assert_eq!(w(), u64::MAX);
+        assert!(act.journal().is_empty());
     }
 }

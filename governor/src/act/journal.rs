@@ -30,11 +30,33 @@
 //! `flock` on `journal.lock`. The kernel drops it when the process dies,
 //! however it dies, so "the lock is free" means "nobody is applying these
 //! entries any more" without trusting pids, which are reused.
+//!
+//! Trust: the agent runs as root and, at start, writes back what the journal
+//! says, so only root may be able to change it (like sshd's `StrictModes`).
+//! [`Journal::open`] refuses a directory, any directory above it, or a
+//! journal file that is not owned by root (or by the process's own user,
+//! for tests without root) or that its group or others may write (a sticky
+//! parent such as `/tmp` excepted), and a journal file that is a symbolic
+//! link; the error says what to run to fix it. A directory it creates is
+//! made 0700. What the entries name is checked too, by the actuator, which
+//! knows the cgroup hierarchies ([`Journal::reject`]): an entry naming
+//! anything but a control file the agent writes, under those hierarchies,
+//! is never reverted; the journal as it was is kept aside in
+//! `journal.json.rejected`.
+//!
+//! Cgroup ids: an entry of a cgroup file records the id of its cgroup (the
+//! inode number of the directory holding the file: cgroup2's, or the v1
+//! cpu controller's on hybrid hosts) in `cgroup_id`. A cgroup removed and
+//! made anew at the same path has another id, and is not reverted into.
+//! Entries of older governors have no id and are trusted as before; older
+//! governors ignore the field, so the format version is unchanged.
 
 use std::{
     fs::{self, File, OpenOptions, TryLockError},
-    io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    io::{self, Read as _, Write as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -76,6 +98,8 @@ pub const LOCK: &str = "journal.lock";
 const TMP: &str = "journal.json.tmp";
 /// Where a journal written before a reboot is moved, unreverted.
 pub const BEFORE_REBOOT: &str = "journal.json.before-reboot";
+/// Where a journal with entries the actuator refused is kept, as it was.
+pub const REJECTED: &str = "journal.json.rejected";
 /// The kernel's id of this boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Version of the file format of journals with cgroup files only.
@@ -104,6 +128,20 @@ pub enum JournalError {
         /// The I/O error.
         #[source]
         source: io::Error,
+    },
+    /// The journal's directory, a directory above it, or its file may be
+    /// changed by someone other than root: nothing is read from it, and the
+    /// agent does not start.
+    #[error(
+        "journal {path}: {problem}; the agent runs as root and writes back what its journal names, so only root may be able to change it: {fix}"
+    )]
+    Unsafe {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
     },
     /// The journal file exists but cannot be read as a journal. Nothing is
     /// reverted from it: the values it held are unknown.
@@ -147,16 +185,24 @@ pub struct Entry {
     /// what a revert writes back, exactly. For a unit, systemd's value
     /// before, as text (`systemd` has it exactly).
     pub original: String,
-    /// The text the file should hold now: the value of the last holder, or
-    /// `original` while a failed revert is pending.
+    /// The text the file should hold now: the value of the claim in force
+    /// (see `holders`), or `original` while a failed revert is pending.
     pub value: String,
-    /// Who holds the change, oldest first; the last one's value is in force.
-    /// Empty while a revert is pending.
+    /// Who holds the change, oldest first. The strictest claim is in force
+    /// (the lowest weight, `idle` before any weight, the lowest quota, the
+    /// fewest bytes; of equal claims the newest). Empty while a revert is
+    /// pending.
     pub holders: Vec<Holder>,
     /// When the file was first changed, milliseconds since the Unix epoch.
     pub since_unix_ms: u64,
     /// The pid of the agent that changed it.
     pub pid: u32,
+    /// For a cgroup file: the id of its cgroup when the original was read
+    /// (the inode number of the file's directory). A revert skips a cgroup
+    /// that has another id now (made anew at the same path). Absent in
+    /// entries of units and of older governors (trusted as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     /// Why the last write of `value` failed, if it did (a revert to retry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
@@ -233,17 +279,32 @@ impl Journal {
     /// [`Journal::open`] in the boot `boot_id` (`None`: unknown, every
     /// entry is trusted).
     fn open_in_boot(dir: &Path, boot_id: Option<String>) -> Result<Self, JournalError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir))?;
+        match fs::symlink_metadata(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io_err(dir))?;
+                // Whatever the umask: the agent's own directory is private.
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+            }
+            Err(source) => {
+                return Err(JournalError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        check_dir(dir)?;
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         match lock.try_lock() {
@@ -277,10 +338,9 @@ impl Journal {
             }
         }
         let path = dir.join(FILE);
-        let (mut entries, written_in) = match fs::read_to_string(&path) {
-            Ok(text) => parse(&text, &path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
-            Err(source) => return Err(JournalError::Io { path, source }),
+        let (mut entries, written_in) = match read_trusted(&path)? {
+            Some(text) => parse(&text, &path)?,
+            None => (Vec::new(), None),
         };
         if let (Some(then), Some(now)) = (&written_in, &boot_id)
             && then != now
@@ -363,6 +423,46 @@ impl Journal {
         Ok(Some(gone))
     }
 
+    /// Takes every entry `vet` refuses (it says why) out of the journal, so
+    /// that nothing is ever written from it: the journal file as it was is
+    /// kept in [`REJECTED`] (replacing an older one), a warning names each
+    /// entry and why, and the journal is written without them. Returns the
+    /// refused entries' files, with why.
+    ///
+    /// The entries are gone from memory even if the disk cannot be written
+    /// (then the error says why, and the journal on disk still has them for
+    /// the next start to refuse again).
+    pub fn reject(
+        &mut self,
+        vet: impl Fn(&Entry) -> Result<(), String>,
+    ) -> Result<Vec<(PathBuf, String)>, JournalError> {
+        let mut refused = Vec::new();
+        let mut kept = Vec::new();
+        for e in &self.entries {
+            match vet(e) {
+                Ok(()) => kept.push(e.clone()),
+                Err(why) => refused.push((e.file.clone(), why)),
+            }
+        }
+        if refused.is_empty() {
+            return Ok(refused);
+        }
+        let aside = self.dir.join(REJECTED);
+        for (file, why) in &refused {
+            tracing::warn!(
+                "journal entry refused, not reverted: {} ({why}); the journal as it was is kept in {}",
+                file.display(),
+                aside.display()
+            );
+        }
+        self.entries = kept.clone();
+        let path = self.path();
+        let text = read_trusted(&path)?.unwrap_or_default();
+        self.write_file(REJECTED, &text)?;
+        self.commit(kept)?;
+        Ok(refused)
+    }
+
     fn commit(&mut self, next: Vec<Entry>) -> Result<(), JournalError> {
         self.write_atomically(&next)?;
         self.entries = next;
@@ -389,24 +489,146 @@ impl Journal {
             source: io::Error::other(e),
         })?;
         text.push('\n');
+        self.write_file(FILE, &text)
+    }
+
+    /// Writes `text` as the file `name` of the journal's directory, whole
+    /// (a temporary file, fsynced, renamed over it, the directory fsynced).
+    fn write_file(&self, name: &str, text: &str) -> Result<(), JournalError> {
         let tmp = self.dir.join(TMP);
         let mut f = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         drop(f);
-        let path = self.path();
+        let path = self.dir.join(name);
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
         Ok(())
     }
+}
+
+/// True if `uid` may own the journal: root, or the process's own user (the
+/// same for the agent, which runs as root; tests may run without it).
+fn trusted_owner(uid: u32) -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    uid == 0 || uid == unsafe { libc::geteuid() }
+}
+
+/// Checks that only root can change `dir` or what is in it: `dir` and
+/// every directory above it (links resolved) owned by root, and not
+/// writable by group or others (above `dir`, a sticky directory such as
+/// `/tmp` may be: nobody else can rename or remove what is in it).
+fn check_dir(dir: &Path) -> Result<(), JournalError> {
+    let real = fs::canonicalize(dir).map_err(io_err(dir))?;
+    for (i, p) in real.ancestors().enumerate() {
+        let what = if i == 0 {
+            "journal_dir"
+        } else {
+            "a directory above journal_dir"
+        };
+        let m = fs::metadata(p).map_err(io_err(p))?;
+        let unsafe_ = |problem: String, fix: String| JournalError::Unsafe {
+            path: p.to_path_buf(),
+            problem,
+            fix,
+        };
+        if !m.is_dir() {
+            return Err(unsafe_(
+                format!("{what} is not a directory"),
+                "set journal_dir to a directory".into(),
+            ));
+        }
+        if !trusted_owner(m.uid()) {
+            return Err(unsafe_(
+                format!("{what} is owned by uid {}, not root", m.uid()),
+                format!("chown root {}", p.display()),
+            ));
+        }
+        let sticky = m.mode() & 0o1000 != 0;
+        if m.mode() & 0o022 != 0 && !(i > 0 && sticky) {
+            return Err(unsafe_(
+                format!(
+                    "{what} is writable by its group or others (mode {:04o})",
+                    m.mode() & 0o7777
+                ),
+                format!("chmod go-w {}", p.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The text of the journal file `path` (`None` if there is none), read
+/// without following a link, if only root can change it.
+fn read_trusted(path: &Path) -> Result<Option<String>, JournalError> {
+    let unsafe_ = |problem: String, fix: String| JournalError::Unsafe {
+        path: path.to_path_buf(),
+        problem,
+        fix,
+    };
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(unsafe_(
+                "the journal file is a symbolic link (never followed)".into(),
+                format!(
+                    "replace it with the file it names if that is a journal of this host, else remove it (rm {})",
+                    path.display()
+                ),
+            ));
+        }
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let m = f.metadata().map_err(io_err(path))?;
+    if !m.is_file() {
+        return Err(unsafe_(
+            "the journal file is not a regular file".into(),
+            format!("remove it (rm {})", path.display()),
+        ));
+    }
+    if !trusted_owner(m.uid()) {
+        return Err(unsafe_(
+            format!("the journal file is owned by uid {}, not root", m.uid()),
+            format!(
+                "check what it names, then chown root {}, or remove it",
+                path.display()
+            ),
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(unsafe_(
+            format!(
+                "the journal file is writable by its group or others (mode {:04o})",
+                m.mode() & 0o7777
+            ),
+            format!(
+                "check what it names, then chmod go-w {}, or remove it",
+                path.display()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io_err(path))?;
+    Ok(Some(text))
 }
 
 /// The entries of a journal file and the boot they were written in.
@@ -456,6 +678,7 @@ mod tests {
             }],
             since_unix_ms: 1,
             pid: 42,
+            cgroup_id: None,
             pending: None,
             systemd: None,
         }
@@ -464,7 +687,8 @@ mod tests {
     #[test]
     fn entries_round_trip_through_the_file() {
         let d = tempfile::tempdir().unwrap();
-        let a = entry("/cg/batch/cpu.max", "max 100000", "20000 100000", "p");
+        let mut a = entry("/cg/batch/cpu.max", "max 100000", "20000 100000", "p");
+        a.cgroup_id = Some(4026531835);
         let mut b = entry("/cg/batch/cpu.idle", "0", "1", "q");
         b.pending = Some("EBUSY".into());
         {
@@ -490,6 +714,7 @@ mod tests {
             "\"original\": \"max 100000\"",
             "\"file\": \"/cg/batch/cpu.max\"",
             "\"policy\": \"p\"",
+            "\"cgroup_id\": 4026531835",
         ] {
             assert!(text.contains(needle), "{needle} in {text}");
         }
@@ -647,6 +872,7 @@ mod tests {
         );
         assert_eq!(e.holders[0].unit_value, None);
         assert_eq!(e.pending, None);
+        assert_eq!(e.cgroup_id, None, "no id: trusted as before");
     }
 
     #[test]
@@ -721,5 +947,109 @@ mod tests {
         );
         let mode = fs::metadata(j.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_journal_dir_writable_by_others_is_refused_saying_what_to_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("governor");
+        Journal::open(&dir).unwrap();
+        for mode in [0o770, 0o702, 0o777] {
+            chmod(&dir, mode);
+            let err = Journal::open(&dir).unwrap_err().to_string();
+            assert!(
+                err.contains(&dir.display().to_string()) && err.contains("chmod go-w"),
+                "{mode:o}: {err}"
+            );
+        }
+        chmod(&dir, 0o755);
+        Journal::open(&dir).unwrap();
+        // A parent others may write into could swap the directory.
+        chmod(&dir, 0o700);
+        chmod(d.path(), 0o775);
+        let err = Journal::open(&dir).unwrap_err().to_string();
+        assert!(err.contains(&d.path().display().to_string()), "{err}");
+        chmod(d.path(), 0o700);
+        Journal::open(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_file_others_may_write_or_that_is_a_link_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let a = entry("/cg/x/cpu.weight", "100", "1", "p");
+        Journal::open(d.path()).unwrap().put(a).unwrap();
+        let file = d.path().join(FILE);
+        chmod(&file, 0o666);
+        let err = Journal::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains(FILE) && err.contains("chmod go-w"), "{err}");
+        chmod(&file, 0o600);
+        // A link to a journal elsewhere is not followed.
+        let elsewhere = d.path().join("elsewhere.json");
+        fs::rename(&file, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        let err = Journal::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains(FILE) && err.contains("link"), "{err}");
+    }
+
+    #[test]
+    fn a_journal_dir_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIPPED: needs root to give a directory away");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("governor");
+        Journal::open(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(4242), None).unwrap();
+        let err = Journal::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("uid 4242") && err.contains("chown root"),
+            "{err}"
+        );
+        std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+        let mut j = Journal::open(&dir).unwrap();
+        j.put(entry("/cg/x/cpu.weight", "100", "1", "p")).unwrap();
+        drop(j);
+        std::os::unix::fs::chown(dir.join(FILE), Some(4242), None).unwrap();
+        let err = Journal::open(&dir).unwrap_err().to_string();
+        assert!(err.contains(FILE) && err.contains("uid 4242"), "{err}");
+    }
+
+    #[test]
+    fn refused_entries_leave_the_journal_and_are_kept_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let good = entry("/cg/x/cpu.weight", "100", "1", "p");
+        let bad = entry("/etc/shadow", "pwned", "1", "p");
+        let mut j = Journal::open(d.path()).unwrap();
+        j.put(good.clone()).unwrap();
+        j.put(bad.clone()).unwrap();
+        drop(j);
+        let mut j = Journal::open(d.path()).unwrap();
+        let vet = |e: &Entry| {
+            if e.file.starts_with("/cg") {
+                Ok(())
+            } else {
+                Err("not a cgroup".to_owned())
+            }
+        };
+        let refused = j.reject(vet).unwrap();
+        assert_eq!(refused, [(bad.file.clone(), "not a cgroup".to_owned())]);
+        assert_eq!(j.entries(), std::slice::from_ref(&good));
+        let aside = fs::read_to_string(d.path().join(REJECTED)).unwrap();
+        assert!(
+            aside.contains("/etc/shadow") && aside.contains("/cg/x/cpu.weight"),
+            "{aside}"
+        );
+        drop(j);
+        // Durable: the next start finds only the good entry, nothing to refuse.
+        let mut j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.entries(), [good]);
+        assert_eq!(j.reject(vet).unwrap(), []);
     }
 }
