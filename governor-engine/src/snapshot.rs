@@ -3,6 +3,13 @@
 //! `sense` builds one [`Snapshot`] per tick from the BPF maps, `/proc`,
 //! cgroupfs and sock_diag. Counts are for that interval only. A figure that
 //! could not be read is `None` (or the entry is absent): no data is not zero.
+//!
+//! Run-queue waits come twice: as the interval's count and percentiles
+//! (`runq`, what `governor observe` and the metrics show) and as the
+//! interval's histogram (`runq_hist`). Policies do not judge one interval's
+//! percentiles (a p99 of the few dozen wake-ups of a 100 ms tick is their
+//! maximum): `decide` adds the histograms of the last `window` of intervals
+//! ([`RunqWindow`]) and reads the percentiles of the sum.
 
 use std::{fmt, time::Duration};
 
@@ -135,6 +142,250 @@ pub struct RunqStats {
     pub max_us: u64,
 }
 
+/// The kernel's run-queue histogram buckets (the layout of
+/// `governor_common::hist`, which fills them; this crate depends on no
+/// kernel-side crate, so the layout is restated here, and the agent's tests
+/// check that the two agree bucket by bucket).
+///
+/// Values are nanoseconds. Below 1 µs (2^10 ns) everything falls into bucket
+/// 0; from there each power of two is split into 8 equal buckets (at most
+/// 12.5% wide: a midpoint is within ±6.25% of any value in its bucket);
+/// from 2^32 ns (about 4.3 s) up, the last bucket.
+pub mod buckets {
+    /// log2 of the number of sub-buckets per power of two.
+    pub const SUB_BITS: u32 = 3;
+    /// Sub-buckets per power of two.
+    pub const SUB: u32 = 1 << SUB_BITS;
+    /// Smallest power of two with its own buckets (2^10 ns ≈ 1 µs).
+    pub const MIN_EXP: u32 = 10;
+    /// Values at or above 2^MAX_EXP ns go to the last bucket.
+    pub const MAX_EXP: u32 = 32;
+    /// Number of buckets: underflow, (MAX_EXP - MIN_EXP) × SUB, overflow.
+    pub const BUCKETS: usize = (1 + (MAX_EXP - MIN_EXP) * SUB + 1) as usize;
+
+    /// The bucket of a value in nanoseconds.
+    pub fn bucket(ns: u64) -> usize {
+        if ns < (1 << MIN_EXP) {
+            return 0;
+        }
+        let e = 63 - ns.leading_zeros();
+        if e >= MAX_EXP {
+            return BUCKETS - 1;
+        }
+        let sub = ((ns >> (e - SUB_BITS)) & u64::from(SUB - 1)) as u32;
+        (1 + (e - MIN_EXP) * SUB + sub) as usize
+    }
+
+    /// The range `[low, high)` of nanoseconds bucket `index` holds; the
+    /// last bucket's high is `u64::MAX`.
+    pub fn range(index: usize) -> (u64, u64) {
+        if index == 0 {
+            return (0, 1 << MIN_EXP);
+        }
+        if index >= BUCKETS - 1 {
+            return (1 << MAX_EXP, u64::MAX);
+        }
+        let i = (index - 1) as u32;
+        let e = MIN_EXP + i / SUB;
+        let sub = u64::from(i % SUB);
+        let width = 1u64 << (e - SUB_BITS);
+        let low = (1u64 << e) + sub * width;
+        (low, low + width)
+    }
+}
+
+/// The `p`-th percentile (0 < p ≤ 1) of `counts` (per bucket of
+/// [`buckets`], `total` their sum > 0), in whole microseconds: the midpoint
+/// of the bucket the percentile falls in (its low bound for the last one).
+fn percentile_us(counts: &[u64], total: u64, p: f64) -> u64 {
+    // The rank of the p-th percentile, 1-based: ceil(p * total).
+    let rank = ((p * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, &c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            let (lo, hi) = buckets::range(i);
+            let mid = if hi == u64::MAX {
+                lo
+            } else {
+                lo + (hi - lo) / 2
+            };
+            return (mid + 500) / 1000;
+        }
+    }
+    0
+}
+
+/// Count, p50, p99 and max of a histogram given as counts per bucket of
+/// [`buckets`], in microseconds.
+///
+/// A percentile is the midpoint of the bucket it falls in (within ±6.25% of
+/// the true value from 1 µs up); `max` is the upper bound of the highest
+/// non-empty bucket. `governor observe`, the metrics and the policies'
+/// windows all use this one function.
+pub fn runq_stats(counts: &[u64]) -> RunqStats {
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return RunqStats::default();
+    }
+    let max_bucket = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
+    let (lo, hi) = buckets::range(max_bucket);
+    let max_ns = if hi == u64::MAX { lo } else { hi };
+    RunqStats {
+        count,
+        p50_us: percentile_us(counts, count, 0.50),
+        p99_us: percentile_us(counts, count, 0.99),
+        max_us: max_ns / 1000,
+    }
+}
+
+/// The run-queue waits of one interval in the kernel's log-linear
+/// [`buckets`]: the non-empty buckets as `(bucket, count)`, in bucket order
+/// (in JSON, `[[bucket, count], ...]`).
+///
+/// This is what a policy's window is made of: histograms of successive
+/// intervals add up bucket by bucket, and percentiles of the sum are
+/// percentiles of every wait in the window (percentiles of intervals do not
+/// add up).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunqHist(Vec<(u16, u64)>);
+
+impl RunqHist {
+    /// From counts per bucket (the dense form the probes' maps give).
+    /// Buckets past the last of [`buckets`] are left out.
+    pub fn from_counts(counts: &[u64]) -> Self {
+        Self(
+            (counts.iter().enumerate())
+                .take(buckets::BUCKETS)
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, &c)| (i as u16, c))
+                .collect(),
+        )
+    }
+
+    /// From waits in nanoseconds (tests, simulations).
+    pub fn from_waits_ns(waits: impl IntoIterator<Item = u64>) -> Self {
+        let mut counts = vec![0u64; buckets::BUCKETS];
+        for w in waits {
+            counts[buckets::bucket(w)] += 1;
+        }
+        Self::from_counts(&counts)
+    }
+
+    /// The non-empty buckets: `(bucket, count)`, in bucket order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.0.iter().map(|&(b, c)| (usize::from(b), c))
+    }
+
+    /// Number of waits.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(_, c)| c).sum()
+    }
+
+    /// True if no wait was measured.
+    pub fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// Count and percentiles, as [`runq_stats`].
+    pub fn stats(&self) -> RunqStats {
+        let mut counts = vec![0u64; buckets::BUCKETS];
+        for (b, c) in self.iter() {
+            if let Some(slot) = counts.get_mut(b) {
+                *slot += c;
+            }
+        }
+        runq_stats(&counts)
+    }
+}
+
+/// The run-queue waits of the last intervals, up to a span of time: what a
+/// `runq_p99` or `runq_p50` policy reads (its `window`).
+///
+/// It keeps the histogram of each interval (a ring) and their sum per
+/// bucket; an interval leaves the window once it is `span` old. The newest
+/// interval is always in it, so a span shorter than the tick is one tick.
+#[derive(Debug, Clone, Default)]
+pub struct RunqWindow {
+    /// When each interval was added, and its histogram, oldest first.
+    ring: std::collections::VecDeque<(Duration, RunqHist)>,
+    /// The ring's sum per bucket (empty until the first wait).
+    sum: Vec<u64>,
+    total: u64,
+}
+
+/// Intervals a window keeps at most, whatever its span (a burst of short
+/// intervals must not grow it without bound).
+const WINDOW_MAX_INTERVALS: usize = 1024;
+
+impl RunqWindow {
+    /// Adds the interval that ended at `now` and lets go of those `span`
+    /// or more older.
+    pub fn push(&mut self, now: Duration, hist: &RunqHist, span: Duration) {
+        if !hist.is_empty() {
+            if self.sum.is_empty() {
+                self.sum = vec![0; buckets::BUCKETS];
+            }
+            for (b, c) in hist.iter() {
+                if let Some(slot) = self.sum.get_mut(b) {
+                    *slot += c;
+                    self.total += c;
+                }
+            }
+        }
+        self.ring.push_back((now, hist.clone()));
+        while self.ring.len() > 1
+            && (self.ring.len() > WINDOW_MAX_INTERVALS
+                || self
+                    .ring
+                    .front()
+                    .is_some_and(|(at, _)| now.saturating_sub(*at) >= span))
+        {
+            if let Some((_, old)) = self.ring.pop_front() {
+                for (b, c) in old.iter() {
+                    if let Some(slot) = self.sum.get_mut(b) {
+                        *slot -= c;
+                        self.total -= c;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets every interval.
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Intervals in the window.
+    pub fn intervals(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Waits in the window.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The `p`-th percentile (0 < p ≤ 1) of the window's waits, in
+    /// microseconds; 0 if nothing waited.
+    pub fn percentile_us(&self, p: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        percentile_us(&self.sum, self.total, p)
+    }
+
+    /// Count and percentiles of the window, as [`runq_stats`].
+    pub fn stats(&self) -> RunqStats {
+        if self.total == 0 {
+            return RunqStats::default();
+        }
+        runq_stats(&self.sum)
+    }
+}
+
 /// Pressure stall information, `some` lines, 10 s averages, in percent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Psi {
@@ -149,8 +400,15 @@ pub struct Psi {
 /// Host-wide figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostStats {
-    /// Run-queue latency of every task on the host; `None` if the probe is missing.
+    /// Run-queue latency of every task on the host in the interval; `None`
+    /// if the scheduler probes are missing (then no cgroup's run-queue
+    /// figures are data either: the same probes measure both).
     pub runq: Option<RunqStats>,
+    /// The same waits as a histogram (what policies' windows are made of);
+    /// `None` if the probes are missing, or from a producer that gives
+    /// only `runq`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runq_hist: Option<RunqHist>,
     /// Host PSI; `None` if `/proc/pressure` is absent.
     pub psi: Option<Psi>,
 }
@@ -171,8 +429,14 @@ pub struct CgroupStats {
     pub path: CgroupPath,
     /// cgroup2 id (the inode number of its directory).
     pub id: u64,
-    /// Run-queue latency of its tasks.
+    /// Run-queue latency of its tasks in the interval (all 0 if nothing
+    /// waited, or if the probes are missing: see `runq_hist`).
     pub runq: RunqStats,
+    /// The same waits as a histogram (what policies' windows are made of):
+    /// `Some`, empty if nothing waited, whenever the scheduler probes run;
+    /// `None` if they are missing, or from a producer that gives only `runq`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runq_hist: Option<RunqHist>,
     /// Outbound connects made by its tasks in the interval.
     pub conn_out: u64,
     /// `conn_out` per second.
@@ -305,6 +569,7 @@ mod tests {
                     path: path(p),
                     id: i as u64,
                     runq: RunqStats::default(),
+                    runq_hist: None,
                     conn_out: 0,
                     conn_out_per_s: 0.0,
                     psi: None,
@@ -336,6 +601,72 @@ mod tests {
             snap.cgroup_hinted(&path("/a"), &stale).map(|c| c.id),
             Some(0)
         );
+    }
+
+    #[test]
+    fn a_window_sums_the_histograms_of_its_span_and_lets_older_ones_go() {
+        let ms = Duration::from_millis;
+        let span = ms(1000);
+        let quiet = RunqHist::from_waits_ns([35_000; 50]);
+        let one_slow = RunqHist::from_waits_ns(
+            std::iter::once(2_000_000).chain(std::iter::repeat_n(35_000, 49)),
+        );
+        // One interval with one 2 ms wake-up among 50: its p99 is 2 ms.
+        assert!(one_slow.stats().p99_us >= 1900, "{:?}", one_slow.stats());
+        let mut w = RunqWindow::default();
+        w.push(ms(0), &one_slow, span);
+        for i in 1..10 {
+            w.push(ms(100 * i), &quiet, span);
+        }
+        // Ten intervals, 500 waits, one of them slow: under 1%.
+        assert_eq!((w.intervals(), w.count()), (10, 500));
+        let p99 = w.percentile_us(0.99);
+        assert!((33..=37).contains(&p99), "p99 {p99}");
+        assert_eq!(w.stats().p99_us, p99);
+        assert!(w.stats().max_us >= 2000, "the slow one is still the max");
+        // At 1 s the first interval is 1 s old: it leaves.
+        w.push(ms(1000), &quiet, span);
+        assert_eq!((w.intervals(), w.count()), (10, 500));
+        assert!(w.stats().max_us < 100, "{:?}", w.stats());
+        // Empty intervals count as intervals; a window of nothing reads 0.
+        let mut e = RunqWindow::default();
+        e.push(ms(0), &RunqHist::default(), span);
+        assert_eq!((e.count(), e.percentile_us(0.99)), (0, 0));
+        assert_eq!(e.stats(), RunqStats::default());
+        // A span shorter than the interval keeps the newest one.
+        let mut short = RunqWindow::default();
+        short.push(ms(0), &quiet, ms(10));
+        short.push(ms(100), &one_slow, ms(10));
+        assert_eq!(short.intervals(), 1);
+        assert_eq!(short.stats(), one_slow.stats());
+    }
+
+    #[test]
+    fn a_histogram_is_sparse_in_bucket_order_and_its_json_is_pairs() {
+        let h = RunqHist::from_waits_ns([500, 40_000, 40_100, 5_000_000_000]);
+        let pairs: Vec<(usize, u64)> = h.iter().collect();
+        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs[0], (0, 1));
+        assert_eq!(pairs[1].1, 2);
+        assert_eq!(pairs[2], (buckets::BUCKETS - 1, 1));
+        assert_eq!(h.count(), 4);
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.starts_with("[[0,1],["), "{json}");
+        assert_eq!(serde_json::from_str::<RunqHist>(&json).unwrap(), h);
+        // Every value lies in its bucket.
+        for v in [
+            0u64,
+            1023,
+            1024,
+            1500,
+            40_000,
+            1 << 31,
+            (1 << 32) - 1,
+            1 << 32,
+        ] {
+            let (lo, hi) = buckets::range(buckets::bucket(v));
+            assert!(lo <= v && v < hi, "{v} in [{lo}, {hi})");
+        }
     }
 
     #[test]

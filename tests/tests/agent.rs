@@ -606,3 +606,108 @@ fn after_kill_9_a_restart_reverts_from_the_journal() {
         again.log_text()
     );
 }
+
+/// The issue "recovery stalls on sparse noise", end to end: a worker (wakes
+/// every 2 ms) beside two hogs, policy high 1 ms / low 300 µs / `for`
+/// 500 ms / `recover_every` 1 s on `cpu_limit 0.2`. Once the hogs stop the
+/// worker runs on alone; a p99 of one tick's few dozen wake-ups was their
+/// maximum, and one slow wake-up restarted `for` (in 4 of 8 runs the limit
+/// was still there 30 s later). Over the 1 s window the limit is lifted
+/// within 15 s, and `status` always says why the policy is where it is.
+#[test]
+fn a_limit_is_lifted_soon_after_the_hogs_stop_despite_sparse_slow_wakeups() {
+    require_root();
+    let parent = governor_integration::CpuTestCgroup::new("sparse");
+    parent.outweigh_the_host();
+    let a = parent.child("api");
+    let b = parent.child("batch");
+    let original = b.cpu_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("governor.sock");
+    let metrics = format!(
+        "127.0.0.1:{}",
+        21_000 + (std::process::id() % 20_000) as u16 + 7
+    );
+    let config = dir.path().join("governor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+tick = "100ms"
+metrics_addr = "{metrics}"
+status_socket = "{socket}"
+journal_dir = "{journal}"
+seed = 5
+
+[[policy]]
+name = "worker-over-hogs"
+signal = {{ kind = "runq_p99", cgroup = "{a}" }}
+high = "1ms"
+low = "300us"
+for = "500ms"
+recover_every = "1s"
+ladder = [{{ action = "cpu_limit", cgroup = "{b}", cpus = 0.2 }}]
+"#,
+            a = a.v2.path,
+            b = b.v2.path,
+            socket = socket.display(),
+            journal = dir.path().join("journal").display(),
+        ),
+    )
+    .expect("config");
+    let agent = AgentProcess::start(&config, &socket, &dir.path().join("governor.log"));
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let (pa, pb) = (a.v2.procs(), b.v2.procs());
+    let (pa, pb) = (pa.to_str().expect("utf-8"), pb.to_str().expect("utf-8"));
+    let w = kids.spawn(&["worker", "--cpu", "0", "--seconds", "30", "--join", pa]);
+    a.join(kids.procs[w].id());
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", "5", "--join", pb]);
+        b.join(kids.procs[h].id());
+        hogs.push(h);
+    }
+    let limited = eventually(Duration::from_secs(5), || b.cpu_files() != original);
+    assert!(limited, "the limit was applied; log:\n{}", agent.log_text());
+    for h in hogs {
+        kids.wait_output(h);
+    }
+    let stopped = Instant::now();
+    let mut whys = Vec::new();
+    // Polls at which the policy's signal was under `low`.
+    let (mut polls, mut clear) = (0u32, 0u32);
+    let lifted = eventually(Duration::from_secs(15), || {
+        let Some(s) = agent.status() else {
+            return false;
+        };
+        let p = &s.policies[0];
+        assert!(!p.why.is_empty(), "status says why: {p:?}");
+        polls += 1;
+        clear += u32::from(p.why.starts_with("under low") || p.why.starts_with("waiting"));
+        if whys.last() != Some(&p.why) {
+            whys.push(p.why.clone());
+        }
+        p.rung == 0
+    });
+    let took = stopped.elapsed();
+    let status = agent.status().expect("status");
+    let table = status.table();
+    println!(
+        "{table}\nlifted: {lifted} after {took:?}; under low at {clear} of {polls} polls; why, in turn: {whys:#?}"
+    );
+    assert!(table.contains("  why: "), "{table}");
+    if !lifted && clear * 2 < polls {
+        // Not the issue's case: on a host this busy the worker itself waits
+        // over `low` (the window says so, and the policy rightly holds).
+        governor_integration::skip(&format!(
+            "the worker alone waits over low on this busy host (under low at {clear} of {polls} polls)"
+        ));
+        return;
+    }
+    assert!(
+        lifted,
+        "the limit is lifted within 15 s of the hogs' stop; why, in turn: {whys:#?}; log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(b.cpu_files(), original, "the batch cgroup's files are back");
+}

@@ -480,3 +480,68 @@ fn an_idle_listener_is_listed_again_after_a_handshake_or_a_second_a_busy_one_eve
     .join()
     .expect("network thread");
 }
+
+/// A sensor whose probes are loaded but whose scheduler programs are not
+/// attached (as on a kernel without the hooks): the run-queue figures of
+/// the host and of a watched cgroup are no data, not zeros, so a run-queue
+/// policy holds instead of clearing and stepping down; the snapshot says
+/// what is missing. With the probes attached the same cgroup reads 0.
+#[test]
+fn without_the_scheduler_probes_run_queue_latency_is_no_data_not_zero() {
+    use governor_engine::{
+        config::{Scope, SignalKind, SignalSpec},
+        decide::signal,
+    };
+    require_root();
+    let cg = TestCgroup::new("noprobes");
+    let path = cg.path.clone();
+    let scope = || SensorScope {
+        subtrees: Vec::new(),
+        watched: vec![path.clone()],
+        files: Vec::new(),
+    };
+    let p99 = |scope| SignalSpec {
+        kind: SignalKind::RunqP99,
+        scope,
+    };
+    let unattached = governor::probes::Probes::load().expect("the embedded object loads");
+    assert!(!unattached.counts_runq());
+    let mut sensor = Sensor::new(
+        unattached,
+        cgroup_index(),
+        PathBuf::from("/proc"),
+        None,
+        scope(),
+    );
+    sensor.prime().expect("first reading");
+    thread::sleep(Duration::from_millis(100));
+    let s = sensor.sample().expect("snapshot");
+    println!("host {:?}; missing {:?}", s.host, s.missing);
+    assert_eq!(
+        s.host.runq, None,
+        "no host run-queue figures without the probes"
+    );
+    assert_eq!(s.host.runq_hist, None);
+    let c = s.cgroup(&path).expect("the watched cgroup is reported");
+    assert_eq!(c.runq_hist, None, "{c:?}");
+    assert_eq!(signal::read(&p99(Scope::Host), &s), None);
+    assert_eq!(signal::read(&p99(Scope::Cgroup(path.clone())), &s), None);
+    assert!(
+        s.missing.iter().any(|m| m.starts_with("run-queue latency")),
+        "{:?}",
+        s.missing
+    );
+    drop(sensor);
+
+    // Attached: the idle cgroup is measured, and nothing waited.
+    let mut sensor = sensor_of(scope(), "/proc", None);
+    thread::sleep(Duration::from_millis(100));
+    let s = sensor.sample().expect("snapshot");
+    assert!(s.host.runq.is_some_and(|r| r.count > 0), "{:?}", s.host);
+    let c = s.cgroup(&path).expect("the watched cgroup is reported");
+    assert!(c.runq_hist.is_some(), "{c:?}");
+    assert_eq!(
+        signal::read(&p99(Scope::Cgroup(path.clone())), &s),
+        Some(0.0)
+    );
+}

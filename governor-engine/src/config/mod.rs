@@ -49,10 +49,19 @@ pub struct Config {
 pub struct AgentConfig {
     /// `tick`: how often the agent senses and decides. Default `"100ms"`.
     pub tick: Duration,
+    /// `window`: run-queue percentiles (`runq_p99`, `runq_p50`) are of
+    /// every wait in the last `window` of ticks, not of one tick (a p99 of a
+    /// tick's few dozen wake-ups is their maximum). The tick stays the
+    /// control interval. A policy may set its own. Default `"1s"`.
+    pub window: Duration,
     /// `metrics_addr`: where Prometheus metrics are served. Default `"127.0.0.1:9929"`.
     pub metrics_addr: SocketAddr,
     /// `status_socket`: the status socket (mode 0600). Default `"/run/governor/governor.sock"`.
     pub status_socket: PathBuf,
+    /// `status_group`: a group (name or gid) whose members may read the
+    /// status socket besides root (it is then mode 0660, owned by the
+    /// group). Default: none, root only.
+    pub status_group: Option<String>,
     /// `dry_run`: decide and report `would` decisions, change nothing, for
     /// every policy. Default `false`; `governor run --dry-run` forces it on.
     pub dry_run: bool,
@@ -81,8 +90,10 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             tick: Duration::from_millis(100),
+            window: DEFAULT_WINDOW,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9929)),
             status_socket: PathBuf::from("/run/governor/governor.sock"),
+            status_group: None,
             dry_run: false,
             protect: Vec::new(),
             seed: None,
@@ -118,6 +129,9 @@ pub struct PolicyConfig {
     /// ratio, of its delay, so released clients and hosts do not all return
     /// at once. Default `0.3`.
     pub jitter: Ratio,
+    /// `window`: for a run-queue signal, the span of ticks whose waits its
+    /// percentile is of. Default: the agent's `window`.
+    pub window: Option<Duration>,
     /// `dry_run`: this policy only reports what it would do. Default: the
     /// agent's `dry_run`. (Either one set to `true` makes the policy dry-run.)
     pub dry_run: Option<bool>,
@@ -136,6 +150,11 @@ impl PolicyConfig {
     /// True if this policy only reports: it or the agent is in dry-run.
     pub fn is_dry_run(&self, agent: &AgentConfig) -> bool {
         agent.dry_run || self.dry_run.unwrap_or(false)
+    }
+
+    /// The span of its run-queue window: its own `window`, else the agent's.
+    pub fn window(&self, agent: &AgentConfig) -> Duration {
+        self.window.unwrap_or(agent.window)
     }
 }
 
@@ -191,6 +210,10 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 pub const DEFAULT_RECOVER_EVERY: Duration = Duration::from_secs(3);
 /// Default of a policy's `jitter`.
 pub const DEFAULT_JITTER: f64 = 0.3;
+/// Default of `agent.window` (and so of a policy's).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
+/// The longest `window` accepted.
+pub const MAX_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a policy measures: a kind of signal and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

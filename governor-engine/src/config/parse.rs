@@ -24,8 +24,10 @@ type Span = Option<Range<usize>>;
 const ROOT_KEYS: &[&str] = &["agent", "policy"];
 const AGENT_KEYS: &[&str] = &[
     "tick",
+    "window",
     "metrics_addr",
     "status_socket",
+    "status_group",
     "dry_run",
     "protect",
     "seed",
@@ -42,6 +44,7 @@ const POLICY_KEYS: &[&str] = &[
     "cooldown",
     "recover_every",
     "jitter",
+    "window",
     "dry_run",
     "flap_budget",
     "flap_window",
@@ -266,9 +269,44 @@ fn positive_duration(item: &Item) -> Result<Duration, UnitError> {
     Ok(d)
 }
 
+/// A run-queue `window`: longer than 0, at most [`super::MAX_WINDOW`].
+fn window(item: &Item) -> Result<Duration, UnitError> {
+    let d = positive_duration(item)?;
+    if d > super::MAX_WINDOW {
+        return Err(UnitError::new(
+            format!(
+                "a window of {} is longer than {}",
+                super::units::format_duration(d),
+                super::units::format_duration(super::MAX_WINDOW)
+            ),
+            "write e.g. window = \"1s\": the percentile is of the waits of the last `window` of ticks",
+        ));
+    }
+    Ok(d)
+}
+
 fn boolean(item: &Item) -> Result<bool, UnitError> {
     item.as_bool()
         .ok_or_else(|| expected("true or false", "true", item))
+}
+
+/// `status_group`: a group name or a numeric gid (resolved by the agent).
+fn status_group(item: &Item) -> Result<Option<String>, UnitError> {
+    if let Some(n) = item.as_integer() {
+        return u32::try_from(n)
+            .map(|gid| Some(gid.to_string()))
+            .map_err(|_| expected("a group name or gid", "\"governor\"", item));
+    }
+    let s = item
+        .as_str()
+        .ok_or_else(|| expected("a group name or gid", "\"governor\"", item))?;
+    if s.is_empty() || s.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control()) {
+        return Err(UnitError::new(
+            format!("{s:?} is not a group name"),
+            "write a group's name or gid, e.g. \"governor\"",
+        ));
+    }
+    Ok(Some(s.to_owned()))
 }
 
 fn string(item: &Item) -> Result<String, UnitError> {
@@ -490,6 +528,7 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
     t.unknown_keys(cx, AGENT_KEYS);
     let d = AgentConfig::default();
     let tick = t.or(cx, "tick", d.tick, positive_duration);
+    let window = t.or(cx, "window", d.window, window);
     let metrics_addr = t.or(cx, "metrics_addr", d.metrics_addr, |item| {
         let s = item
             .as_str()
@@ -513,6 +552,7 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
         }
         Ok(PathBuf::from(s))
     });
+    let status_group = t.or(cx, "status_group", None, status_group);
     let abs_path = |example: &'static str| {
         move |item: &Item| -> Result<Option<PathBuf>, UnitError> {
             let s = item
@@ -580,8 +620,10 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
     }
     Some(AgentConfig {
         tick: tick?,
+        window: window?,
         metrics_addr: metrics_addr?,
         status_socket: status_socket?,
+        status_group: status_group?,
         dry_run: dry_run?,
         protect: protect_ok.then_some(protect)?,
         seed: seed?,
@@ -725,6 +767,18 @@ fn policy(cx: &mut Cx<'_>, t: &Table<'_>, protected: &Protected) -> Option<Polic
         number_or_str::<Ratio>("a ratio", "0.3"),
     );
     let dry_run = t.or(cx, "dry_run", None, |i| boolean(i).map(Some));
+    let own_window = match (t.opt(cx, "window", window), &signal) {
+        (Ok(Some((_, span))), Some(s)) if s.kind.unit() != SignalUnit::Latency => {
+            cx.error(
+                &span,
+                format!("`window` in {} applies to run-queue signals only, not {}", t.what, s.kind),
+                "remove it: runq_p99 and runq_p50 are percentiles over a window; other signals are read as they are",
+            );
+            None
+        }
+        (Ok(w), _) => Some(w.map(|(d, _)| d)),
+        (Err(()), _) => None,
+    };
 
     let fb = FlapBudget::default();
     let flap_transitions = t.or(cx, "flap_budget", fb.transitions, |item| match item.as_integer() {
@@ -784,6 +838,7 @@ fn policy(cx: &mut Cx<'_>, t: &Table<'_>, protected: &Protected) -> Option<Polic
         settle: settle?,
         recover_every: recover_every?,
         jitter: jitter?,
+        window: own_window?,
         dry_run: dry_run?,
         flap_budget: FlapBudget {
             transitions: flap_transitions?,

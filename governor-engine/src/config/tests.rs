@@ -366,3 +366,47 @@ ladder = [
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+#[test]
+fn the_run_queue_window_is_an_agent_key_a_policy_may_override() {
+    let policy = |extra: &str| {
+        format!(
+            "[[policy]]\nname = \"p\"\nsignal = {{ kind = \"runq_p99\", cgroup = \"/a\" }}\n\
+             high = \"1ms\"\nlow = \"300us\"\n{extra}\n\
+             ladder = [{{ action = \"cpu_limit\", cgroup = \"/b\", cpus = 0.2 }}]\n"
+        )
+    };
+    // Default: 1 s, for the agent and so for every policy.
+    let c = from_str(&policy(""), "test.toml").unwrap();
+    assert_eq!(c.agent.window, DEFAULT_WINDOW);
+    assert_eq!(DEFAULT_WINDOW, Duration::from_secs(1));
+    assert_eq!(c.policies[0].window, None);
+    assert_eq!(c.policies[0].window(&c.agent), Duration::from_secs(1));
+    // The agent's, and a policy's own.
+    let src = format!("[agent]\nwindow = \"2s\"\n{}", policy(""));
+    let c = from_str(&src, "test.toml").unwrap();
+    assert_eq!(c.policies[0].window(&c.agent), Duration::from_secs(2));
+    let src = format!("[agent]\nwindow = \"2s\"\n{}", policy("window = \"500ms\""));
+    let c = from_str(&src, "test.toml").unwrap();
+    assert_eq!(c.policies[0].window, Some(Duration::from_millis(500)));
+    assert_eq!(c.policies[0].window(&c.agent), Duration::from_millis(500));
+
+    // Refused: 0, past a minute, no unit, and on a signal that is no percentile.
+    let text = errors_of(&format!("[agent]\nwindow = \"0s\"\n{}", policy(""))).to_string();
+    assert!(
+        text.contains("test.toml:2:10: error: `window` in [agent]"),
+        "{text}"
+    );
+    let text = errors_of(&policy("window = \"2m\"")).to_string();
+    assert!(text.contains("a window of 2m is longer than 1m"), "{text}");
+    let text = errors_of(&policy("window = 5")).to_string();
+    assert!(text.contains("duration 5 has no unit"), "{text}");
+    let src = "[[policy]]\nname = \"q\"\nsignal = { kind = \"accept_queue_fill\", port = 80 }\n\
+               high = 0.8\nlow = 0.2\nwindow = \"1s\"\n\
+               ladder = [{ action = \"reject_connections\", port = 80 }]\n";
+    let text = errors_of(src).to_string();
+    assert!(
+        text.contains("test.toml:6:10: error: `window` in policy \"q\" applies to run-queue signals only, not accept_queue_fill"),
+        "{text}"
+    );
+}

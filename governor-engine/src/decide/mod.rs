@@ -17,6 +17,11 @@
 //! - at most `flap_budget` rung changes per `flap_window`, else hold;
 //! - a protected target is never acted on: the step is refused and the policy holds;
 //! - no data is not zero: the policy holds, and the `for` timers restart;
+//! - a run-queue signal is the percentile of every wait in the last
+//!   `window` of intervals (their histograms added up), not of one tick;
+//! - an interval shorter than half the tick (a sensor catching up after a
+//!   stall) is too short to judge: its waits join the windows, but no
+//!   policy moves or restarts a timer on it;
 //! - in dry-run every change is a `would` decision, nothing is applied.
 
 #![warn(missing_docs)]
@@ -33,7 +38,7 @@ use serde::Serialize;
 pub use self::decision::{Cause, Change, Decision, DecisionKind, Edge, Reason};
 use crate::{
     config::{Action, AgentConfig, Config, Level, PolicyConfig, Protected},
-    snapshot::Snapshot,
+    snapshot::{RunqWindow, Snapshot},
 };
 
 /// A rung of a ladder: 0 is "nothing applied", `n` is "rungs 1..=n in force".
@@ -98,6 +103,12 @@ struct Memory {
     /// The last change the actuators could not carry out, until one of
     /// this policy's changes succeeds.
     failed: Option<Failure>,
+    /// The waits of the last `window` of intervals (run-queue signals).
+    window: RunqWindow,
+    /// When the policy last read a snapshot.
+    at: Option<Duration>,
+    /// The last snapshot's interval, if it was too short to judge.
+    short: Option<Duration>,
 }
 
 /// A change of a policy's rung that the actuators could not carry out.
@@ -223,6 +234,10 @@ pub struct PolicyStatus {
     pub next_step_down: Option<Duration>,
     /// The change the actuators failed to carry out, while it fails.
     pub failed: Option<Failure>,
+    /// Why the policy is where it is and what it waits for, as of the last
+    /// tick: e.g. "under low 300us for 0.2s of 0.5s", "settling 1.2s",
+    /// "waiting 4.1s for the next step down", "no data".
+    pub why: String,
 }
 
 impl State {
@@ -245,8 +260,14 @@ impl State {
     /// Runs one tick: every policy reads its signal from `snapshot` and may
     /// change its rung; `now` is the time since the agent started
     /// (monotonic). Returns the tick's decisions, in config order.
+    ///
+    /// A snapshot whose interval is shorter than half the tick (the sensor
+    /// caught up after a stall) is too short to judge: its run-queue waits
+    /// join the policies' windows, and nothing else happens (no step, no
+    /// timer restarted). An interval of 0 means the producer does not say.
     pub fn step(&mut self, snapshot: &Snapshot, now: Duration) -> Vec<Decision> {
         let mut out = Vec::new();
+        let short = too_short(snapshot.interval(), self.agent.tick);
         let interval_s = snapshot.interval().as_secs_f64();
         let accepted = |port: u16| {
             snapshot.port(port).map(|p| PortTick {
@@ -256,7 +277,20 @@ impl State {
             })
         };
         for p in &mut self.policies {
-            let value = signal::read_hinted(&p.config.signal, snapshot, &p.seen_at);
+            let span = p.config.window(&self.agent);
+            let value = signal::read_windowed(
+                &p.config.signal,
+                snapshot,
+                &p.seen_at,
+                &mut p.memory.window,
+                span,
+                now,
+            );
+            p.memory.at = Some(now);
+            p.memory.short = short.then(|| snapshot.interval());
+            if short {
+                continue;
+            }
             let before = out.len();
             p.step(
                 value,
@@ -399,6 +433,7 @@ impl Policy {
             retrips: m.retrips,
             next_step_down: m.next_down_at,
             failed: m.failed.clone(),
+            why: why(&self.config, m),
         }
     }
 
@@ -858,6 +893,120 @@ impl Policy {
             });
         }
         self.memory = Memory::default();
+    }
+}
+
+/// True if an interval is too short to judge: under half the tick (0: the
+/// producer does not say, and it is judged).
+fn too_short(interval: Duration, tick: Duration) -> bool {
+    !interval.is_zero() && interval < tick / 2
+}
+
+/// Seconds as `status` shows them: "0.2s", "4.1s", "1s".
+fn secs(d: Duration) -> String {
+    let s = (d.as_secs_f64() * 10.0).round() / 10.0;
+    format!("{}s", crate::config::units::trim_float(s))
+}
+
+/// Why a policy is where it is, as of its last tick: what it waits for, or
+/// what holds it. One phrase, for `governor status`; a pure function of its
+/// config and memory (the time is the last tick's, `Memory::at`).
+///
+/// In order: no snapshot yet; the last interval too short to judge; no
+/// data; a failed change waiting for its retry; the flap budget; over
+/// `high` (for how long of `for`, at the top rung, refused as protected,
+/// settling, the rung in force still improving); under `low` (for how long
+/// of `for`, nothing in force, waiting for the next step down); between
+/// the watermarks (hysteresis).
+fn why(c: &PolicyConfig, m: &Memory) -> String {
+    let Some(now) = m.at else {
+        return "starting: no snapshot yet".into();
+    };
+    let (high, low) = (c.watermarks.high, c.watermarks.low);
+    let top = c.ladder.len();
+    if let Some(interval) = m.short {
+        return format!(
+            "interval {}ms too short to judge: holding",
+            interval.as_millis()
+        );
+    }
+    if m.no_data {
+        return if m.rung > 0 {
+            format!("no data: holding rung {}", m.rung)
+        } else {
+            "no data".into()
+        };
+    }
+    if let Some(f) = m.failed.as_ref().filter(|f| f.retry_at > now) {
+        let what = match f.change {
+            Change::Impose | Change::Adjust => "step up",
+            Change::Lift => "step down",
+        };
+        return format!(
+            "failed {what} (rung {}) retried in {}",
+            f.rung,
+            secs(f.retry_at - now)
+        );
+    }
+    if m.held {
+        return format!(
+            "held: flap budget ({} changes in {})",
+            c.flap_budget.transitions,
+            secs(c.flap_budget.window)
+        );
+    }
+    if let Some(since) = m.over_since {
+        let over = now.saturating_sub(since);
+        if over < c.hold_for {
+            return format!(
+                "over high {high} for {} of {}",
+                secs(over),
+                secs(c.hold_for)
+            );
+        }
+        if m.rung >= top {
+            return format!("at top rung (over high {high})");
+        }
+        if m.refused == Some(m.rung + 1) {
+            return format!("refused: rung {}'s target is protected", m.rung + 1);
+        }
+        if let Some(t) = m.last_up.filter(|&t| now < t + c.settle) {
+            return format!("settling {}", secs(t + c.settle - now));
+        }
+        if let Some((_, at)) = m
+            .lowest_since_up
+            .filter(|(_, at)| m.rung > 0 && now < *at + c.settle)
+        {
+            return format!(
+                "rung {} still working: a new low {} ago",
+                m.rung,
+                secs(now - at)
+            );
+        }
+        return format!("over high {high}: stepping up");
+    }
+    if let Some(since) = m.clear_since {
+        if m.rung == 0 {
+            return format!("under low {low}: nothing in force");
+        }
+        let clear = now.saturating_sub(since);
+        if clear < c.hold_for {
+            return format!(
+                "under low {low} for {} of {}",
+                secs(clear),
+                secs(c.hold_for)
+            );
+        }
+        return match m.next_down_at {
+            Some(due) if due > now => {
+                format!("waiting {} for the next step down", secs(due - now))
+            }
+            _ => format!("under low {low}: stepping down"),
+        };
+    }
+    match m.last_value {
+        Some(_) => format!("between low {low} and high {high}: holding (hysteresis)"),
+        None => "no data".into(),
     }
 }
 

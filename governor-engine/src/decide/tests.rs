@@ -38,13 +38,15 @@ ladder = [
     config::from_str(&src, "test").unwrap()
 }
 
-/// A snapshot where `/api` has run-queue p99 `p99_us`, or no data at all.
+/// A snapshot where `/api` has run-queue p99 `p99_us`, or no data at all
+/// (as a producer that gives the interval's percentiles, not histograms).
 fn snap(p99_us: Option<u64>) -> Snapshot {
     let mut s = Snapshot {
         interval_ms: 100,
         ..Default::default()
     };
     if let Some(p99) = p99_us {
+        s.host.runq = Some(RunqStats::default());
         s.cgroups.push(CgroupStats {
             path: CgroupPath::new("/api").unwrap(),
             id: 1,
@@ -54,6 +56,7 @@ fn snap(p99_us: Option<u64>) -> Snapshot {
                 p99_us: p99,
                 max_us: p99 * 2,
             },
+            runq_hist: None,
             conn_out: 0,
             conn_out_per_s: 0.0,
             psi: None,
@@ -685,4 +688,155 @@ fn a_reload_that_protects_a_target_in_force_lifts_it() {
         "{d:?}"
     );
     assert_eq!(rung(&s), 0);
+}
+
+/// `snap(p99_us)` whose interval was `interval_ms` long.
+fn snap_of(p99_us: Option<u64>, interval_ms: u64) -> Snapshot {
+    Snapshot {
+        interval_ms,
+        ..snap(p99_us)
+    }
+}
+
+/// After a stalled tick the sensor catches up: snapshots 1 ms apart, each
+/// of 1 ms of waits (a percentile of two or three wake-ups). They are too
+/// short to judge: the step down comes when it would have without them,
+/// and with `for = "0s"` they trip nothing.
+#[test]
+fn a_catch_up_burst_of_1ms_intervals_is_not_judged() {
+    let ms = Duration::from_millis;
+    // Trip (rung 1 at 1.0 s), then clear; the step down in each run.
+    let step_down = |burst: bool| -> Duration {
+        let c = config("");
+        let mut s = State::new(&c, Protected::builtin(None), 7);
+        let mut t = Duration::ZERO;
+        run(&mut s, &mut t, 11, Some(3000));
+        assert_eq!(rung(&s), 1);
+        for tick in 0..100 {
+            if burst && tick == 20 {
+                // Three 1 ms intervals, between the watermarks and over high.
+                for (i, p99) in [1000, 3000, 1000].into_iter().enumerate() {
+                    let d = s.step(&snap_of(Some(p99), 1), t + ms(1 + i as u64));
+                    assert!(d.is_empty(), "{d:?}");
+                }
+            }
+            let d = s.step(&snap(Some(100)), t);
+            t += TICK;
+            if d.iter().any(|d| d.change == Change::Lift) {
+                return d[0].at;
+            }
+        }
+        panic!("no step down within 10 s");
+    };
+    let (quiet, bursty) = (step_down(false), step_down(true));
+    assert_eq!(
+        bursty, quiet,
+        "the burst changed the step down: {bursty:?} instead of {quiet:?}"
+    );
+
+    // `for = "0s"`: one reading over high is enough, but not a 1 ms one.
+    let c = config("for = \"0s\"");
+    let mut s = State::new(&c, Protected::builtin(None), 7);
+    let mut t = Duration::ZERO;
+    run(&mut s, &mut t, 5, Some(100));
+    for i in 1..=3 {
+        let d = s.step(&snap_of(Some(5000), 1), t + ms(i));
+        assert!(d.is_empty(), "a 1 ms interval tripped the policy: {d:?}");
+    }
+    assert_eq!(rung(&s), 0);
+    // A whole tick over high does (so the hold is not a blind spot).
+    let d = s.step(&snap(Some(5000)), t + TICK);
+    assert_eq!(d.len(), 1, "{d:?}");
+}
+
+fn why_of(s: &State) -> String {
+    s.status()[0].why.clone()
+}
+
+/// `status` always says why a policy is not moving, through the whole
+/// loop: the state machine's position and what it waits for.
+#[test]
+fn the_status_says_why_a_policy_is_not_moving() {
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 1);
+    let mut t = Duration::ZERO;
+    assert_eq!(why_of(&s), "starting: no snapshot yet");
+    run(&mut s, &mut t, 3, Some(3000));
+    assert_eq!(why_of(&s), "over high 2ms for 0.2s of 1s");
+    run(&mut s, &mut t, 8, Some(3000));
+    assert_eq!(rung(&s), 1);
+    assert_eq!(why_of(&s), "settling 2s");
+    run(&mut s, &mut t, 5, Some(3000));
+    assert_eq!(why_of(&s), "settling 1.5s");
+    run(&mut s, &mut t, 20, Some(3000));
+    assert_eq!(rung(&s), 2);
+    assert_eq!(why_of(&s), "at top rung (over high 2ms)");
+    run(&mut s, &mut t, 1, Some(1000));
+    assert_eq!(
+        why_of(&s),
+        "between low 500us and high 2ms: holding (hysteresis)"
+    );
+    run(&mut s, &mut t, 1, None);
+    assert_eq!(why_of(&s), "no data: holding rung 2");
+    run(&mut s, &mut t, 3, Some(100));
+    assert_eq!(why_of(&s), "under low 500us for 0.2s of 1s");
+    run(&mut s, &mut t, 8, Some(100));
+    let w = why_of(&s);
+    let due = s.status()[0].next_step_down.expect("a step down is due");
+    let wait = (due - (t - TICK)).as_secs_f64();
+    assert_eq!(w, format!("waiting {wait:.1}s for the next step down"));
+    // A catch-up interval is held, and said so.
+    s.step(&snap_of(Some(100), 1), t - TICK + Duration::from_millis(1));
+    assert_eq!(why_of(&s), "interval 1ms too short to judge: holding");
+    run(&mut s, &mut t, 200, Some(100));
+    assert_eq!(rung(&s), 0);
+    assert_eq!(why_of(&s), "under low 500us: nothing in force");
+    run(&mut s, &mut t, 1, None);
+    assert_eq!(why_of(&s), "no data");
+}
+
+/// The holds that are not the watermarks': flap budget, a failed change,
+/// a protected target, a rung still working.
+#[test]
+fn why_names_what_holds_a_policy() {
+    let c = config("").policies[0].clone();
+    let at = |ms| Some(Duration::from_millis(ms));
+    let m = Memory {
+        rung: 1,
+        at: at(10_000),
+        over_since: at(5_000),
+        last_value: Some(3000.0),
+        ..Memory::default()
+    };
+    assert_eq!(why(&c, &m), "over high 2ms: stepping up");
+    let held = Memory {
+        held: true,
+        ..m.clone()
+    };
+    assert_eq!(why(&c, &held), "held: flap budget (6 changes in 60s)");
+    let failed = Memory {
+        failed: Some(Failure {
+            rung: 2,
+            change: Change::Impose,
+            error: "EBUSY".into(),
+            attempts: 1,
+            retry_at: Duration::from_millis(11_200),
+        }),
+        ..m.clone()
+    };
+    assert_eq!(why(&c, &failed), "failed step up (rung 2) retried in 1.2s");
+    let refused = Memory {
+        refused: Some(2),
+        ..m.clone()
+    };
+    assert_eq!(why(&c, &refused), "refused: rung 2's target is protected");
+    let working = Memory {
+        lowest_since_up: Some((2500.0, Duration::from_millis(9_600))),
+        last_up: at(7_000),
+        ..m.clone()
+    };
+    assert_eq!(
+        why(&c, &working),
+        "rung 1 still working: a new low 0.4s ago"
+    );
 }

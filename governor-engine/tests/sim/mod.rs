@@ -10,7 +10,7 @@ use std::{collections::VecDeque, time::Duration};
 use governor_engine::{
     config::{Config, PolicyConfig, Protected},
     decide::{Change, Decision, DecisionKind, State},
-    snapshot::{CgroupPath, CgroupStats, PortStats, RunqStats, Snapshot},
+    snapshot::{CgroupPath, CgroupStats, PortStats, RunqHist, RunqStats, Snapshot},
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -195,6 +195,8 @@ pub fn snapshot(tick: u64, p99_us: Option<f64>) -> Snapshot {
     };
     if let Some(p99) = p99_us {
         let p99 = p99.round() as u64;
+        // The probes ran (percentiles, no histograms: read per interval).
+        s.host.runq = Some(RunqStats::default());
         s.cgroups.push(CgroupStats {
             path: CgroupPath::new(API).expect("valid path"),
             id: 1,
@@ -204,12 +206,34 @@ pub fn snapshot(tick: u64, p99_us: Option<f64>) -> Snapshot {
                 p99_us: p99,
                 max_us: p99 * 2,
             },
+            runq_hist: None,
             conn_out: 0,
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
         });
     }
+    s
+}
+
+/// A snapshot in which the api cgroup's tasks waited `waits_ns` in the
+/// tick, as the sensor reports it: the tick's histogram, and its count and
+/// percentiles.
+pub fn runq_snapshot(tick: u64, waits_ns: &[u64]) -> Snapshot {
+    let mut s = snapshot(tick, None);
+    let hist = RunqHist::from_waits_ns(waits_ns.iter().copied());
+    s.host.runq = Some(RunqStats::default());
+    s.host.runq_hist = Some(RunqHist::default());
+    s.cgroups.push(CgroupStats {
+        path: CgroupPath::new(API).expect("valid path"),
+        id: 1,
+        runq: hist.stats(),
+        runq_hist: Some(hist),
+        conn_out: 0,
+        conn_out_per_s: 0.0,
+        psi: None,
+        throttling: None,
+    });
     s
 }
 

@@ -31,6 +31,12 @@ pub fn load_with(
             .map(|c| (c, EMBEDDED_NAME.to_owned()));
     };
     let name = path.display().to_string();
+    if let Some((problem, help)) = unsafe_owner_or_mode(path) {
+        return Err(ConfigErrors {
+            source_name: name,
+            errors: vec![ConfigError::unlocated(problem, help)],
+        });
+    }
     let source = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         source_name: name.clone(),
         errors: vec![ConfigError::unlocated(
@@ -39,6 +45,38 @@ pub fn load_with(
         )],
     })?;
     from_str_with(&source, &name, options).map(|c| (c, name))
+}
+
+/// Why a config file may not be trusted, with how to fix it: the agent
+/// runs as root and acts on what it says, so, like sshd's `StrictModes`, a
+/// file someone else may write (owned by another user, or group/world
+/// writable) is refused. `None` if it is fine or cannot be read (the read
+/// then says why).
+fn unsafe_owner_or_mode(path: &Path) -> Option<(String, String)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let shown = path.display();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Some((
+            format!(
+                "the config is owned by uid {}, not root: another user could change what the agent does",
+                meta.uid()
+            ),
+            format!("chown root: {shown}"),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some((
+            format!(
+                "the config is writable by its group or by everyone (mode {:o})",
+                meta.mode() & 0o7777
+            ),
+            format!("chmod go-w {shown}"),
+        ));
+    }
+    None
 }
 
 /// `governor check [--config PATH]`: prints a summary to `out` and returns 0,
@@ -115,6 +153,9 @@ pub fn needs_restart(
     if running.status_socket != reloaded.status_socket {
         keys.push("status_socket");
     }
+    if running.status_group != reloaded.status_group {
+        keys.push("status_group");
+    }
     if running.seed != reloaded.seed {
         keys.push("seed");
     }
@@ -132,6 +173,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_config_others_may_write_is_refused_saying_how_to_fix_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("governor-strict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("g.toml");
+        std::fs::write(&file, DESIGN_EXAMPLE).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(Some(&file)).is_ok(), "a 0644 file of ours loads");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = load(Some(&file)).expect_err("a world-writable config is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("writable by its group or by everyone (mode 666)"),
+            "{text}"
+        );
+        assert!(text.contains("chmod go-w"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn agent_keys_a_reload_cannot_apply_are_named() {

@@ -182,7 +182,9 @@ fn start_sensor(
                 if next > now {
                     thread::sleep(next - now);
                 }
-                next += tick;
+                // After a stall, skip the missed ticks instead of sampling
+                // back to back (a 1 ms interval is too short to judge).
+                next = (next + tick).max(Instant::now() + tick / 2);
                 if let Some(s) = scope2.lock().ok().and_then(|mut g| g.take()) {
                     sensor.set_scope(s);
                 }
@@ -400,7 +402,11 @@ async fn agent(
         missing: missing.clone(),
         ..Default::default()
     }));
-    let status_task = status::serve(&cfg.agent.status_socket, Arc::clone(&report))?;
+    let status_task = status::serve_with(
+        &cfg.agent.status_socket,
+        Arc::clone(&report),
+        &status::ServeOptions::for_agent(&cfg.agent),
+    )?;
 
     let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
     let mut state = State::new(&cfg, protected, cfg.agent.seed.unwrap_or_else(host_seed));
@@ -546,7 +552,6 @@ async fn agent(
     );
     tracing::info!("journal: {}", actuators.revert_all());
     status_task.abort();
-    let _ = std::fs::remove_file(&cfg.agent.status_socket);
     forwarder.abort();
     drop(sensor_handle);
     drop(actuators);

@@ -221,8 +221,10 @@ fn is_classic_sched(program: &str) -> bool {
 /// [`Probes::read_maps`]).
 #[derive(Debug, Default, Clone)]
 pub struct MapReadings {
-    /// Host-wide run-queue histogram, cumulative.
-    pub host_runq: Vec<u64>,
+    /// Host-wide run-queue histogram, cumulative since load: per bucket,
+    /// the per-CPU `u32` counts summed modulo 2^32 (they wrap; take deltas
+    /// with `runq::wrapping_delta`).
+    pub host_runq: Vec<u32>,
     /// Run-queue histogram per cgroup id, of the cgroups that had waits.
     pub cgroup_runq: HashMap<u64, Vec<u64>>,
     /// Outbound connects per cgroup id.
@@ -416,6 +418,15 @@ impl Probes {
         &self.missing
     }
 
+    /// True if the scheduler probes that measure run-queue waits are
+    /// attached (raw or classic tracepoints): without them the run-queue
+    /// histograms stay empty, which is no data, not "nothing waited".
+    pub fn counts_runq(&self) -> bool {
+        [names::PROG_SCHED_SWITCH_RAW, names::PROG_SCHED_SWITCH]
+            .iter()
+            .any(|p| self.attached.contains(p))
+    }
+
     /// True if the probe counting completed handshakes per port is attached.
     pub fn counts_handshakes(&self) -> bool {
         self.attached.contains(&names::PROG_SOCK_STATE)
@@ -466,6 +477,7 @@ impl Probes {
                     self.sched_raw = false;
                     break;
                 }
+                self.attached.push(*program);
                 attached += 1;
             }
         }
@@ -759,11 +771,14 @@ fn take_entries<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u64> {
-    let mut out = vec![0u64; hist::BUCKETS];
+/// Per bucket, the sum of the CPUs' counts modulo 2^32: each CPU's `u32`
+/// count wraps on its own, and a sum in their width keeps
+/// `now.wrapping_sub(before)` exact across any CPU's wrap.
+fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u32> {
+    let mut out = vec![0u32; hist::BUCKETS];
     for h in hists {
         for (o, c) in out.iter_mut().zip(h.counts.iter()) {
-            *o += u64::from(*c);
+            *o = o.wrapping_add(*c);
         }
     }
     out

@@ -1,13 +1,15 @@
 //! Run-queue histograms on the agent's side: interval deltas of the
 //! cumulative kernel histograms, and percentiles from them.
 
+#[cfg(test)]
 use governor_common::hist;
 
 use governor_engine::snapshot::RunqStats;
 
-/// `current - previous` per bucket. The kernel's counts only grow; a bucket
-/// that went down means the entry was recreated, so its current count is the
-/// delta.
+/// `current - previous` per bucket, for counts that only grow while their
+/// entry lives: a bucket that went down means the entry was recreated, so
+/// its current count is the delta. Not for the host histogram, whose
+/// counts wrap ([`wrapping_delta`]).
 pub fn delta(current: &[u64], previous: Option<&[u64]>) -> Vec<u64> {
     match previous {
         None => current.to_vec(),
@@ -22,43 +24,32 @@ pub fn delta(current: &[u64], previous: Option<&[u64]>) -> Vec<u64> {
     }
 }
 
+/// `current - previous` per bucket of the host histogram: per-CPU `u32`
+/// counts, cumulative since the probes were loaded, summed over CPUs in
+/// `u32` (wrapping, see `Probes::read_maps`). A count wraps at 2^32 (a
+/// busy bucket of a busy CPU in hours), so the delta is taken in the
+/// counter's own width: `current.wrapping_sub(previous)` is exact as long
+/// as fewer than 2^32 waits fall in one bucket in one interval, whichever
+/// CPUs' counters wrapped.
+pub fn wrapping_delta(current: &[u32], previous: Option<&[u32]>) -> Vec<u64> {
+    current
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let p = previous.and_then(|p| p.get(i)).copied().unwrap_or(0);
+            u64::from(c.wrapping_sub(p))
+        })
+        .collect()
+}
+
 /// Count, p50, p99 and max of one interval's histogram, in microseconds.
 ///
 /// A percentile is the midpoint of the bucket it falls in (within ±6.25% of
 /// the true value from 1 µs up); `max` is the upper bound of the highest
-/// non-empty bucket.
+/// non-empty bucket. The engine's function, so that `observe`, the metrics
+/// and the policies' windows compute percentiles alike.
 pub fn stats(counts: &[u64]) -> RunqStats {
-    let count: u64 = counts.iter().sum();
-    if count == 0 {
-        return RunqStats::default();
-    }
-    let pct = |p: f64| -> u64 {
-        // The rank of the p-th percentile, 1-based: ceil(p * count).
-        let rank = ((p * count as f64).ceil() as u64).clamp(1, count);
-        let mut seen = 0;
-        for (i, &c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let (lo, hi) = hist::bucket_range(i);
-                let mid = if hi == u64::MAX {
-                    lo
-                } else {
-                    lo + (hi - lo) / 2
-                };
-                return (mid + 500) / 1000;
-            }
-        }
-        0
-    };
-    let max_bucket = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
-    let (lo, hi) = hist::bucket_range(max_bucket);
-    let max_ns = if hi == u64::MAX { lo } else { hi };
-    RunqStats {
-        count,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        max_us: max_ns / 1000,
-    }
+    governor_engine::snapshot::runq_stats(counts)
 }
 
 #[cfg(test)]
@@ -111,6 +102,39 @@ mod tests {
             let err = (s.p99_us as f64 * 1000.0 - v as f64).abs() / v as f64;
             assert!(err < 0.10, "v={v}ns p99={}us", s.p99_us);
         }
+    }
+
+    #[test]
+    fn host_counts_are_subtracted_across_a_u32_wrap() {
+        // Two CPUs' u32 counts of one bucket, summed in u32 as read_maps
+        // does: CPU 0 went from u32::MAX - 1 to 1 (3 waits, wrapped), CPU 1
+        // from 10 to 12 (2 waits).
+        let before = (u32::MAX - 1).wrapping_add(10);
+        let after = 1u32.wrapping_add(12);
+        assert_eq!(wrapping_delta(&[after], Some(&[before])), vec![5]);
+        // One CPU wrapping on its own, and buckets that did not move.
+        assert_eq!(
+            wrapping_delta(&[3, 7, 0], Some(&[u32::MAX, 7, 0])),
+            vec![4, 0, 0]
+        );
+        // Without a previous reading, everything since load.
+        assert_eq!(wrapping_delta(&[5, 1], None), vec![5, 1]);
+    }
+
+    #[test]
+    fn the_engine_restates_the_kernel_bucket_layout_exactly() {
+        use governor_engine::snapshot::buckets;
+        assert_eq!(buckets::BUCKETS, hist::BUCKETS);
+        for i in 0..hist::BUCKETS + 2 {
+            assert_eq!(buckets::range(i), hist::bucket_range(i), "bucket {i}");
+        }
+        let mut v = 1u64;
+        while v < (1u64 << 40) {
+            assert_eq!(buckets::bucket(v), hist::bucket(v), "value {v}");
+            v = v + v / 7 + 1;
+        }
+        assert_eq!(buckets::bucket(0), hist::bucket(0));
+        assert_eq!(buckets::bucket(u64::MAX), hist::bucket(u64::MAX));
     }
 
     #[test]

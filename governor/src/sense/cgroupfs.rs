@@ -285,7 +285,9 @@ impl CpuThrottle {
 }
 
 /// Parses a flat keyed file (`key value` per line), such as `cpu.stat`.
-fn parse_flat_keyed<'a>(
+/// Public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_flat_keyed<'a>(
     text: &'a str,
     path: &Path,
 ) -> Result<HashMap<&'a str, u64>, CgroupfsError> {

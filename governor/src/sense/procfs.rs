@@ -82,8 +82,10 @@ pub fn read_psi_some_avg10(path: &Path) -> Result<Option<f64>, ProcfsError> {
         })
 }
 
-/// `some avg10` of a PSI file's text, or why it has none.
-fn some_avg10(text: &str) -> Result<f64, String> {
+/// `some avg10` of a PSI file's text, or why it has none. Public for the
+/// fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn some_avg10(text: &str) -> Result<f64, String> {
     let line = (text.lines())
         .find(|l| l.starts_with("some "))
         .ok_or_else(|| "no `some` line".to_owned())?;
@@ -217,7 +219,10 @@ pub fn listen_counters(proc_root: &Path) -> Result<ListenCounters, ProcfsError> 
     parse_listen_counters(&text).map_err(|reason| ProcfsError::Parse { path, reason })
 }
 
-fn parse_listen_counters(text: &str) -> Result<ListenCounters, String> {
+/// `ListenOverflows` and `ListenDrops` of `net/netstat`'s text. Public for
+/// the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_listen_counters(text: &str) -> Result<ListenCounters, String> {
     let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
     let (names, values) = match (lines.next(), lines.next()) {
         (Some(n), Some(v)) => (n, v),

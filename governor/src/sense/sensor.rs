@@ -11,7 +11,7 @@ use std::{
 };
 
 use governor_engine::snapshot::{
-    CgroupPath, CgroupStats, HostStats, PortStats, Psi, Snapshot, Throttling,
+    CgroupPath, CgroupStats, HostStats, PortStats, Psi, RunqHist, RunqStats, Snapshot, Throttling,
 };
 
 use crate::{
@@ -85,12 +85,43 @@ pub fn port_stats(
     })
 }
 
+/// The run-queue figures of one interval from its histogram (`counts` per
+/// bucket; `None`: no entry in the maps, nothing waited): the interval's
+/// count and percentiles, and the histogram itself (what policies' windows
+/// add up). If the scheduler probes are not attached (`attached` false)
+/// there are none: the maps are empty because nothing measures, which is
+/// no data, not "nothing waited".
+pub fn runq_figures(attached: bool, counts: Option<&[u64]>) -> Option<(RunqStats, RunqHist)> {
+    attached.then(|| match counts {
+        Some(c) => (runq::stats(c), RunqHist::from_counts(c)),
+        None => Default::default(),
+    })
+}
+
+/// The host's figures of one interval: run-queue waits from the host
+/// histogram read `now` and `before` (cumulative, wrapping `u32` counts:
+/// [`runq::wrapping_delta`]), `None` without the scheduler probes; and PSI.
+pub fn host_stats(
+    runq_attached: bool,
+    now: &[u32],
+    before: Option<&[u32]>,
+    psi: Option<Psi>,
+) -> HostStats {
+    let runq = runq_figures(runq_attached, Some(&runq::wrapping_delta(now, before)));
+    let (runq, runq_hist) = runq.map_or((None, None), |(s, h)| (Some(s), Some(h)));
+    HostStats {
+        runq,
+        runq_hist,
+        psi,
+    }
+}
+
 /// Source of per-port accept-queue readings (sock_diag in production).
 pub type ListenerReader = Box<dyn FnMut() -> anyhow::Result<QueuesByPort> + Send>;
 
 struct Previous {
     at: Instant,
-    host_runq: Vec<u64>,
+    host_runq: Vec<u32>,
     listen: Option<ListenCounters>,
 }
 
@@ -377,13 +408,22 @@ impl Sensor {
         if host_psi.is_none_or(|p| p.is_empty()) {
             missing.push("host PSI: /proc/pressure is absent".into());
         }
-        let host = HostStats {
-            runq: Some(runq::stats(&runq::delta(
-                &maps.host_runq,
-                Some(&prev.host_runq),
-            ))),
-            psi: host_psi.and_then(|p| p.complete()),
-        };
+        // No scheduler probes, no run-queue figures (of the host or of any
+        // cgroup): no data, which holds the policies, not zeros, which
+        // would clear them.
+        let runq_attached = self.probes.counts_runq();
+        if !runq_attached && !missing.iter().any(|m| m.starts_with("run-queue latency")) {
+            missing.push(
+                "run-queue latency (runq_p50, runq_p99): the scheduler probes are not attached"
+                    .into(),
+            );
+        }
+        let host = host_stats(
+            runq_attached,
+            &maps.host_runq,
+            Some(&prev.host_runq),
+            host_psi.and_then(|p| p.complete()),
+        );
 
         // Cgroups the probes saw something of in the interval. The watched
         // ones are known by id; the others are resolved to paths and put
@@ -433,16 +473,16 @@ impl Sensor {
         let slow = &self.slow;
         // A cgroup's figures; `events`: it may have some in the maps.
         let stats = |path: &CgroupPath, id: u64, events: bool| {
-            let (runq, conn_out) = if events {
+            let (figures, conn_out) = if events {
                 (
-                    (maps.cgroup_runq.get(&id))
-                        .map(|h| runq::stats(h))
-                        .unwrap_or_default(),
+                    runq_figures(runq_attached, maps.cgroup_runq.get(&id).map(Vec::as_slice)),
                     maps.cgroup_connects.get(&id).copied().unwrap_or(0),
                 )
             } else {
-                Default::default()
+                (runq_figures(runq_attached, None), 0)
             };
+            let (runq, runq_hist) =
+                figures.map_or((RunqStats::default(), None), |(s, h)| (s, Some(h)));
             let (psi, throttling) = if files {
                 (
                     slow.psi.get(path).copied(),
@@ -455,6 +495,7 @@ impl Sensor {
                 path: path.clone(),
                 id,
                 runq,
+                runq_hist,
                 conn_out,
                 conn_out_per_s: conn_out as f64 / secs,
                 psi,
@@ -544,6 +585,64 @@ impl Sensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_scheduler_probes_run_queue_figures_are_no_data() {
+        use governor_engine::{
+            config::{Scope, SignalKind, SignalSpec},
+            decide::signal,
+        };
+        let api = CgroupPath::new("/api").expect("path");
+        // The maps of an interval: nothing for /api, empty host counts.
+        let now = vec![0u32; governor_common::hist::BUCKETS];
+        let snapshot = |attached: bool| Snapshot {
+            interval_ms: 100,
+            host: host_stats(attached, &now, Some(&now), None),
+            cgroups: vec![CgroupStats {
+                path: api.clone(),
+                id: 1,
+                runq: RunqStats::default(),
+                runq_hist: runq_figures(attached, None).map(|(_, h)| h),
+                conn_out: 0,
+                conn_out_per_s: 0.0,
+                psi: None,
+                throttling: None,
+            }],
+            ..Default::default()
+        };
+        let of = |scope| SignalSpec {
+            kind: SignalKind::RunqP99,
+            scope,
+        };
+        let missing = snapshot(false);
+        assert_eq!((missing.host.runq, &missing.host.runq_hist), (None, &None));
+        assert_eq!(missing.cgroups[0].runq_hist, None);
+        assert_eq!(signal::read(&of(Scope::Host), &missing), None);
+        assert_eq!(
+            signal::read(&of(Scope::Cgroup(api.clone())), &missing),
+            None
+        );
+        // With the probes, an interval without waits is a measured 0.
+        let there = snapshot(true);
+        assert_eq!(there.host.runq, Some(RunqStats::default()));
+        assert_eq!(there.cgroups[0].runq_hist, Some(RunqHist::default()));
+        assert_eq!(signal::read(&of(Scope::Host), &there), Some(0.0));
+        assert_eq!(signal::read(&of(Scope::Cgroup(api)), &there), Some(0.0));
+    }
+
+    #[test]
+    fn the_host_histogram_delta_survives_a_counter_wrap() {
+        let mut before = vec![0u32; governor_common::hist::BUCKETS];
+        let mut now = before.clone();
+        // 40 µs waits: 4 before a CPU's count wrapped and 6 after.
+        let b = governor_common::hist::bucket(40_000);
+        before[b] = u32::MAX - 3;
+        now[b] = 6;
+        let h = host_stats(true, &now, Some(&before), None);
+        let runq = h.runq.expect("probes attached");
+        assert_eq!(runq.count, 10, "{runq:?}");
+        assert!((38..=42).contains(&runq.p99_us), "{runq:?}");
+    }
 
     #[test]
     fn overflows_go_to_full_ports_only() {

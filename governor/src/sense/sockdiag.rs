@@ -222,7 +222,9 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
 
 /// Parses one datagram of a dump answer into `out`; true once the dump is
 /// done. Messages of other requests (other sequence numbers) are skipped.
-fn parse_datagram(
+/// Public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_datagram(
     mut bytes: &[u8],
     family: u8,
     seq: u32,
@@ -251,9 +253,12 @@ fn parse_datagram(
         match msg.payload {
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(e) if e.code.is_some() => {
+                // The kernel sends -errno. Not `e.to_io()`: its `abs()`
+                // overflows on i32::MIN, a panic in debug builds (found by
+                // `cargo xtask fuzz sockdiag`).
                 return Err(SockDiagError::Kernel {
                     family: name,
-                    source: e.to_io(),
+                    source: io::Error::from_raw_os_error(e.raw_code().saturating_abs()),
                 });
             }
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
@@ -398,6 +403,23 @@ mod tests {
             "other request's done"
         );
         assert!(parse_datagram(&[1, 2, 3], AF_INET, 3, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_kernel_error_of_any_code_is_an_error() {
+        // NLMSG_ERROR: header, -errno, the request's header.
+        let error = |code: i32| {
+            let mut b = [36u32.to_ne_bytes(), [2, 0, 0, 0], 3u32.to_ne_bytes()].concat();
+            b.extend([0; 4].iter().chain(&code.to_ne_bytes()).chain(&[0; 16]));
+            b
+        };
+        let kernel = |code| match parse_datagram(&error(code), AF_INET, 3, &mut Vec::new()) {
+            Err(SockDiagError::Kernel { source, .. }) => source.raw_os_error(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kernel(-libc::EPERM), Some(libc::EPERM));
+        // Not an overflow (fuzz/corpus/sockdiag/error-i32-min).
+        assert_eq!(kernel(i32::MIN), Some(i32::MAX));
     }
 
     #[test]

@@ -125,6 +125,7 @@ mod tests {
                     p99_us: 40,
                     max_us: 64,
                 }),
+                runq_hist: None,
                 psi: None,
             },
             cgroups: vec![CgroupStats {
@@ -136,6 +137,7 @@ mod tests {
                     p99_us: 900,
                     max_us: 1024,
                 },
+                runq_hist: None,
                 conn_out: 3,
                 conn_out_per_s: 3.0,
                 psi: None,
