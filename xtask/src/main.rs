@@ -2,6 +2,7 @@
 
 mod bench;
 mod deb;
+mod fuzz;
 mod run;
 mod setup;
 mod systemd;
@@ -40,6 +41,10 @@ enum Command {
     Test(test::TestArgs),
     /// Benchmarks, each beside its peers in the same run (medians, ratios).
     Bench(bench::BenchArgs),
+    /// cargo-fuzz (libFuzzer, nightly) on the parsers: config, journal,
+    /// sock_diag, procfs, cgroupfs, tracefs; one target or all, N seconds
+    /// each; execs/s and corpus size per target, non-zero exit on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// The root integration tests inside QEMU on Debian's kernels (5.10, 6.1,
     /// 6.12) or a given kernel image; one summary line per kernel.
     VmTest(vm::VmArgs),
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run::run(&args),
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Fuzz(args) => fuzz::fuzz(&args),
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Deb => deb::build(&util::workspace_root()).map(|deb| {
             println!("{}", deb.display());

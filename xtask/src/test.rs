@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    ebpf_toolchain as tc, setup,
+    ebpf_toolchain as tc, fuzz, setup,
     util::{is_root, say, show, workspace_root},
     vm,
 };
@@ -25,6 +25,11 @@ pub struct TestArgs {
     /// Run the VM tests on every kernel (5.10, 6.1, 6.12), not only 6.1.
     #[arg(long)]
     all_kernels: bool,
+    /// Also run a 30-second libFuzzer smoke of each fuzz target (`cargo
+    /// xtask fuzz`). Off by default: the first instrumented build of the
+    /// fuzz crate takes about 20 minutes on 2 cores.
+    #[arg(long)]
+    fuzz: bool,
 }
 
 /// Counts parsed from libtest's `test result:` lines.
@@ -161,6 +166,13 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         &mut failures,
     )?;
 
+    // The parsers of files and datagrams under libFuzzer, one after another.
+    if args.fuzz {
+        fuzz_step(&mut steps, &mut totals, &mut failures);
+    } else {
+        skipped_notes.push("fuzz smoke: not asked for (cargo xtask test --fuzz)".into());
+    }
+
     // The unit file: verify, and its exposure score.
     {
         say("systemd unit: systemd-analyze verify and security");
@@ -229,6 +241,49 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     );
 
     Ok(finish(&steps, totals, &failures, &skipped_notes, started))
+}
+
+/// Each fuzz target for [`fuzz::SMOKE_SECS`]: one step, its note giving
+/// each target's execs/s and corpus size; a target that crashed is a failed
+/// test.
+fn fuzz_step(steps: &mut Vec<Step>, totals: &mut Counts, failures: &mut Vec<String>) {
+    say(format!(
+        "fuzz smoke: {} targets, {}s each",
+        fuzz::TARGETS.len(),
+        fuzz::SMOKE_SECS
+    ));
+    let t = Instant::now();
+    let name = format!(
+        "fuzz smoke ({} targets x {}s)",
+        fuzz::TARGETS.len(),
+        fuzz::SMOKE_SECS
+    );
+    let outcomes = match fuzz::smoke(fuzz::SMOKE_SECS) {
+        Ok(o) => o,
+        Err(e) => {
+            steps.push(Step {
+                name,
+                ok: false,
+                secs: t.elapsed().as_secs_f64(),
+                note: format!("{e:#}"),
+                failed_tests: 0,
+            });
+            return;
+        }
+    };
+    let crashed: Vec<&fuzz::Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    totals.passed += (outcomes.len() - crashed.len()) as u64;
+    totals.failed += crashed.len() as u64;
+    failures.extend(crashed.iter().map(|o| format!("fuzz {}", o.summary())));
+    steps.push(Step {
+        name,
+        ok: crashed.is_empty(),
+        secs: t.elapsed().as_secs_f64(),
+        note: (outcomes.iter().map(fuzz::Outcome::summary))
+            .collect::<Vec<_>>()
+            .join("; "),
+        failed_tests: crashed.len() as u64,
+    });
 }
 
 /// The .deb installed with dpkg on a Debian 12 guest with systemd as PID 1
