@@ -396,28 +396,31 @@ fn decision(
     }
 }
 
+/// Cgroup-file actions are not what these tests are about.
+struct NoCgroups;
+
+impl governor::act::rules::CgroupActuation for NoCgroups {
+    fn apply(&mut self, _: &str, _: &governor_engine::config::Action) -> anyhow::Result<()> {
+        anyhow::bail!("not in this test")
+    }
+    fn lift(&mut self, _: &str, _: &governor_engine::config::Action) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn revert_all(&mut self) -> String {
+        String::new()
+    }
+}
+
 /// A cgroup removed and made again at the same path is a new cgroup: a
 /// rule imposed on it must attach the connect programs to it anew. They
 /// were remembered by path, so the new cgroup got a rule and no program.
 #[test]
 fn a_cgroup_made_again_at_its_path_gets_its_own_connect_programs() {
-    use governor::act::rules::{Actuators, CgroupActuation};
+    use governor::act::rules::Actuators;
     use governor_engine::{
         config::{Action, Target},
         decide::{Change, DecisionKind},
     };
-    struct NoCgroups;
-    impl CgroupActuation for NoCgroups {
-        fn apply(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
-            anyhow::bail!("not in this test")
-        }
-        fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
-            Ok(())
-        }
-        fn revert_all(&mut self) -> String {
-            String::new()
-        }
-    }
     require_root();
     let cg = TestCgroup::new("remade");
     let server = Server::start();
@@ -488,23 +491,11 @@ fn a_cgroup_made_again_at_its_path_gets_its_own_connect_programs() {
 /// benchmark found).
 #[test]
 fn stepping_down_from_reject_restores_the_throttle_below() {
-    use governor::act::rules::{Actuators, CgroupActuation};
+    use governor::act::rules::Actuators;
     use governor_engine::{
         config::{Action, Target, units::Rate},
         decide::{Change, DecisionKind},
     };
-    struct NoCgroups;
-    impl CgroupActuation for NoCgroups {
-        fn apply(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
-            anyhow::bail!("not in this test")
-        }
-        fn lift(&mut self, _: &str, _: &Action) -> anyhow::Result<()> {
-            Ok(())
-        }
-        fn revert_all(&mut self) -> String {
-            String::new()
-        }
-    }
     require_root();
     let ns = governor_integration::NetNs::new("steps");
     let path = ns.path();

@@ -861,9 +861,12 @@ fn move_into_place(from: &Path, to: &Path) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
     let (cfrom, cto) = (c(from)?, c(to)?);
+    // The system call, not libc's wrapper: musl (the static VM test
+    // binaries) has no renameat2.
     // SAFETY: NUL-terminated paths, no pointers kept.
     let r = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             cfrom.as_ptr(),
             libc::AT_FDCWD,
