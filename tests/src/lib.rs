@@ -421,7 +421,10 @@ impl AgentProcess {
             log: log.to_path_buf(),
             socket: socket.to_path_buf(),
         };
-        let up = eventually(Duration::from_secs(15), || agent.status().is_some());
+        // Up to 30 s: under TCG a guest's agent spends seconds in the
+        // verifier (15 s was once not enough for the share-throttle test's
+        // agent on 6.1, which was still loading its probes).
+        let up = eventually(Duration::from_secs(30), || agent.status().is_some());
         assert!(up, "the agent did not come up; log:\n{}", agent.log_text());
         agent
     }

@@ -133,6 +133,16 @@ fn peer_closed(s: &tokio::net::UnixStream) -> bool {
 
 #[test]
 fn a_thousand_clients_and_a_hundred_that_never_read_leave_the_tick_alone() {
+    // A throughput and timing claim: under emulation (the VM guests, QEMU
+    // TCG) a 426 KB reply to each of a thousand clients takes longer than
+    // the server's 10 s per client (seen: 219 KB after 12.6 s), so every
+    // client cannot be served there. The host run checks it.
+    if std::env::var("GOVERNOR_TEST_ENV").is_ok_and(|v| v == "vm") {
+        governor_integration::skip(
+            "a thousand clients beside a 100 ms ticker need real CPUs (emulated: replies cut off by the 10 s per-client limit)",
+        );
+        return;
+    }
     raise_fd_limit();
     // The agent's runtime, as `agent::run` builds it.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
