@@ -370,13 +370,25 @@ fn decision(
     from: usize,
     to: usize,
 ) -> governor_engine::decide::Decision {
+    decision_of("p", kind, change, action, from, to)
+}
+
+/// A decision of `policy` on `action`.
+fn decision_of(
+    policy: &str,
+    kind: governor_engine::decide::DecisionKind,
+    change: governor_engine::decide::Change,
+    action: governor_engine::config::Action,
+    from: usize,
+    to: usize,
+) -> governor_engine::decide::Decision {
     use governor_engine::{
         config::{Scope, SignalKind, SignalSpec},
         decide::{Cause, Decision, Reason},
     };
     Decision {
         at: Duration::ZERO,
-        policy: "p".into(),
+        policy: policy.into(),
         kind,
         change,
         target: action.target(),
@@ -562,5 +574,83 @@ fn stepping_down_from_reject_restores_the_throttle_below() {
     assert_eq!(
         outcome.1, 1,
         "after stepping down, the 1/s throttle admits one of five at once"
+    );
+}
+
+/// Two policies on one port share the kernel's one bucket for it: the
+/// strictest claim is in force, and one policy lifting puts the other's
+/// back. Before, the newest claim won (a loose throttle opened a port
+/// another policy rejected) and a lift cleared the port for both.
+#[test]
+fn two_policies_on_one_port_the_strictest_claim_holds_and_a_lift_restores_the_other() {
+    use governor::act::rules::Actuators;
+    use governor_engine::{
+        config::{Action, Target, units::Rate},
+        decide::{Change, DecisionKind},
+    };
+    require_root();
+    let ns = governor_integration::NetNs::new("compose");
+    let path = ns.path();
+    let seen = thread::spawn(move || {
+        governor_integration::enter_netns(&path);
+        let server = Server::start();
+        let fs = governor::sense::cgroupfs::CgroupFs::discover(Path::new(
+            governor::sense::cgroupfs::DEFAULT_ROOT,
+        ))
+        .expect("cgroup2");
+        let mut act = Actuators::new(fs, Box::new(NoCgroups), path.clone());
+        let throttle = |rate: f64, burst: u32| Action::ThrottleConnections {
+            target: Target::Port(server.port),
+            rate: Rate::per_second(rate),
+            of_accepted: None,
+            burst,
+            mode: RejectMode::Reset,
+            exempt: vec![],
+        };
+        let reject = Action::RejectConnections {
+            target: Target::Port(server.port),
+            mode: RejectMode::Reset,
+            exempt: vec![],
+        };
+        let mut carry = |policy: &str, kind, change, action: &Action| {
+            act.carry_out(&decision_of(policy, kind, change, action.clone(), 0, 1))
+                .unwrap_or_else(|e| panic!("{policy}: {e:#}"));
+        };
+        let admitted = |n: usize| {
+            (0..n)
+                .filter(|_| TcpStream::connect(server.addr()).is_ok())
+                .count()
+        };
+        let (loose, tight) = (throttle(1000.0, 100), throttle(1.0, 1));
+        let mut seen = Vec::new();
+        carry("a", DecisionKind::Applied, Change::Impose, &reject);
+        carry("b", DecisionKind::Applied, Change::Impose, &loose);
+        seen.push(("a reject + b 1000/s", admitted(3)));
+        carry("b", DecisionKind::Reverted, Change::Lift, &loose);
+        seen.push(("a reject, b lifted", admitted(3)));
+        carry("a", DecisionKind::Reverted, Change::Lift, &reject);
+        seen.push(("both lifted", admitted(3)));
+        carry("a", DecisionKind::Applied, Change::Impose, &tight);
+        carry("b", DecisionKind::Applied, Change::Impose, &loose);
+        seen.push(("a 1/s + b 1000/s", admitted(5)));
+        carry("a", DecisionKind::Reverted, Change::Lift, &tight);
+        seen.push(("a lifted, b 1000/s", admitted(5)));
+        carry("b", DecisionKind::Reverted, Change::Lift, &loose);
+        act.revert_all();
+        seen
+    })
+    .join()
+    .expect("test thread");
+    println!("admitted: {seen:?}");
+    assert_eq!(
+        seen,
+        [
+            ("a reject + b 1000/s", 0),
+            ("a reject, b lifted", 0),
+            ("both lifted", 3),
+            ("a 1/s + b 1000/s", 1),
+            ("a lifted, b 1000/s", 5),
+        ],
+        "the strictest claim in force at each step"
     );
 }

@@ -92,6 +92,12 @@ pub struct Actuators {
     /// first: lifting a rung restores the rung below it on the same target
     /// (reject → throttle) rather than opening the target entirely.
     imposed: BTreeMap<(String, Target), Vec<Rule>>,
+    /// The rule the kernel holds for each target: the strictest of the
+    /// policies' claims on it ([`strictest`]). The kernel has one bucket
+    /// per target, so two policies on one target share it: one policy
+    /// lifting puts the other's claim back, never opens the target. With
+    /// the cgroup's id: a cgroup made again at the same path holds nothing.
+    in_force: BTreeMap<Target, (Rule, Option<u64>)>,
     /// Something may be in force that [`Actuators::revert_all`] has not
     /// reverted since: dropping the actuators then reverts it (the guard
     /// for every exit path, an error or a panic included).
@@ -109,6 +115,7 @@ impl Actuators {
             netns_attached: false,
             connect_attached: BTreeSet::new(),
             imposed: BTreeMap::new(),
+            in_force: BTreeMap::new(),
             dirty: false,
         }
     }
@@ -188,9 +195,11 @@ impl Actuators {
             return self.cgroups.apply(policy, action);
         };
         let key = (policy.to_owned(), target.clone());
-        self.set_rule(target, &rule)?;
-        self.imposed.entry(key).or_default().push(rule);
-        Ok(())
+        self.imposed.entry(key.clone()).or_default().push(rule);
+        self.enforce(&target).inspect_err(|_| {
+            // Not in force: the policy's stack says what the kernel holds.
+            self.pop_claim(&key);
+        })
     }
 
     /// Replaces the rule a policy has in force on a target (the top of its
@@ -200,10 +209,56 @@ impl Actuators {
             anyhow::bail!("only connection rules are re-set, not {action}");
         };
         let key = (policy.to_owned(), target.clone());
-        self.set_rule(target, &rule)?;
-        let stack = self.imposed.entry(key).or_default();
-        stack.pop();
+        let stack = self.imposed.entry(key.clone()).or_default();
+        let before = stack.pop();
         stack.push(rule);
+        self.enforce(&target).inspect_err(|_| {
+            self.pop_claim(&key);
+            if let Some(before) = before {
+                self.imposed.entry(key).or_default().push(before);
+            }
+        })
+    }
+
+    /// Drops the top of a policy's stack on a target (and the stack once
+    /// empty).
+    fn pop_claim(&mut self, key: &(String, Target)) -> Option<Rule> {
+        let stack = self.imposed.get_mut(key)?;
+        let top = stack.pop();
+        if stack.is_empty() {
+            self.imposed.remove(key);
+        }
+        top
+    }
+
+    /// Puts in the kernel the strictest claim of every policy on `target`
+    /// (no rule if none claims it), unless it is in force already.
+    fn enforce(&mut self, target: &Target) -> anyhow::Result<()> {
+        let want = strictest(
+            self.imposed
+                .iter()
+                .filter(|((_, t), _)| t == target)
+                .filter_map(|(_, stack)| stack.last()),
+        )
+        .cloned();
+        let id = match target {
+            Target::Cgroup(c) => self.cgroup_id(c).ok().map(|(id, _)| id),
+            Target::Port(_) => None,
+        };
+        let held = self.in_force.get(target).filter(|(_, held)| *held == id);
+        if held.map(|(rule, _)| rule) == want.as_ref() {
+            return Ok(());
+        }
+        match want {
+            Some(rule) => {
+                self.set_rule(target.clone(), &rule)?;
+                self.in_force.insert(target.clone(), (rule, id));
+            }
+            None => {
+                self.clear_rule(target)?;
+                self.in_force.remove(target);
+            }
+        }
         Ok(())
     }
 
@@ -258,14 +313,18 @@ impl Actuators {
             return self.cgroups.lift(policy, action);
         };
         let key = (policy.to_owned(), target.clone());
-        if let Some(stack) = self.imposed.get_mut(&key) {
-            stack.pop();
-            if let Some(below) = stack.last().cloned() {
-                return self.set_rule(target, &below);
+        let popped = self.pop_claim(&key);
+        self.enforce(&target).inspect_err(|_| {
+            // Still in force: a retry of the lift pops this claim again.
+            if let Some(rule) = popped {
+                self.imposed.entry(key).or_default().push(rule);
             }
-            self.imposed.remove(&key);
-        }
-        let found = match &target {
+        })
+    }
+
+    /// Removes the kernel's rule of `target`: every connection passes.
+    fn clear_rule(&mut self, target: &Target) -> anyhow::Result<()> {
+        let found = match target {
             Target::Cgroup(c) => self.cgroup_id(c).ok(),
             Target::Port(_) => None,
         };
@@ -273,7 +332,7 @@ impl Actuators {
             return Ok(());
         };
         match target {
-            Target::Port(port) => net.clear_port(port)?,
+            Target::Port(port) => net.clear_port(*port)?,
             Target::Cgroup(_) => {
                 // A cgroup that vanished took its programs with it.
                 if let Some((id, dir)) = found {
@@ -303,9 +362,22 @@ impl Actuators {
         self.netns_attached = false;
         self.connect_attached.clear();
         self.imposed.clear();
+        self.in_force.clear();
         self.dirty = false;
         self.cgroups.revert_all()
     }
+}
+
+/// The strictest of several policies' claims on one target: refusing
+/// everything over any throttle, then the lowest rate, then the smallest
+/// burst; between equals, the first. The claim wins whole (its mode and
+/// exemptions with it): a looser claim's exemptions do not open a stricter
+/// claim's target.
+pub fn strictest<'a>(claims: impl IntoIterator<Item = &'a Rule>) -> Option<&'a Rule> {
+    claims.into_iter().min_by(|a, b| {
+        let rate = |r: &Rule| r.rate.unwrap_or(f64::NEG_INFINITY);
+        rate(a).total_cmp(&rate(b)).then(a.burst.cmp(&b.burst))
+    })
 }
 
 impl Drop for Actuators {
@@ -417,5 +489,33 @@ mod tests {
         a.carry_out(&weight_decision(DecisionKind::Would)).unwrap();
         drop(a);
         assert!(log.lock().unwrap().is_empty());
+    }
+
+    fn claim(rate: Option<f64>, burst: u32) -> Rule {
+        Rule {
+            rate,
+            burst,
+            mode: governor_engine::config::RejectMode::Reset,
+            exempt: vec![],
+        }
+    }
+
+    #[test]
+    fn the_strictest_claim_is_reject_then_the_lowest_rate_then_the_smallest_burst() {
+        let (reject, slow, slow_small, fast) = (
+            claim(None, 0),
+            claim(Some(10.0), 5),
+            claim(Some(10.0), 2),
+            claim(Some(100.0), 1),
+        );
+        assert_eq!(strictest([&fast, &slow]), Some(&slow));
+        assert_eq!(strictest([&slow, &fast]), Some(&slow));
+        assert_eq!(strictest([&fast, &reject, &slow]), Some(&reject));
+        assert_eq!(strictest([&slow, &slow_small]), Some(&slow_small));
+        assert_eq!(strictest([]), None);
+        // Between equal claims, the first (the kernel is not re-set).
+        let mut drop = slow.clone();
+        drop.mode = governor_engine::config::RejectMode::Drop;
+        assert_eq!(strictest([&slow, &drop]), Some(&slow));
     }
 }
