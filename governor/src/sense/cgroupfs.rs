@@ -315,7 +315,9 @@ pub fn within_any(path: &CgroupPath, subtrees: &[CgroupPath]) -> bool {
 }
 
 /// cgroup2 id → path, built by walking the hierarchy and rebuilt when an id
-/// is not found, so new cgroups appear and removed ones are dropped.
+/// is not found, so new cgroups appear and removed ones are dropped, and at
+/// least every [`REWALK_EVERY`]: a renamed cgroup keeps its id, so only a
+/// walk finds its new path.
 ///
 /// Ids that are still unknown after a rebuild are remembered and do not
 /// cause another walk: a cgroup that lived for less than a tick leaves its id
@@ -326,10 +328,16 @@ pub struct CgroupIndex {
     by_id: HashMap<u64, CgroupPath>,
     unknown: HashSet<u64>,
     walks: u64,
+    walked_at: Option<std::time::Instant>,
+    rewalk_every: std::time::Duration,
 }
 
 /// Forget remembered unknown ids past this many, so the set stays small.
 const MAX_UNKNOWN: usize = 4096;
+
+/// How old the index's paths may get before a lookup walks again (a walk
+/// of a thousand cgroups takes a few milliseconds).
+pub const REWALK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl CgroupIndex {
     /// An empty index of `fs`'s cgroup2 hierarchy; the first lookup walks it.
@@ -339,7 +347,16 @@ impl CgroupIndex {
             by_id: HashMap::new(),
             unknown: HashSet::new(),
             walks: 0,
+            walked_at: None,
+            rewalk_every: REWALK_EVERY,
         }
+    }
+
+    /// Sets how old the paths may get before a lookup walks again
+    /// (default [`REWALK_EVERY`]).
+    pub fn with_rewalk_every(mut self, every: std::time::Duration) -> Self {
+        self.rewalk_every = every;
+        self
     }
 
     /// The hierarchies this index reads.
@@ -351,6 +368,7 @@ impl CgroupIndex {
     pub fn rebuild(&mut self) -> Result<(), CgroupfsError> {
         self.by_id = self.fs.walk()?.into_iter().collect();
         self.walks += 1;
+        self.walked_at = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -372,9 +390,13 @@ impl CgroupIndex {
         ids: impl IntoIterator<Item = u64>,
     ) -> Result<HashMap<u64, CgroupPath>, CgroupfsError> {
         let ids: Vec<u64> = ids.into_iter().collect();
-        if ids
-            .iter()
-            .any(|id| !self.by_id.contains_key(id) && !self.unknown.contains(id))
+        let stale = self
+            .walked_at
+            .is_some_and(|at| at.elapsed() >= self.rewalk_every);
+        if stale
+            || ids
+                .iter()
+                .any(|id| !self.by_id.contains_key(id) && !self.unknown.contains(id))
         {
             self.rebuild()?;
             if self.unknown.len() > MAX_UNKNOWN {
@@ -524,6 +546,27 @@ mod tests {
             "removed cgroup still indexed"
         );
         assert_eq!(idx.len(), 5, "/, /a, /c, /c/new, /d");
+    }
+
+    /// A renamed cgroup keeps its id: only a walk finds its new path. The
+    /// index walked only on a miss, so it named the old path for ever.
+    #[test]
+    fn a_renamed_cgroup_is_found_at_its_new_path_by_the_next_rewalk() {
+        let (d, fs) = unified();
+        let mut idx = CgroupIndex::new(fs).with_rewalk_every(std::time::Duration::from_millis(50));
+        let a = ino(&d.path().join("a"));
+        assert_eq!(idx.resolve(a).unwrap(), Some(&p("/a")));
+        fs::rename(d.path().join("a"), d.path().join("renamed")).unwrap();
+        // Within the period the index answers from memory.
+        assert_eq!(idx.resolve(a).unwrap(), Some(&p("/a")));
+        assert_eq!(idx.walks(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(idx.resolve(a).unwrap(), Some(&p("/renamed")));
+        assert_eq!(idx.walks(), 2);
+        assert!(
+            idx.within(&[p("/a")]).next().is_none(),
+            "nothing is indexed under the old path"
+        );
     }
 
     #[test]
