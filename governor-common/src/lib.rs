@@ -94,6 +94,18 @@ pub mod limits {
     pub const MAX_WAITING: u32 = 65_536;
 }
 
+/// The key of `PORT_ACCEPTS`: a listener's network namespace (the inode
+/// number of `/proc/PID/ns/net`; 0 if the kernel's BTF does not say) and
+/// its local port. Port 8080 of two containers is two keys.
+pub fn port_key(netns: u32, port: u16) -> u64 {
+    (u64::from(netns) << 16) | u64::from(port)
+}
+
+/// The namespace and port of a [`port_key`].
+pub fn port_key_parts(key: u64) -> (u32, u16) {
+    ((key >> 16) as u32, key as u16)
+}
+
 /// Names of the read-only globals the agent sets at load time: offsets of
 /// tracepoint fields, parsed from tracefs `format` files on the running
 /// kernel (no offsets are compiled in).
@@ -120,6 +132,14 @@ pub mod globals {
     pub const SK_NUM: &str = "OFF_SK_NUM";
     /// `struct sock.sk_protocol` (a `u16`) offset, from BTF.
     pub const SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    /// `struct sock`'s network namespace pointer (`__sk_common.skc_net.net`,
+    /// a `struct net *`) offset, from BTF.
+    pub const SK_NET: &str = "OFF_SK_NET";
+    /// `struct net`'s namespace inode number (`ns.inum`) offset, from BTF.
+    pub const NET_INUM: &str = "OFF_NET_INUM";
+    /// 1 once the two above are set: ports are counted per network
+    /// namespace; 0 leaves the namespace of every key 0 (unknown).
+    pub const NETNS_KNOWN: &str = "NETNS_KNOWN";
     /// `task_struct.pid` offset, from BTF.
     pub const TASK_PID: &str = "OFF_TASK_PID";
     /// `task_struct.__state` (`.state` before 5.14) offset, from BTF.

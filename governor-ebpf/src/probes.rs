@@ -45,6 +45,15 @@ static OFF_SK_NUM: u32 = 0;
 /// `struct sock.sk_protocol` (`u16`), from BTF.
 #[unsafe(no_mangle)]
 static OFF_SK_PROTOCOL: u32 = 0;
+/// `struct sock` → `struct net *` (`__sk_common.skc_net.net`), from BTF.
+#[unsafe(no_mangle)]
+static OFF_SK_NET: u32 = 0;
+/// `struct net` → `ns.inum`, from BTF.
+#[unsafe(no_mangle)]
+static OFF_NET_INUM: u32 = 0;
+/// 1 once the two above are set.
+#[unsafe(no_mangle)]
+static NETNS_KNOWN: u32 = 0;
 /// 1 once the agent has set the offsets above.
 #[unsafe(no_mangle)]
 static CONFIGURED: u32 = 0;
@@ -95,9 +104,10 @@ static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
 static CGROUP_CONNECTS: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, 0);
 
-/// Completed handshakes per local port (port → count), emptied by the agent every tick.
+/// Completed handshakes per (network namespace, local port) →  count
+/// (`governor_common::port_key`), emptied by the agent every tick.
 #[map(name = "PORT_ACCEPTS")]
-static PORT_ACCEPTS: PerCpuHashMap<u32, u64> =
+static PORT_ACCEPTS: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);
 
 #[inline(always)]
@@ -344,14 +354,15 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
-/// A TCP socket changed state: count completed handshakes per local port
-/// and connects per cgroup. `sport` gives the local port when asked.
+/// A TCP socket changed state: count completed handshakes per (network
+/// namespace, local port) and connects per cgroup. `listener` gives the
+/// port key when asked.
 #[inline(always)]
-fn on_sock_state(old: i32, new: i32, sport: impl FnOnce() -> Option<u16>) {
+fn on_sock_state(old: i32, new: i32, listener: impl FnOnce() -> Option<u64>) {
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // A connection completed its handshake on a listener.
-        if let Some(sport) = sport() {
-            bump_keyed(&PORT_ACCEPTS, &u32::from(sport), counter::PORT_MAP_FULL);
+        if let Some(key) = listener() {
+            bump_keyed(&PORT_ACCEPTS, &key, counter::PORT_MAP_FULL);
         }
     } else if old == TCP_CLOSE && new == TCP_SYN_SENT {
         // connect(): runs in the connecting task's context.
@@ -380,8 +391,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     // `sport` of the record is the local port.
     // SAFETY: as above.
+    // The record does not say the namespace (namespace 0: unknown).
     on_sock_state(old, new, || unsafe {
-        ctx.read_at::<u16>(global(&OFF_SOCK_SPORT) as usize).ok()
+        ctx.read_at::<u16>(global(&OFF_SOCK_SPORT) as usize)
+            .ok()
+            .map(|port| governor_common::port_key(0, port))
     });
     0
 }
@@ -413,8 +427,29 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
     if sock_u16(sk, &OFF_SK_PROTOCOL) != Some(IPPROTO_TCP) {
         return 0;
     }
-    on_sock_state(old as i32, new as i32, || sock_u16(sk, &OFF_SK_NUM));
+    on_sock_state(old as i32, new as i32, || {
+        let port = sock_u16(sk, &OFF_SK_NUM)?;
+        Some(governor_common::port_key(netns_of(sk), port))
+    });
     0
+}
+
+/// The inode number of a socket's network namespace, 0 if unknown.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    if global(&NETNS_KNOWN) == 0 {
+        return 0;
+    }
+    let at = (sk + u64::from(global(&OFF_SK_NET))) as *const u64;
+    // SAFETY (both reads): bpf_probe_read_kernel checks the address.
+    let Ok(net) = (unsafe { bpf_probe_read_kernel(at) }) else {
+        return 0;
+    };
+    if net == 0 {
+        return 0;
+    }
+    let at = (net + u64::from(global(&OFF_NET_INUM))) as *const u32;
+    unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0)
 }
 
 #[cfg(not(test))]

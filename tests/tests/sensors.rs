@@ -190,6 +190,81 @@ fn accepted_per_port_and_connects_per_cgroup_are_exact() {
     );
 }
 
+/// Port P of another network namespace is another listener: its accepted
+/// connections are not counted for port P of the sensor's namespace (the
+/// probe keyed by port alone summed every namespace's, e.g. every pod's
+/// 8080 on a node).
+#[test]
+fn accepted_connections_on_the_same_port_in_another_namespace_are_not_counted() {
+    require_root();
+    const OURS: u64 = 10;
+    const THEIRS: usize = 30;
+    let (tx_port, rx_port) = std::sync::mpsc::channel::<u16>();
+    let (tx_done, rx_done) = std::sync::mpsc::channel::<usize>();
+    let (accepted, theirs) = thread::spawn(move || {
+        enter_own_netns();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let mut sensor = sensor(Vec::new(), "/proc/thread-self", Some(listeners_here()));
+        if !sensor.probes().sock_raw() {
+            return (None, 0);
+        }
+        // The other namespace: the same port, connected to many times.
+        let other = thread::spawn(move || {
+            enter_own_netns();
+            let port = rx_port.recv().expect("port");
+            let l = TcpListener::bind(("127.0.0.1", port)).expect("the same port, elsewhere");
+            let accepts = thread::spawn(move || {
+                for _ in 0..THEIRS {
+                    let _ = l.accept().expect("accept");
+                }
+            });
+            let ok = (0..THEIRS)
+                .filter(|_| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+                .count();
+            accepts.join().expect("accepts");
+            let _ = tx_done.send(ok);
+        });
+        tx_port.send(port).expect("send port");
+        let server = thread::spawn(move || {
+            for _ in 0..OURS {
+                let _ = listener.accept().expect("accept");
+            }
+        });
+        let mut accepted = 0;
+        for _ in 0..OURS {
+            std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect here");
+        }
+        server.join().expect("server");
+        let theirs = rx_done.recv().expect("the other namespace's connects");
+        other.join().expect("other namespace");
+        thread::sleep(Duration::from_millis(200));
+        for _ in 0..3 {
+            accepted += sensor
+                .sample()
+                .expect("snapshot")
+                .port(port)
+                .map_or(0, |p| p.accepted);
+            thread::sleep(Duration::from_millis(100));
+        }
+        (Some(accepted), theirs)
+    })
+    .join()
+    .expect("network thread");
+    let Some(accepted) = accepted else {
+        governor_integration::skip(
+            "no kernel BTF: the classic tracepoint does not say a socket's namespace",
+        );
+        return;
+    };
+    println!("accepted here: {accepted} (ours {OURS}; {theirs} on the same port elsewhere)");
+    assert_eq!(theirs, THEIRS, "the other namespace's connects succeeded");
+    assert_eq!(
+        accepted, OURS,
+        "only this namespace's connections on the port"
+    );
+}
+
 #[test]
 fn a_full_accept_queue_reports_depth_limit_and_overflows() {
     require_root();

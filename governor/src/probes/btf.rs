@@ -171,24 +171,94 @@ impl KernelBtf {
     /// members), which start `base` bits into the outer struct; `None` if
     /// absent or a bit field.
     fn find_in(&self, members: &[btf_rs::Member], field: &str, base: u32) -> Option<(u32, u32)> {
+        self.find_member(members, field, base)
+            .map(|(offset, m)| (offset, self.scalar_size(&m)))
+    }
+
+    /// Byte offset and definition of `field` among `members` (and their
+    /// anonymous members); `None` if absent or a bit field.
+    fn find_member(
+        &self,
+        members: &[btf_rs::Member],
+        field: &str,
+        base: u32,
+    ) -> Option<(u32, btf_rs::Member)> {
         for m in members {
             let named = m.get_name_offset().is_some_and(|o| o != 0);
             if named {
                 if self.0.resolve_name(m).is_ok_and(|n| n == field) {
                     let bits = base + m.bit_offset();
                     return (m.bitfield_size().is_none_or(|s| s == 0) && bits.is_multiple_of(8))
-                        .then(|| (bits / 8, self.scalar_size(m)));
+                        .then(|| (bits / 8, m.clone()));
                 }
                 continue;
             }
             // An anonymous struct or union: search inside it.
             if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.0.resolve_chained_type(m)
-                && let Some(off) = self.find_in(&inner.members, field, base + m.bit_offset())
+                && let Some(found) = self.find_member(&inner.members, field, base + m.bit_offset())
             {
-                return Some(off);
+                return Some(found);
             }
         }
         None
+    }
+
+    /// Byte offset of a chain of members in `struct strukt`, each a member
+    /// of the previous one's struct type (through typedefs, and inside
+    /// anonymous members): `["__sk_common", "skc_net", "net"]`. The last
+    /// must be a scalar or pointer of one of `sizes`.
+    pub fn path_offset(&self, strukt: &str, path: &[&str], sizes: &[u32]) -> Result<u32, BtfError> {
+        let no_member = |field: &str| BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            fields: vec![field.to_owned()],
+        };
+        let mut members = self.structure(strukt)?.members;
+        let mut offset = 0;
+        let mut last = None;
+        for field in path {
+            let (at, m) = self
+                .find_member(&members, field, 0)
+                .ok_or_else(|| no_member(field))?;
+            offset += at;
+            members = self.struct_of(&m).map(|s| s.members).unwrap_or_default();
+            last = Some((field, m));
+        }
+        let (_, m) = last.ok_or_else(|| no_member(""))?;
+        let size = self.scalar_size(&m);
+        if !sizes.contains(&size) {
+            return Err(BtfError::Size {
+                strukt: strukt.to_owned(),
+                field: path.join("."),
+                size,
+                expected: format!("{sizes:?}"),
+            });
+        }
+        Ok(offset)
+    }
+
+    /// The struct a member's type is (through typedefs and qualifiers).
+    fn struct_of(&self, m: &btf_rs::Member) -> Option<btf_rs::Struct> {
+        let mut t = self.0.resolve_chained_type(m).ok();
+        for _ in 0..16 {
+            t = match t {
+                Some(Type::Struct(s)) => return Some(s),
+                Some(Type::Typedef(x)) => self.0.resolve_chained_type(&x).ok(),
+                Some(Type::Volatile(x)) => self.0.resolve_chained_type(&x).ok(),
+                Some(Type::Const(x)) => self.0.resolve_chained_type(&x).ok(),
+                _ => return None,
+            };
+        }
+        None
+    }
+
+    /// Offsets the raw `inet_sock_set_state` program reads to tell a
+    /// socket's network namespace: `struct sock` → `struct net *`
+    /// (`__sk_common.skc_net.net`), and `struct net` → its inode number
+    /// (`ns.inum`, what `stat /proc/PID/ns/net` shows as the inode).
+    pub fn netns_offsets(&self) -> Result<(u32, u32), BtfError> {
+        let net = self.path_offset("sock", &["__sk_common", "skc_net", "net"], &[8])?;
+        let inum = self.path_offset("net", &["ns", "inum"], &[4])?;
+        Ok((net, inum))
     }
 
     /// Offsets the raw `inet_sock_set_state` program reads from a `struct
@@ -207,6 +277,32 @@ mod tests {
 
     /// Runs against this machine's kernel when it has BTF (CI's does); the
     /// two offsets must differ and lie inside task_struct.
+    /// The namespace offsets on this kernel: `skc_net` lies in
+    /// `sock_common` after the port and before `sk_protocol`, and `ns.inum`
+    /// inside `struct net`.
+    #[test]
+    fn netns_offsets_resolve_on_this_kernel() {
+        if !Path::new(VMLINUX).exists() {
+            eprintln!("skipped: no {VMLINUX}");
+            return;
+        }
+        let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
+        let (net, inum) = btf.netns_offsets().unwrap();
+        let (port, protocol) = btf.sock_offsets().unwrap();
+        assert!(
+            port < net && net < protocol,
+            "skc_net at {net}: port {port}, protocol {protocol}"
+        );
+        assert!(inum > 0 && inum < 4096, "ns.inum at {inum}");
+        assert!(
+            matches!(
+                btf.path_offset("sock", &["__sk_common", "skc_net"], &[8]),
+                Err(BtfError::Size { .. })
+            ),
+            "possible_net_t is a struct, not the pointer inside it"
+        );
+    }
+
     #[test]
     fn task_struct_offsets_resolve_on_this_kernel() {
         if !Path::new(VMLINUX).exists() {

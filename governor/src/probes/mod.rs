@@ -196,6 +196,24 @@ pub struct Probes {
     cpus: usize,
     /// Programs attached.
     attached: Vec<&'static str>,
+    /// The network namespace (inode number) whose ports are counted.
+    netns: Option<u32>,
+}
+
+/// The port of a `PORT_ACCEPTS` key if its namespace is `netns` (a key
+/// whose namespace the kernel could not say is counted too).
+fn counted_in(netns: Option<u32>, key: u64) -> Option<u16> {
+    let (ns, port) = governor_common::port_key_parts(key);
+    (ns == 0 || netns.is_none_or(|ours| ours == ns)).then_some(port)
+}
+
+/// The inode number of a network namespace file (`/proc/PID/ns/net`, a
+/// bind mount under `/run/netns`): what the kernel calls `ns.inum`.
+pub fn netns_inum(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
 /// Raw-tracepoint scheduler probes: (program, tracepoint).
@@ -291,6 +309,18 @@ impl Probes {
             Ok(Ok((port, protocol))) => {
                 offsets.push((globals::SK_NUM, port));
                 offsets.push((globals::SK_PROTOCOL, protocol));
+                // Without them every namespace's port N is one port N.
+                match kernel_btf.as_ref().map(|b| b.netns_offsets()) {
+                    Ok(Ok((net, inum))) => {
+                        offsets.push((globals::SK_NET, net));
+                        offsets.push((globals::NET_INUM, inum));
+                        offsets.push((globals::NETNS_KNOWN, 1));
+                    }
+                    Ok(Err(e)) => tracing::warn!(
+                        "{e}: accepted connections are counted per port across every network namespace"
+                    ),
+                    Err(_) => {}
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(e.to_string()),
@@ -382,7 +412,16 @@ impl Probes {
             batch: batched.then(crate::probes::mapbatch::Batch::default),
             cpus,
             attached: Vec::new(),
+            // The loading thread's namespace (a thread may have joined one).
+            netns: netns_inum(Path::new("/proc/thread-self/ns/net")),
         })
+    }
+
+    /// Counts accepted connections of the listeners in the network
+    /// namespace whose inode number is `inum` (by default the agent's own):
+    /// the namespace whose ports the policies name and sock_diag reads.
+    pub fn count_ports_in(&mut self, inum: u32) {
+        self.netns = Some(inum);
     }
 
     /// True while the maps are read in batches (the kernel has batch
@@ -661,6 +700,7 @@ impl Probes {
             return false;
         };
         let cpus = self.cpus;
+        let netns = self.netns;
         let hist_stride = crate::probes::mapbatch::per_cpu_stride(std::mem::size_of::<Hist>());
         let u64_at =
             |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or_default());
@@ -679,9 +719,8 @@ impl Probes {
                 })
             })
             .and_then(|()| {
-                batch.for_each(ports, 4, 8 * cpus, drain, |k, v| {
-                    let port = u32::from_ne_bytes(k.try_into().unwrap_or_default());
-                    if let Ok(port) = u16::try_from(port) {
+                batch.for_each(ports, 8, 8 * cpus, drain, |k, v| {
+                    if let Some(port) = counted_in(netns, u64_at(k, 0)) {
                         *out.port_accepts.entry(port).or_default() += counter_sum(v);
                     }
                 })
@@ -709,8 +748,9 @@ impl Probes {
                 *out.cgroup_connects.entry(id).or_default() += v.iter().sum::<u64>();
             },
         )?;
-        take_entries::<u32, u64>(&mut self.ebpf, names::MAP_PORT_ACCEPTS, drain, |port, v| {
-            if let Ok(port) = u16::try_from(port) {
+        let netns = self.netns;
+        take_entries::<u64, u64>(&mut self.ebpf, names::MAP_PORT_ACCEPTS, drain, |key, v| {
+            if let Some(port) = counted_in(netns, key) {
                 *out.port_accepts.entry(port).or_default() += v.iter().sum::<u64>();
             }
         })
@@ -853,5 +893,23 @@ mod tests {
         // Never fewer than 64 entries, however many CPUs.
         assert_eq!(prealloc_entries(100_000, true), Some(64));
         assert_eq!(prealloc_entries(0, false), Some(4096));
+    }
+
+    #[test]
+    fn port_keys_of_other_namespaces_are_not_counted_unknown_ones_are() {
+        let key = governor_common::port_key(4026531840, 8080);
+        assert_eq!(governor_common::port_key_parts(key), (4026531840, 8080));
+        assert_eq!(counted_in(Some(4026531840), key), Some(8080));
+        assert_eq!(counted_in(Some(4026532000), key), None);
+        // The kernel could not say (no BTF): counted, as before.
+        assert_eq!(
+            counted_in(Some(4026532000), governor_common::port_key(0, 80)),
+            Some(80)
+        );
+        assert_eq!(counted_in(None, key), Some(8080));
+        assert_eq!(
+            netns_inum(Path::new("/proc/thread-self/ns/net")).map(|n| n > 0),
+            Some(true)
+        );
     }
 }

@@ -210,6 +210,10 @@ impl Sensor {
     /// A sensor whose accept queues and listen counters come from the
     /// network namespace a [`crate::sense::netns::NetnsWorker`] lives in.
     pub fn with_netns(mut self, worker: crate::sense::netns::NetnsWorker) -> Self {
+        // Accepted connections of that namespace's listeners only.
+        if let Some(inum) = crate::probes::netns_inum(&worker.path) {
+            self.probes.count_ports_in(inum);
+        }
         // A tick that lists the queues gets the counters from the same
         // request; other ticks read the counters alone (no sock_diag dump).
         let worker = std::sync::Arc::new(worker);
