@@ -13,4 +13,5 @@
 
 pub mod config;
 pub mod decide;
+pub mod record;
 pub mod snapshot;
