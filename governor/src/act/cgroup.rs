@@ -96,7 +96,7 @@ use governor_engine::{
 };
 
 use super::{
-    journal::{Entry, Holder, Journal, JournalError, now_unix_ms},
+    journal::{Entry, Holder, Journal, JournalError, failpoint, now_unix_ms},
     systemd::{self, Restored, Setting, SystemdError, SystemdUnits, UnitName},
 };
 use crate::sense::{
@@ -730,6 +730,9 @@ impl CgroupActuator {
             self.journal.put(entry.clone())?;
         }
         self.watch.seen.remove(&plan.file);
+        // Journaled, not yet written: a crash here leaves an entry whose
+        // file still holds its original, which a revert writes again.
+        failpoint!("journal-written");
         let written = self.write_control(&plan.file, &entry.value, entry.cgroup_id);
         match written {
             Ok(Wrote::Done) => Ok(Applied::Written {
@@ -848,6 +851,7 @@ impl CgroupActuator {
             self.journal.put(entry.clone())?;
         }
         self.watch.seen.remove(&entry.file);
+        failpoint!("journal-written");
         match sd.units.apply(&prior) {
             Ok(()) => Ok(Applied::Written {
                 file: entry.file,
@@ -1111,7 +1115,11 @@ impl CgroupActuator {
         let value = in_force(&entry).map_or_else(|| entry.original.clone(), |h| h.value.clone());
         let file = entry.file.clone();
         self.watch.seen.remove(&file);
-        match self.write_control(&file, &value, entry.cgroup_id) {
+        let wrote = self.write_control(&file, &value, entry.cgroup_id);
+        // Written, the journal not yet updated: a crash here leaves an
+        // entry that a revert writes again, harmlessly.
+        failpoint!("cgroup-written");
+        match wrote {
             Ok(Wrote::Recreated) => {
                 tracing::info!(
                     target = %entry.target,
@@ -1601,6 +1609,10 @@ impl CgroupActuator {
         }
         // SAFETY: `fd` is a file descriptor just opened and owned by nobody else.
         let mut f = unsafe { File::from_raw_fd(fd) };
+        failpoint!("cgroup-write-error", |errno: Option<String>| {
+            let errno = errno.and_then(|e| e.parse().ok()).unwrap_or(libc::EBUSY);
+            Err(io::Error::from_raw_os_error(errno))
+        });
         f.write_all(value.as_bytes())?;
         Ok(Wrote::Done)
     }

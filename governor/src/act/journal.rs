@@ -67,6 +67,29 @@ use governor_engine::snapshot::CgroupPath;
 
 use super::systemd::{Prior, Property, UnitName, Value};
 
+/// A named failpoint (tikv's `fail` crate) at a critical instant of the
+/// actuators, for the crash and fault tests: compiled only with the
+/// `failpoints` feature, which no build of the agent has; otherwise nothing.
+/// With a second argument, a closure whose value the enclosing function
+/// returns when the test configures `return(ARG)`.
+///
+/// The points: `journal-written` (a change is durable in the journal, the
+/// cgroup file or unit not yet written), `cgroup-written` (a lift or revert
+/// has written the file, or failed to; the journal is not yet updated),
+/// `cgroup-write-error`
+/// (an error in place of the write of a control file: `return(ERRNO)`).
+macro_rules! failpoint {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    }};
+    ($name:literal, $e:expr) => {{
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, $e);
+    }};
+}
+pub(crate) use failpoint;
+
 /// Where the agent keeps its journal (a tmpfs: entries do not outlive a
 /// reboot, and neither do the cgroup values they restore).
 pub const DEFAULT_DIR: &str = "/run/governor";
@@ -494,21 +517,26 @@ impl Journal {
 
     /// Writes `text` as the file `name` of the journal's directory, whole
     /// (a temporary file, fsynced, renamed over it, the directory fsynced).
+    /// A write that fails (a full or read-only file system) removes its
+    /// temporary file: one left behind is what a process that died leaves,
+    /// and the next start says so.
     fn write_file(&self, name: &str, text: &str) -> Result<(), JournalError> {
         let tmp = self.dir.join(TMP);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
+        let path = self.dir.join(name);
+        let written = (OpenOptions::new().create(true).truncate(true).write(true))
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        drop(f);
-        let path = self.dir.join(name);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io_err(&tmp))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(io_err(&path)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
@@ -812,6 +840,11 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains(FILE), "{err}");
         assert_eq!(j.entries(), [a]);
+        // Nothing a later start would take for the write of a dead process.
+        assert!(
+            !d.path().join(TMP).exists(),
+            "the temporary file is removed"
+        );
     }
 
     #[test]

@@ -317,25 +317,36 @@ impl NetEnforcer {
         self.ebpf.map_mut(name).ok_or(EnforceError::Missing(name))
     }
 
+    /// Replaces the exemption keys `old` with `new`: the new ones first, so
+    /// that a failure midway (a full trie) takes back what it added and
+    /// leaves `old` in force, then the old ones that are not kept.
     fn set_exempt(
         &mut self,
-        old: Vec<Key<ExemptData>>,
+        old: &[Key<ExemptData>],
         new: &[Key<ExemptData>],
     ) -> Result<(), EnforceError> {
+        let same = |a: &Key<ExemptData>, b: &Key<ExemptData>| {
+            a.prefix_len() == b.prefix_len() && a.data() == b.data()
+        };
         let map = self.buckets(names::MAP_EXEMPT)?;
         let mut trie: LpmTrie<&mut MapData, ExemptData, u8> =
             LpmTrie::try_from(map).map_err(|source| EnforceError::Map {
                 what: "EXEMPT".into(),
                 source,
             })?;
-        for k in &old {
-            let _ = trie.remove(k);
+        for (i, k) in new.iter().enumerate() {
+            if let Err(source) = trie.insert(k, 1, 0) {
+                for added in new[..i].iter().filter(|a| !old.iter().any(|o| same(o, a))) {
+                    let _ = trie.remove(added);
+                }
+                return Err(EnforceError::Map {
+                    what: format!("adding exemption {} of {}", i + 1, new.len()),
+                    source,
+                });
+            }
         }
-        for k in new {
-            trie.insert(k, 1, 0).map_err(|source| EnforceError::Map {
-                what: "adding an exemption".into(),
-                source,
-            })?;
+        for k in old.iter().filter(|o| !new.iter().any(|n| same(n, o))) {
+            let _ = trie.remove(k);
         }
         Ok(())
     }
@@ -351,12 +362,19 @@ impl NetEnforcer {
         what: String,
     ) -> Result<(), EnforceError> {
         let keys = rule.map_or_else(Vec::new, |r| exempt_keys(scope, &r.exempt));
-        let old = self.exempt_of.remove(&scope).unwrap_or_default();
-        self.set_exempt(old, &keys)?;
+        let old = self.exempt_of.get(&scope).cloned().unwrap_or_default();
+        // A failure leaves the rule in force with its exemptions.
+        self.set_exempt(&old, &keys)?;
         if rule.is_some() {
             self.exempt_of.insert(scope, keys);
+        } else {
+            self.exempt_of.remove(&scope);
         }
         let map = self.buckets(map_name)?;
+        let capacity = match &*map {
+            aya::maps::Map::HashMap(m) => m.info().ok().map(|i| i.max_entries()),
+            _ => None,
+        };
         let mut buckets: BpfHashMap<&mut MapData, K, Bucket> =
             BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
                 what: map_name.into(),
@@ -369,16 +387,27 @@ impl NetEnforcer {
                 other => other,
             },
         };
-        result.map_err(|source| EnforceError::Map {
-            what: format!(
-                "{} the rule of {what}",
-                if rule.is_some() {
-                    "setting"
-                } else {
-                    "clearing"
+        result.map_err(|source| {
+            let verb = if rule.is_some() {
+                "setting"
+            } else {
+                "clearing"
+            };
+            let full = match &source {
+                aya::maps::MapError::SyscallError(e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    capacity.map_or_else(
+                        || ": the map is full".to_owned(),
+                        |n| format!(": the map is full (at most {n} rules)"),
+                    )
                 }
-            ),
-            source,
+                _ => String::new(),
+            };
+            EnforceError::Map {
+                what: format!("{verb} the rule of {what} in {map_name}{full}"),
+                source,
+            }
         })
     }
 

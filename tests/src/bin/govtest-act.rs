@@ -7,19 +7,34 @@
 //!                    [--cpu-limit CGROUP=CPUS]... [--cpu-weight CGROUP=WEIGHT|idle]...
 //!                    [--memory-high CGROUP=BYTES]...
 //! govtest-act revert --journal DIR
+//! govtest-act cycle  --journal DIR [--policy NAME] [--seconds S] [--pause-us US]
+//!                    [--sequences N] ACTIONS…
 //! ```
 //! `apply` first reverts what a dead process left (as the agent does at
 //! start), applies each action, prints one `file=… original=… value=…` line
 //! per change and then `applied`, and sleeps (at most `--seconds`, 60 by
 //! default). `revert` prints `restored=N vanished=N failed=N` and exits 1 if
 //! any revert failed.
+//!
+//! `cycle`, for the fault tests (`kill -9` at random instants), reverts what
+//! a dead process left and prints `reverted restored=N vanished=N failed=N`,
+//! `failpoints=on|off` and `ready`, then waits for a line on stdin. Then it
+//! applies every action and lifts every one, over and over (`--sequences`
+//! times, else until `--seconds`, 10 by default), printing a phase marker
+//! before and after each step, one line per `write(2)` so that a `kill -9`
+//! loses none: `apply i`, `applied i`, `lift i`, `lifted i`, and `sequence
+//! took_us=N` after each. Built with `governor`'s `failpoints` (the tests'
+//! build) it also marks, and pauses `--pause-us` (100 µs by default) at, the
+//! actuators' failpoints: `journaled` … `writing` between the journal write
+//! and the cgroup write of an apply, `restored` … `journaling` between the
+//! cgroup write and the journal update of a lift.
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use governor::{
     act::{
-        cgroup::{Applied, CgroupActuator},
+        cgroup::{Applied, CgroupActuator, Lifted},
         journal::Journal,
     },
     sense::cgroupfs::{CgroupFs, DEFAULT_ROOT},
@@ -71,11 +86,99 @@ fn open(args: &[String]) -> anyhow::Result<CgroupActuator> {
     Ok(CgroupActuator::new(fs, journal))
 }
 
+/// One marker line, written whole with one `write(2)` (stdout is not
+/// buffered past a line, and a line this short is one write).
+fn mark(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("{line}\n").as_bytes());
+    let _ = out.flush();
+}
+
+/// Marks, and pauses at, the actuators' failpoints (if compiled in).
+fn mark_failpoints(pause: Duration) -> anyhow::Result<()> {
+    let points = [
+        ("journal-written", "journaled", "writing"),
+        ("cgroup-written", "restored", "journaling"),
+    ];
+    for (point, at, after) in points {
+        fail::cfg_callback(point, move || {
+            mark(at);
+            std::thread::sleep(pause);
+            mark(after);
+        })
+        .map_err(|e| anyhow::anyhow!("failpoint {point}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn cycle(act: &mut CgroupActuator, args: &[String]) -> anyhow::Result<bool> {
+    let policy = one(args, "--policy").unwrap_or_else(|| "govtest".to_owned());
+    let actions = actions(args)?;
+    let pause_us: u64 = one(args, "--pause-us")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let secs: f64 = one(args, "--seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let sequences: Option<u64> = one(args, "--sequences").and_then(|s| s.parse().ok());
+    if fail::has_failpoints() {
+        mark_failpoints(Duration::from_micros(pause_us))?;
+    }
+    mark(&format!(
+        "failpoints={}",
+        if fail::has_failpoints() { "on" } else { "off" }
+    ));
+    mark("ready");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    let until = std::time::Instant::now() + Duration::from_secs_f64(secs.clamp(0.0, 60.0));
+    let mut done = 0u64;
+    while sequences.map_or(std::time::Instant::now() < until, |n| done < n) {
+        let t = std::time::Instant::now();
+        for (i, action) in actions.iter().enumerate() {
+            mark(&format!("apply {i}"));
+            match act
+                .apply(&policy, action)
+                .with_context(|| action.to_string())?
+            {
+                Applied::Written { .. } => {}
+                Applied::TargetAbsent { dir } => bail!("{action}: {} is absent", dir.display()),
+            }
+            mark(&format!("applied {i}"));
+        }
+        for (i, action) in actions.iter().enumerate() {
+            mark(&format!("lift {i}"));
+            let lifted = act
+                .lift(&policy, action)
+                .with_context(|| action.to_string())?;
+            if !matches!(lifted, Lifted::Restored { .. }) {
+                bail!("{action}: lifted as {lifted:?}, not restored");
+            }
+            mark(&format!("lifted {i}"));
+        }
+        done += 1;
+        mark(&format!("sequence took_us={}", t.elapsed().as_micros()));
+    }
+    Ok(act.journal().is_empty())
+}
+
 fn run(args: &[String]) -> anyhow::Result<bool> {
     let mode = args.first().map(String::as_str).unwrap_or_default();
     let mut act = open(args)?;
     // What the agent does at start: a dead process's entries are reverted first.
     let report = act.revert_all();
+    if mode == "cycle" {
+        mark(&format!(
+            "reverted restored={} vanished={} failed={}",
+            report.restored.len(),
+            report.vanished.len(),
+            report.failed.len()
+        ));
+        if !report.is_clean() {
+            bail!("reverting a previous process's changes: {report}");
+        }
+        return cycle(&mut act, args);
+    }
     let mut out = std::io::stdout().lock();
     match mode {
         "revert" => {
@@ -127,7 +230,7 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
             let report = act.revert_all();
             Ok(report.is_clean())
         }
-        other => bail!("unknown mode {other:?}; use `apply` or `revert`"),
+        other => bail!("unknown mode {other:?}; use `apply`, `cycle` or `revert`"),
     }
 }
 
