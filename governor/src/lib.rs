@@ -8,10 +8,12 @@
 //!   [`sense::sensor::Sensor`] turns all of it into one `Snapshot` a tick;
 //! - [`act`] puts decisions in force (cgroup files, BPF maps), journaled;
 //! - [`show`] explains: `/metrics`, `observe`, the status socket;
+//! - [`record`] writes and reads recordings, and replays them;
 //! - [`agent`] is the loop and its wiring.
 
 pub mod act;
 pub mod agent;
 pub mod probes;
+pub mod record;
 pub mod sense;
 pub mod show;

@@ -400,6 +400,15 @@ impl State {
         self.policies.iter().map(Policy::status).collect()
     }
 
+    /// Every policy's name, rung and last signal value (in its unit's
+    /// base, `None`: no data), in config order: what [`State::status`]
+    /// says, without the text, for a replay that charts every tick.
+    pub fn points(&self) -> impl Iterator<Item = (&str, Rung, Option<f64>)> + '_ {
+        self.policies
+            .iter()
+            .map(|p| (&*p.name, p.memory.rung, p.memory.last_value))
+    }
+
     /// The agent settings this state was built with.
     pub fn agent(&self) -> &AgentConfig {
         &self.agent

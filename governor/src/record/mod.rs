@@ -1,0 +1,6 @@
+//! Recording what the engine was given (`run`, `record`) and replaying it
+//! (`replay`): segment files on disk, the replay runner, and its reports.
+
+pub mod replay;
+pub mod report;
+pub mod segments;

@@ -1,0 +1,553 @@
+//! Recording segments on disk: gzip-compressed JSON lines
+//! ([`governor_engine::record`]), one file per hour of a run at most, named
+//! by the Unix time of their first frame (`rec-<ms>.jsonl.gz`, so that the
+//! names sort in time), bounded by age (`record_keep`) and total size
+//! (`record_max`), oldest dropped first.
+//!
+//! Frames reach the writer thread through a bounded channel: a tick never
+//! waits for the disk. The stream is flushed (a gzip sync flush) once a
+//! second, so a crash loses at most the last second; a torn end is read
+//! back as such, not as an error.
+
+use std::{
+    fs::{self, File},
+    io::{Read as _, Write as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use flate2::{Compression, read::MultiGzDecoder, write::GzEncoder};
+use governor_engine::record::{self, Frame, Input};
+
+/// Frames waiting for the writer at most; past it frames are dropped (and
+/// counted) rather than stalling the tick.
+const QUEUE: usize = 4096;
+
+/// A segment is closed and a new one begun after this long.
+pub const SEGMENT_SPAN: Duration = Duration::from_secs(3600);
+
+/// How often the stream is flushed to the file.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Where and how much to record.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The directory of the segments.
+    pub dir: PathBuf,
+    /// Segments older than this are deleted.
+    pub keep: Duration,
+    /// The segments take at most this many bytes together.
+    pub max_bytes: u64,
+}
+
+/// What the writer has done, for metrics and `status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames written.
+    pub frames: AtomicU64,
+    /// Uncompressed bytes written.
+    pub bytes_in: AtomicU64,
+    /// Compressed bytes written (flushed).
+    pub bytes_out: AtomicU64,
+    /// Frames dropped: the writer fell behind, or writing failed.
+    pub dropped: AtomicU64,
+    /// Segments deleted by the limits.
+    pub deleted: AtomicU64,
+}
+
+/// The agent's end of a recording: frames are handed to a writer thread.
+pub struct Recorder {
+    tx: Option<mpsc::SyncSender<Frame>>,
+    counters: Arc<Counters>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Starts recording into `limits.dir` (created 0700 if absent; refused
+    /// if it is writable by group or others, or not owned by us, like the
+    /// journal's directory).
+    pub fn start(limits: Limits) -> anyhow::Result<Self> {
+        prepare_dir(&limits.dir)?;
+        let (tx, rx) = mpsc::sync_channel::<Frame>(QUEUE);
+        let counters = Arc::new(Counters::default());
+        let c2 = Arc::clone(&counters);
+        let thread = thread::Builder::new()
+            .name("record".into())
+            .spawn(move || writer(limits, rx, &c2))?;
+        Ok(Self {
+            tx: Some(tx),
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands one frame to the writer; drops it (counted) if the writer is
+    /// behind.
+    pub fn record(&self, frame: Frame) {
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.try_send(frame).is_ok());
+        if !sent {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What was written so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Writes what is queued, closes the segment and waits for the writer.
+    pub fn finish(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) => {
+            if !m.is_dir() {
+                bail!("record_dir {} is not a directory", dir.display());
+            }
+            // SAFETY: no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if m.uid() != me || m.permissions().mode() & 0o022 != 0 {
+                bail!(
+                    "record_dir {} must be owned by uid {me} and not writable by group or others \
+                     (it is uid {}, mode {:o})",
+                    dir.display(),
+                    m.uid(),
+                    m.permissions().mode() & 0o7777
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating record_dir {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("record_dir {}", dir.display())),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The segment files of `dir`, oldest first, with their start (Unix ms)
+/// and size.
+pub fn segments_in(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u64, u64)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(ms) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("rec-"))
+            .and_then(|n| n.strip_suffix(".jsonl.gz"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((e.path(), ms, e.metadata().map_or(0, |m| m.len())));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes the oldest segments (never `current`) until every one left is
+/// younger than `keep` and they take at most `max_bytes` together.
+fn enforce(limits: &Limits, current: Option<&Path>, now_ms: u64, counters: &Counters) {
+    let Ok(mut segs) = segments_in(&limits.dir) else {
+        return;
+    };
+    let keep_ms = u64::try_from(limits.keep.as_millis()).unwrap_or(u64::MAX);
+    let mut total: u64 = segs.iter().map(|s| s.2).sum();
+    segs.retain(|s| Some(s.0.as_path()) != current);
+    for (path, start, size) in segs {
+        // A segment's frames end where the next begins: judge its age by
+        // its start plus one span at most.
+        let old = now_ms.saturating_sub(start) > keep_ms.saturating_add(3_600_000);
+        if !old && total <= limits.max_bytes {
+            break;
+        }
+        if fs::remove_file(&path).is_ok() {
+            total = total.saturating_sub(size);
+            counters.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Open {
+    path: PathBuf,
+    gz: GzEncoder<File>,
+    opened: Instant,
+    flushed: Instant,
+}
+
+fn open_segment(dir: &Path, start_ms: u64) -> std::io::Result<Open> {
+    let path = dir.join(format!("rec-{start_ms:013}.jsonl.gz"));
+    let file = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    let mut gz = GzEncoder::new(file, Compression::new(6));
+    gz.write_all(record::header().as_bytes())?;
+    Ok(Open {
+        path,
+        gz,
+        opened: Instant::now(),
+        flushed: Instant::now(),
+    })
+}
+
+/// The config in force, to begin each later segment with.
+fn segment_frame(last: &Input, now: Duration) -> Option<Frame> {
+    let (config, source_name, seed, agent_cgroup, started_unix_ms) = match last {
+        Input::Start {
+            config,
+            source_name,
+            seed,
+            agent_cgroup,
+            started_unix_ms,
+        }
+        | Input::Segment {
+            config,
+            source_name,
+            seed,
+            agent_cgroup,
+            started_unix_ms,
+            ..
+        } => (config, source_name, *seed, agent_cgroup, *started_unix_ms),
+        _ => return None,
+    };
+    Some(Frame {
+        input: Input::Segment {
+            config: config.clone(),
+            source_name: source_name.clone(),
+            seed,
+            agent_cgroup: agent_cgroup.clone(),
+            started_unix_ms,
+            now,
+        },
+        decisions: Vec::new(),
+    })
+}
+
+fn writer(limits: Limits, rx: mpsc::Receiver<Frame>, counters: &Counters) {
+    let mut open: Option<Open> = None;
+    // The last Start (with reloads folded in): each new segment begins
+    // with it.
+    let mut in_force: Option<Input> = None;
+    let mut line = Vec::with_capacity(4096);
+    let mut failed_once = false;
+    loop {
+        let frame = match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(f) => Some(f),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(frame) = frame {
+            match &frame.input {
+                Input::Start { .. } => {
+                    // A run's start begins a segment of its own.
+                    if let Some(o) = open.take() {
+                        finish(o, counters);
+                    }
+                    in_force = Some(frame.input.clone());
+                }
+                Input::Reload {
+                    config,
+                    source_name,
+                    ..
+                } => {
+                    if let Some(
+                        Input::Start {
+                            config: c,
+                            source_name: n,
+                            ..
+                        }
+                        | Input::Segment {
+                            config: c,
+                            source_name: n,
+                            ..
+                        },
+                    ) = in_force.as_mut()
+                    {
+                        c.clone_from(config);
+                        n.clone_from(source_name);
+                    }
+                }
+                _ => {}
+            }
+            let rotate = open
+                .as_ref()
+                .is_some_and(|o| o.opened.elapsed() >= SEGMENT_SPAN);
+            if rotate && let Some(o) = open.take() {
+                finish(o, counters);
+            }
+            if open.is_none() {
+                let now_ms = unix_ms(SystemTime::now());
+                match open_segment(&limits.dir, now_ms) {
+                    Ok(mut o) => {
+                        // A later segment of a run begins with its config.
+                        if !matches!(frame.input, Input::Start { .. })
+                            && let Some(f) = in_force
+                                .as_ref()
+                                .and_then(|i| segment_frame(i, frame.input.now()))
+                        {
+                            line.clear();
+                            record::encode(&f, &mut line);
+                            let _ = o.gz.write_all(&line);
+                        }
+                        open = Some(o);
+                        enforce(
+                            &limits,
+                            open.as_ref().map(|o| o.path.as_path()),
+                            now_ms,
+                            counters,
+                        );
+                    }
+                    Err(e) => {
+                        if !failed_once {
+                            tracing::warn!(
+                                "recording stopped: cannot create a segment in {}: {e}",
+                                limits.dir.display()
+                            );
+                            failed_once = true;
+                        }
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
+            line.clear();
+            record::encode(&frame, &mut line);
+            if let Some(o) = open.as_mut() {
+                if let Err(e) = o.gz.write_all(&line) {
+                    tracing::warn!("recording: writing {}: {e}", o.path.display());
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    open = None;
+                    continue;
+                }
+                counters.frames.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes_in
+                    .fetch_add(line.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if let Some(o) = open.as_mut()
+            && o.flushed.elapsed() >= FLUSH_EVERY
+        {
+            let _ = o.gz.flush();
+            o.flushed = Instant::now();
+            counters.bytes_out.store(
+                o.gz.get_ref().metadata().map_or(0, |m| m.len()),
+                Ordering::Relaxed,
+            );
+        }
+    }
+    if let Some(o) = open.take() {
+        finish(o, counters);
+    }
+}
+
+fn finish(o: Open, counters: &Counters) {
+    match o.gz.finish() {
+        Ok(f) => {
+            let _ = f.sync_all();
+            counters
+                .bytes_out
+                .store(f.metadata().map_or(0, |m| m.len()), Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!("recording: closing {}: {e}", o.path.display()),
+    }
+}
+
+/// What was read back.
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// Every frame, in order, across the files read.
+    pub frames: Vec<Frame>,
+    /// Files read, and for each whether it ended torn (a crash, or a
+    /// segment still being written).
+    pub files: Vec<(PathBuf, bool)>,
+}
+
+/// Reads `paths` (segment files, or directories of them) in order.
+pub fn read(paths: &[PathBuf]) -> anyhow::Result<Recording> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let segs = segments_in(p)?;
+            if segs.is_empty() {
+                bail!("{} holds no recording (rec-*.jsonl.gz)", p.display());
+            }
+            files.extend(segs.into_iter().map(|s| s.0));
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = Recording::default();
+    for f in files {
+        let file = File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        let mut text = Vec::new();
+        // A segment cut short (a crash, or one being written) ends mid-
+        // stream: what was read before is kept.
+        let cut = match MultiGzDecoder::new(file).read_to_end(&mut text) {
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => true,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", f.display())),
+        };
+        let text = String::from_utf8_lossy(&text);
+        let (frames, torn) =
+            record::decode(&text).with_context(|| format!("reading {}", f.display()))?;
+        out.frames.extend(frames);
+        out.files.push((f, cut || torn));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use governor_engine::snapshot::Snapshot;
+
+    fn step(ms: u64) -> Frame {
+        Frame {
+            input: Input::Step {
+                now: Duration::from_millis(ms),
+                snapshot: Snapshot {
+                    ts_ms: ms,
+                    interval_ms: 100,
+                    ..Default::default()
+                },
+            },
+            decisions: Vec::new(),
+        }
+    }
+
+    fn start() -> Frame {
+        Frame {
+            input: Input::Start {
+                config: "# empty\n".into(),
+                source_name: "t".into(),
+                seed: 1,
+                agent_cgroup: None,
+                started_unix_ms: 5,
+            },
+            decisions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn frames_written_are_read_back_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("rec");
+        let r = Recorder::start(Limits {
+            dir: dir.clone(),
+            keep: Duration::from_secs(3600),
+            max_bytes: 1 << 20,
+        })
+        .unwrap();
+        let mut frames = vec![start()];
+        frames.extend((1..=500).map(|i| step(i * 100)));
+        for f in &frames {
+            r.record(f.clone());
+        }
+        r.finish();
+        let back = read(std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(back.frames, frames);
+        assert_eq!(back.files.len(), 1);
+        assert!(!back.files[0].1, "closed cleanly");
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_segment_cut_short_is_read_up_to_the_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let mut o = open_segment(&dir, 1).unwrap();
+        let mut line = Vec::new();
+        for f in [start(), step(100), step(200)] {
+            record::encode(&f, &mut line);
+        }
+        o.gz.write_all(&line).unwrap();
+        o.gz.flush().unwrap();
+        // The process dies: no gzip trailer, and a half line.
+        o.gz.write_all(b"{\"input\":{\"Step\"").unwrap();
+        o.gz.flush().unwrap();
+        std::mem::forget(o.gz);
+        let back = read(&[dir]).unwrap();
+        assert_eq!(back.frames, vec![start(), step(100), step(200)]);
+        assert!(back.files[0].1, "reported torn");
+    }
+
+    #[test]
+    fn the_oldest_segments_go_first_past_the_size_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        for ms in [1_000u64, 2_000, 3_000, 4_000] {
+            fs::write(dir.join(format!("rec-{ms:013}.jsonl.gz")), vec![0u8; 100]).unwrap();
+        }
+        fs::write(dir.join("notes.txt"), "kept").unwrap();
+        let limits = Limits {
+            dir: dir.clone(),
+            keep: Duration::from_secs(3600),
+            max_bytes: 250,
+        };
+        let counters = Counters::default();
+        let current = dir.join(format!("rec-{:013}.jsonl.gz", 4_000));
+        enforce(&limits, Some(&current), 5_000, &counters);
+        let left: Vec<u64> = segments_in(&dir).unwrap().iter().map(|s| s.1).collect();
+        assert_eq!(left, [3_000, 4_000]);
+        assert_eq!(counters.deleted.load(Ordering::Relaxed), 2);
+        assert!(dir.join("notes.txt").exists(), "only segments are deleted");
+        // By age: everything older than keep + one span, never the current.
+        let limits = Limits {
+            keep: Duration::from_secs(1),
+            max_bytes: u64::MAX,
+            ..limits
+        };
+        enforce(&limits, Some(&current), 10_000_000, &counters);
+        let left: Vec<u64> = segments_in(&dir).unwrap().iter().map(|s| s.1).collect();
+        assert_eq!(left, [4_000]);
+    }
+
+    #[test]
+    fn a_group_writable_record_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o770)).unwrap();
+        let err = prepare_dir(d.path()).unwrap_err().to_string();
+        assert!(err.contains("not writable by group or others"), "{err}");
+    }
+}
