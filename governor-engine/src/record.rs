@@ -55,6 +55,23 @@ pub enum Input {
         /// Unix time in milliseconds at `now` = 0.
         started_unix_ms: u64,
     },
+    /// The first frame of every segment after the run's first: the config
+    /// in force (as at a start), so that a segment whose predecessors were
+    /// dropped can still be replayed. An engine already started ignores it.
+    Segment {
+        /// The config file's text in force.
+        config: String,
+        /// Its name in errors.
+        source_name: String,
+        /// The jitter's seed.
+        seed: u64,
+        /// The agent's cgroup.
+        agent_cgroup: Option<CgroupPath>,
+        /// Unix time in milliseconds at `now` = 0.
+        started_unix_ms: u64,
+        /// Time since start at the segment's first frame.
+        now: Duration,
+    },
     /// A tick: `State::step(snapshot, now)`.
     Step {
         /// Time since start.
@@ -93,7 +110,8 @@ impl Input {
     pub fn now(&self) -> Duration {
         match self {
             Self::Start { .. } => Duration::ZERO,
-            Self::Step { now, .. }
+            Self::Segment { now, .. }
+            | Self::Step { now, .. }
             | Self::Outcome { now, .. }
             | Self::Reload { now, .. }
             | Self::ReleaseAll { now } => *now,
@@ -223,6 +241,22 @@ impl Engine {
                 agent_cgroup,
                 ..
             } => {
+                self.agent_cgroup = agent_cgroup.clone();
+                let cfg = self.parse(config, source_name)?;
+                let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
+                self.state = Some(State::new(&cfg, protected, *seed));
+                self.config = Some(cfg);
+                Vec::new()
+            }
+            Input::Segment { .. } if self.state.is_some() => Vec::new(),
+            Input::Segment {
+                config,
+                source_name,
+                seed,
+                agent_cgroup,
+                ..
+            } => {
+                // A replay that begins mid-run: a fresh state from here.
                 self.agent_cgroup = agent_cgroup.clone();
                 let cfg = self.parse(config, source_name)?;
                 let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());

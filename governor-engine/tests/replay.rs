@@ -248,6 +248,7 @@ fn a_replay_with_the_recorded_config_returns_every_recorded_decision() {
 fn kind(i: &Input) -> &'static str {
     match i {
         Input::Start { .. } => "start",
+        Input::Segment { .. } => "segment",
         Input::Step { .. } => "step",
         Input::Outcome { .. } => "outcome",
         Input::Reload { .. } => "reload",
