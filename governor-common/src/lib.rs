@@ -186,8 +186,10 @@ pub mod enforce {
     pub struct Verdicts {
         /// Admitted (including exempt peers).
         pub admitted: u64,
-        /// Refused.
+        /// Refused at once (inbound: RST; outbound: `EPERM`).
         pub refused: u64,
+        /// Refused in drop mode: the SYN was dropped (the client retries).
+        pub dropped: u64,
     }
 
     #[cfg(feature = "user")]

@@ -71,28 +71,26 @@ fn admit(b: *mut Bucket, now: u64) -> bool {
     true
 }
 
+const ADMITTED: u8 = 0;
+const REFUSED: u8 = 1;
+const DROPPED: u8 = 2;
+
 #[inline(always)]
-fn count<K>(map: &PerCpuHashMap<K, Verdicts>, key: &K, admitted: bool) {
+fn count<K>(map: &PerCpuHashMap<K, Verdicts>, key: &K, verdict: u8) {
     if let Some(v) = map.get_ptr_mut(key) {
         // SAFETY: this CPU's value.
         unsafe {
-            if admitted {
-                (*v).admitted += 1;
-            } else {
-                (*v).refused += 1;
+            match verdict {
+                ADMITTED => (*v).admitted += 1,
+                REFUSED => (*v).refused += 1,
+                _ => (*v).dropped += 1,
             }
         }
     } else {
-        let v = if admitted {
-            Verdicts {
-                admitted: 1,
-                refused: 0,
-            }
-        } else {
-            Verdicts {
-                admitted: 0,
-                refused: 1,
-            }
+        let v = Verdicts {
+            admitted: u64::from(verdict == ADMITTED),
+            refused: u64::from(verdict == REFUSED),
+            dropped: u64::from(verdict == DROPPED),
         };
         let _ = map.insert(key, v, 0);
     }
@@ -150,22 +148,23 @@ pub fn admit_inbound(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     };
     if exempt(port_scope(port as u16), family, ip4, ip6) {
-        count(&PORT_VERDICTS, &port, true);
+        count(&PORT_VERDICTS, &port, ADMITTED);
         return SK_PASS;
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if admit(b, now) {
-        count(&PORT_VERDICTS, &port, true);
+        count(&PORT_VERDICTS, &port, ADMITTED);
         return SK_PASS;
     }
-    count(&PORT_VERDICTS, &port, false);
     // SAFETY: as above.
     let sink = if family == AF_INET6 { 1 } else { 0 };
     if unsafe { (*b).mode } == MODE_DROP && DROP_SINK.redirect_sk_lookup(&ctx, sink, 0).is_ok() {
         // Steered into the full sink: the SYN is dropped, the client retries.
+        count(&PORT_VERDICTS, &port, DROPPED);
         return SK_PASS;
     }
+    count(&PORT_VERDICTS, &port, REFUSED);
     SK_DROP
 }
 
@@ -211,13 +210,13 @@ fn on_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         return 1;
     };
     if exempt(cgroup_scope(id), family, ip4, ip6) {
-        count(&CGROUP_VERDICTS, &id, true);
+        count(&CGROUP_VERDICTS, &id, ADMITTED);
         return 1;
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let ok = admit(b, now);
-    count(&CGROUP_VERDICTS, &id, ok);
+    count(&CGROUP_VERDICTS, &id, if ok { ADMITTED } else { REFUSED });
     // 0 makes connect() fail with EPERM at once.
     i32::from(ok)
 }

@@ -5,8 +5,9 @@
 //! could not be read is `None` (or the entry is absent): no data is not zero.
 //!
 //! Run-queue waits come twice: as the interval's count and percentiles
-//! (`runq`, what `governor observe` and the metrics show) and as the
-//! interval's histogram (`runq_hist`). Policies do not judge one interval's
+//! (`runq`, what `governor observe` shows) and as the interval's histogram
+//! (`runq_hist`, which the metrics add up into histograms since start).
+//! Policies do not judge one interval's
 //! percentiles (a p99 of the few dozen wake-ups of a 100 ms tick is their
 //! maximum): `decide` adds the histograms of the last `window` of intervals
 //! ([`RunqWindow`]) and reads the percentiles of the sum.
@@ -221,8 +222,8 @@ fn percentile_us(counts: &[u64], total: u64, p: f64) -> u64 {
 ///
 /// A percentile is the midpoint of the bucket it falls in (within ±6.25% of
 /// the true value from 1 µs up); `max` is the upper bound of the highest
-/// non-empty bucket. `governor observe`, the metrics and the policies'
-/// windows all use this one function.
+/// non-empty bucket. `governor observe` and the policies' windows both use
+/// this one function.
 pub fn runq_stats(counts: &[u64]) -> RunqStats {
     let count: u64 = counts.iter().sum();
     if count == 0 {
@@ -386,7 +387,9 @@ impl RunqWindow {
     }
 }
 
-/// Pressure stall information, `some` lines, 10 s averages, in percent.
+/// Pressure stall information: the `some` lines' 10 s averages, in percent
+/// (what policies read), and each file's cumulative stall times (what the
+/// metrics export as counters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Psi {
     /// `cpu some avg10`.
@@ -395,6 +398,28 @@ pub struct Psi {
     pub memory_some_avg10: f64,
     /// `io some avg10`.
     pub io_some_avg10: f64,
+    /// `total=` of the cpu file; `None` from a producer that gives only
+    /// the averages.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_total: Option<PsiTotal>,
+    /// `total=` of the memory file.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory_total: Option<PsiTotal>,
+    /// `total=` of the io file.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub io_total: Option<PsiTotal>,
+}
+
+/// The cumulative stall time of one pressure file (`total=`, microseconds
+/// since boot, or since the cgroup was made): a counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsiTotal {
+    /// Time some task was stalled, microseconds.
+    pub some_us: u64,
+    /// Time every non-idle task was stalled at once, microseconds; `None`
+    /// where the file has no `full` line (the cpu file before 5.13).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub full_us: Option<u64>,
 }
 
 /// Host-wide figures.

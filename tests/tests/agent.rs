@@ -308,7 +308,7 @@ fn overload_is_shed_at_once_and_the_rung_returns_to_zero() {
     assert!(
         metric(
             &metrics,
-            "governor_decisions_total{action=\"throttle_connections\",kind=\"applied\""
+            "governor_decisions_total{action=\"throttle_connections\",direction=\"up\",kind=\"applied\""
         )
         .unwrap_or(0.0)
             >= 1.0,
@@ -505,7 +505,10 @@ fn noisy_neighbour_is_idled_then_released_in_jittered_steps() {
     );
     let signal_during = metric(&during, "governor_policy_signal{policy=\"api-over-batch\"}")
         .expect("signal metric");
-    println!("A's p99 at the end of the load: {signal_during} µs");
+    println!(
+        "A's p99 at the end of the load: {:.0} µs",
+        signal_during * 1e6
+    );
     let reverted: Vec<_> = status
         .recent
         .iter()

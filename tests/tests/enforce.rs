@@ -169,6 +169,7 @@ fn inbound_throttle_admits_the_rate_resets_the_rest_and_spares_others() {
         // emulated flood lasts longer and is admitted more: a fixed 8,000
         // failed a 6.1 guest with 2,730 admitted and 7,397 refused).
         let v = e.port_verdicts().expect("verdicts");
+        assert_eq!(v[&limited.port].dropped, 0, "reset mode drops nothing");
         assert!(
             v[&limited.port].refused >= field(&out, "refused"),
             "the kernel counted the refusals: {:?}, the client saw {}",
@@ -284,7 +285,12 @@ fn inbound_drop_mode_drops_ipv6_syns_too() {
             "drop mode sends no RST to an IPv6 client either: {second:?}"
         );
         let v = e.port_verdicts().expect("verdicts");
-        assert!(v[&addr.port()].refused >= 1, "{:?}", v[&addr.port()]);
+        // Counted as dropped (the SYN went to the sink), not as refused.
+        assert!(
+            v[&addr.port()].dropped >= 1 && v[&addr.port()].refused == 0,
+            "{:?}",
+            v[&addr.port()]
+        );
         e.clear_port(addr.port()).expect("rule cleared");
         // Let the acceptor end: connect until it has taken its four.
         for _ in 0..4 {

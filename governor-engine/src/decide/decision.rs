@@ -46,6 +46,34 @@ pub enum Change {
     Adjust,
 }
 
+/// Which way a decision moves a policy, as the metrics label it
+/// (`governor_decisions_total{direction}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A step up: a rung's action put in force (or would be, or refused).
+    Up,
+    /// A step down: the top rung lifted because the signal cleared (or
+    /// would be, or refused by the flap budget).
+    Down,
+    /// Not a step along the ladder: every rung released because the policy
+    /// was removed or changed by a reload, its target became protected, or
+    /// the agent is stopping; or the
+    /// rung in force re-set (a share-of-accepted throttle's rate).
+    Reset,
+}
+
+impl Direction {
+    /// The label used in metrics: `up`, `down`, `reset`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Reset => "reset",
+        }
+    }
+}
+
 /// Which watermark a reason refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,6 +154,22 @@ pub struct Decision {
     pub to_rung: usize,
     /// Why.
     pub reason: Reason,
+}
+
+impl Decision {
+    /// Step up, step down, or a reset (release at reload or shutdown, or
+    /// a re-set of the rung in force): see [`Direction`].
+    pub fn direction(&self) -> Direction {
+        match (self.change, &self.reason.cause) {
+            (Change::Impose, _) => Direction::Up,
+            (Change::Adjust, _) => Direction::Reset,
+            (
+                Change::Lift,
+                Cause::PolicyRemoved | Cause::PolicyChanged | Cause::Shutdown | Cause::Protected(_),
+            ) => Direction::Reset,
+            (Change::Lift, _) => Direction::Down,
+        }
+    }
 }
 
 impl fmt::Display for Decision {

@@ -35,7 +35,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-pub use self::decision::{Cause, Change, Decision, DecisionKind, Edge, Reason};
+pub use self::decision::{Cause, Change, Decision, DecisionKind, Direction, Edge, Reason};
 use crate::{
     config::{Action, AgentConfig, Config, Level, PolicyConfig, Protected},
     snapshot::{RunqWindow, Snapshot},

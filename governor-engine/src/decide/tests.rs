@@ -403,6 +403,11 @@ fn a_share_of_the_accepted_rate_is_resolved_from_the_episode_over_high() {
     let later = run_port(&mut state, &mut t, &[(0, 13); 25]);
     assert_eq!(later.len(), 1, "{later:?}");
     assert_eq!(later[0].change, Change::Adjust);
+    assert_eq!(
+        later[0].direction(),
+        Direction::Reset,
+        "a re-set is not a step"
+    );
     assert_eq!((later[0].from_rung, later[0].to_rung), (1, 1));
     assert!(
         later[0].to_string().starts_with(
@@ -838,5 +843,33 @@ fn why_names_what_holds_a_policy() {
     assert_eq!(
         why(&c, &working),
         "rung 1 still working: a new low 0.4s ago"
+    );
+}
+
+#[test]
+fn a_decision_says_which_way_it_moves_the_ladder() {
+    let dirs = |d: &[Decision]| d.iter().map(Decision::direction).collect::<Vec<_>>();
+    let c = config("");
+    let mut s = State::new(&c, Protected::builtin(None), 7);
+    let mut t = Duration::ZERO;
+    let up = run(&mut s, &mut t, 40, Some(3000));
+    assert_eq!(dirs(&up), [Direction::Up, Direction::Up]);
+    let down = run(&mut s, &mut t, 200, Some(100));
+    assert_eq!(dirs(&down), [Direction::Down, Direction::Down]);
+    // Up again, then released by a reload that removes the policy.
+    run(&mut s, &mut t, 40, Some(3000));
+    let empty = Config {
+        agent: c.agent.clone(),
+        policies: vec![],
+    };
+    let (_, released) = s.reconcile(&empty, Protected::builtin(None), t);
+    assert_eq!(dirs(&released), [Direction::Reset, Direction::Reset]);
+    // And at shutdown.
+    let mut s = State::new(&c, Protected::builtin(None), 7);
+    run(&mut s, &mut t, 40, Some(3000));
+    assert_eq!(dirs(&s.release_all(t)), [Direction::Reset; 2]);
+    assert_eq!(
+        [Direction::Up, Direction::Down, Direction::Reset].map(Direction::as_str),
+        ["up", "down", "reset"]
     );
 }

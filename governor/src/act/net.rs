@@ -479,12 +479,22 @@ impl NetEnforcer {
             .filter_map(|(port, v)| Some((u16::try_from(port).ok()?, v)))
             .collect())
     }
+
+    /// Admitted and refused outbound connects per cgroup id, cumulative
+    /// since the programs were loaded.
+    pub fn cgroup_verdicts(&self) -> Result<HashMap<u64, Verdicts>, EnforceError> {
+        Ok(self
+            .verdicts::<u64>(names::MAP_CGROUP_VERDICTS)?
+            .into_iter()
+            .collect())
+    }
 }
 
 fn sum<'a>(values: impl Iterator<Item = &'a Verdicts>) -> Verdicts {
     values.fold(Verdicts::default(), |a, v| Verdicts {
         admitted: a.admitted + v.admitted,
         refused: a.refused + v.refused,
+        dropped: a.dropped + v.dropped,
     })
 }
 

@@ -98,6 +98,9 @@ pub struct Actuators {
     /// lifting puts the other's claim back, never opens the target. With
     /// the cgroup's id: a cgroup made again at the same path holds nothing.
     in_force: BTreeMap<Target, (Rule, Option<u64>)>,
+    /// The cgroup of each id a rule was set for: the kernel counts
+    /// verdicts by id.
+    named: BTreeMap<u64, CgroupPath>,
     /// Something may be in force that [`Actuators::revert_all`] has not
     /// reverted since: dropping the actuators then reverts it (the guard
     /// for every exit path, an error or a panic included).
@@ -116,6 +119,7 @@ impl Actuators {
             connect_attached: BTreeSet::new(),
             imposed: BTreeMap::new(),
             in_force: BTreeMap::new(),
+            named: BTreeMap::new(),
             dirty: false,
         }
     }
@@ -303,6 +307,7 @@ impl Actuators {
                     self.connect_attached.insert(id);
                 }
                 self.enforcer()?.set_cgroup(id, &rule)?;
+                self.named.insert(id, c);
             }
         }
         Ok(())
@@ -343,6 +348,32 @@ impl Actuators {
             }
         }
         Ok(())
+    }
+
+    /// The kernel's admission verdicts of every target a rule was set for,
+    /// cumulative since the enforcement programs were loaded: (target,
+    /// admitted, refused, dropped). Empty before the first connection rule.
+    pub fn verdicts(&self) -> Vec<(Target, u64, u64, u64)> {
+        let Some(net) = self.net.as_ref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match net.port_verdicts() {
+            Ok(ports) => out.extend(
+                ports
+                    .into_iter()
+                    .map(|(p, v)| (Target::Port(p), v.admitted, v.refused, v.dropped)),
+            ),
+            Err(e) => tracing::debug!("port verdicts: {e}"),
+        }
+        match net.cgroup_verdicts() {
+            Ok(cgroups) => out.extend(cgroups.into_iter().filter_map(|(id, v)| {
+                let c = self.named.get(&id)?;
+                Some((Target::Cgroup(c.clone()), v.admitted, v.refused, v.dropped))
+            })),
+            Err(e) => tracing::debug!("cgroup verdicts: {e}"),
+        }
+        out
     }
 
     /// Retries failed reverts (each tick).

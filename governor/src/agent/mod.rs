@@ -163,11 +163,17 @@ impl Drop for SensorHandle {
     }
 }
 
-/// Starts the sensor thread: one snapshot per tick into `tx`.
+/// How often the sensor thread copies the probes' event and map-full
+/// counters into the metrics (each read is a per-CPU map lookup per counter).
+const PROBE_COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the sensor thread: one snapshot per tick into `tx`, and the
+/// probes' own counters into `metrics` (the thread owns the probes).
 fn start_sensor(
     mut sensor: Sensor,
     tick: Duration,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
+    metrics: Arc<Metrics>,
 ) -> SensorHandle {
     let stop = Arc::new(AtomicBool::new(false));
     let scope: Arc<Mutex<Option<SensorScope>>> = Arc::new(Mutex::new(None));
@@ -177,6 +183,7 @@ fn start_sensor(
         .spawn(move || {
             let _ = sensor.prime();
             let mut next = Instant::now() + tick;
+            let mut counted: Option<Instant> = None;
             while !stop2.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 if next > now {
@@ -193,6 +200,13 @@ fn start_sensor(
                         let _ = tx.send(Some(Arc::new(snap)));
                     }
                     Err(e) => tracing::error!("sensing failed: {e}"),
+                }
+                if counted.is_none_or(|at| at.elapsed() >= PROBE_COUNTERS_EVERY) {
+                    counted = Some(Instant::now());
+                    match sensor.probes().counters() {
+                        Ok(c) => metrics.probe_counters(&c),
+                        Err(e) => tracing::debug!("probe counters: {e}"),
+                    }
                 }
             }
             // Dropping the sensor detaches every probe.
@@ -391,6 +405,16 @@ async fn agent(
     sensor = sensor.with_netns(crate::sense::netns::NetnsWorker::start(&netns)?);
 
     let metrics = Arc::new(Metrics::new());
+    metrics.configure(&cfg);
+    metrics.config_loaded(true, false);
+    if !cfg.agent.metrics_addr.ip().is_loopback() {
+        tracing::warn!(
+            "metrics_addr {} is not a loopback address: anyone who can reach it reads /metrics, \
+             which shows cgroup paths, port numbers and policy names; \
+             prefer 127.0.0.1 behind a proxy that authenticates",
+            cfg.agent.metrics_addr
+        );
+    }
     match crate::show::metrics::serve(Arc::clone(&metrics), cfg.agent.metrics_addr) {
         Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
         Err(e) => tracing::warn!("{e:#}; running without /metrics"),
@@ -416,7 +440,7 @@ async fn agent(
     let mut watched: Arc<[CgroupPath]> = scope_of(&cfg).watched.into();
     let tick = cfg.agent.tick;
     let (tx, mut rx) = watch::channel(None);
-    let sensor_handle = start_sensor(sensor, tick, tx);
+    let sensor_handle = start_sensor(sensor, tick, tx, Arc::clone(&metrics));
     tracing::info!(
         config = %source,
         policies = cfg.policies.len(),
@@ -428,6 +452,7 @@ async fn agent(
     let mut recent: VecDeque<DecisionRecord> = VecDeque::new();
     let mut last_live = Instant::now();
     let mut last_status = Instant::now() - Duration::from_secs(1);
+    let mut last_verdicts = Instant::now();
     let mut cfg_dry_run = cfg.agent.dry_run;
 
     loop {
@@ -467,6 +492,10 @@ async fn agent(
                     }
                 }
                 actuators.retry_pending();
+                if last_verdicts.elapsed() >= Duration::from_secs(1) {
+                    last_verdicts = Instant::now();
+                    metrics.admission_verdicts(actuators.verdicts());
+                }
                 // Drift (held values someone else changed): act/ logs each
                 // episode once; metrics and status show it.
                 let drift = actuators.check_drift();
@@ -484,7 +513,6 @@ async fn agent(
                     r.now = now;
                     r.policies = Arc::clone(&statuses);
                 }
-                metrics.tick_duration.observe(t0.elapsed().as_secs_f64());
                 // The watchdog hears only of ticks that really decided on a
                 // fresh snapshot: a stuck sensor thread is caught too.
                 if ticked {
@@ -495,12 +523,14 @@ async fn agent(
                     let line = status_line(&statuses, cfg_dry_run);
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
                 }
+                metrics.tick_duration.observe(t0.elapsed().as_secs_f64());
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", opts.config.as_deref().map_or("the config".into(), |p| p.display().to_string()));
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 match load(&opts, agent_cgroup.as_ref()) {
                     Err(e) => {
+                        metrics.config_loaded(false, true);
                         tracing::error!("reload refused, the running policies stay: {e}");
                         let _ = sd_notify::notify(&[
                             sd_notify::NotifyState::Ready,
@@ -512,6 +542,11 @@ async fn agent(
                         let (new_state, decisions) = state.reconcile(&new_cfg, protected, started.elapsed());
                         state = new_state;
                         handle(&decisions, &mut state, started.elapsed(), &mut actuators, &metrics, &mut recent);
+                        // After the releases were counted: series of removed
+                        // policies and of targets no policy names go.
+                        metrics.configure(&new_cfg);
+                        metrics.config_loaded(true, true);
+                        metrics.policies(Arc::new(state.status()));
                         let scope = scope_of(&new_cfg);
                         watched = scope.watched.clone().into();
                         if let Ok(mut s) = sensor_handle.scope.lock() {

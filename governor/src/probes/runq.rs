@@ -46,8 +46,8 @@ pub fn wrapping_delta(current: &[u32], previous: Option<&[u32]>) -> Vec<u64> {
 ///
 /// A percentile is the midpoint of the bucket it falls in (within ±6.25% of
 /// the true value from 1 µs up); `max` is the upper bound of the highest
-/// non-empty bucket. The engine's function, so that `observe`, the metrics
-/// and the policies' windows compute percentiles alike.
+/// non-empty bucket. The engine's function, so that `observe` and the
+/// policies' windows compute percentiles alike.
 pub fn stats(counts: &[u64]) -> RunqStats {
     governor_engine::snapshot::runq_stats(counts)
 }

@@ -148,16 +148,16 @@ impl CgroupFs {
         }
     }
 
-    /// `some avg10` of the cgroup's `cpu.pressure`, `memory.pressure` and
-    /// `io.pressure`; each `None` where the file is absent. `Ok(None)` if none
+    /// `some avg10` and the totals of the cgroup's `cpu.pressure`,
+    /// `memory.pressure` and `io.pressure`; each `None` where the file is absent. `Ok(None)` if none
     /// is there (the cgroup does not exist, or the kernel has no PSI).
     pub fn psi(&self, path: &CgroupPath) -> Result<Option<PsiSome>, CgroupfsError> {
         let dir = self.dir(path);
-        let psi = PsiSome {
-            cpu: procfs::read_psi_some_avg10(&dir.join("cpu.pressure"))?,
-            memory: procfs::read_psi_some_avg10(&dir.join("memory.pressure"))?,
-            io: procfs::read_psi_some_avg10(&dir.join("io.pressure"))?,
-        };
+        let psi = PsiSome::of([
+            procfs::read_psi(&dir.join("cpu.pressure"))?,
+            procfs::read_psi(&dir.join("memory.pressure"))?,
+            procfs::read_psi(&dir.join("io.pressure"))?,
+        ]);
         Ok((!psi.is_empty()).then_some(psi))
     }
 
@@ -600,6 +600,8 @@ mod tests {
         assert_eq!(psi.cpu, Some(3.5));
         assert_eq!(psi.memory, None, "absent file is None, not zero");
         assert_eq!(psi.io, Some(3.5));
+        assert!(psi.cpu_total.is_some_and(|t| t.some_us > 0), "{psi:?}");
+        assert_eq!(psi.memory_total, None);
         assert_eq!(fs.psi(&p("/c")).unwrap(), None);
         assert_eq!(fs.psi(&p("/vanished")).unwrap(), None);
         write(&d.path().join("c/cpu.pressure"), "some avg10=oops\n");

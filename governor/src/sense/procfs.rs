@@ -8,6 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use governor_engine::snapshot::PsiTotal;
 use procfs_core::parse_pressure_record;
 
 /// Where procfs is mounted.
@@ -35,8 +36,9 @@ pub enum ProcfsError {
     },
 }
 
-/// `some avg10` of one pressure file each, in percent; `None` where the file
-/// does not exist (PSI disabled, or an old kernel). No data is not zero.
+/// `some avg10` of one pressure file each, in percent, and the file's
+/// cumulative totals; `None` where the file does not exist (PSI disabled,
+/// or an old kernel). No data is not zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PsiSome {
     /// `cpu some avg10`.
@@ -45,15 +47,37 @@ pub struct PsiSome {
     pub memory: Option<f64>,
     /// `io some avg10`.
     pub io: Option<f64>,
+    /// `total=` of the cpu file's lines.
+    pub cpu_total: Option<PsiTotal>,
+    /// `total=` of the memory file's lines.
+    pub memory_total: Option<PsiTotal>,
+    /// `total=` of the io file's lines.
+    pub io_total: Option<PsiTotal>,
 }
 
 impl PsiSome {
+    /// From the readings of the cpu, memory and io files, in that order.
+    pub fn of(files: [Option<PsiFile>; 3]) -> Self {
+        let [cpu, memory, io] = files;
+        Self {
+            cpu: cpu.map(|f| f.some_avg10),
+            memory: memory.map(|f| f.some_avg10),
+            io: io.map(|f| f.some_avg10),
+            cpu_total: cpu.map(|f| f.total),
+            memory_total: memory.map(|f| f.total),
+            io_total: io.map(|f| f.total),
+        }
+    }
+
     /// The snapshot's [`Psi`](governor_engine::snapshot::Psi), if all three were read.
     pub fn complete(&self) -> Option<governor_engine::snapshot::Psi> {
         Some(governor_engine::snapshot::Psi {
             cpu_some_avg10: self.cpu?,
             memory_some_avg10: self.memory?,
             io_some_avg10: self.io?,
+            cpu_total: self.cpu_total,
+            memory_total: self.memory_total,
+            io_total: self.io_total,
         })
     }
 
@@ -63,18 +87,24 @@ impl PsiSome {
     }
 }
 
-/// Reads `some avg10` from a PSI file (`/proc/pressure/cpu`,
-/// `<cgroup>/memory.pressure`, …). `Ok(None)` if the file does not exist (or
-/// its cgroup was removed while it was read).
-///
-/// Only the `some` line is needed: kernels before 5.13 have no `full` line in
-/// the cpu file, which `procfs_core`'s whole-file parsers reject, so the line
-/// is picked here and parsed with its record parser.
-pub fn read_psi_some_avg10(path: &Path) -> Result<Option<f64>, ProcfsError> {
+/// One pressure file: its `some avg10` (percent) and the cumulative stall
+/// times of its lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PsiFile {
+    /// `some avg10`, percent.
+    pub some_avg10: f64,
+    /// `total=` of the `some` line and of the `full` line if there is one.
+    pub total: PsiTotal,
+}
+
+/// Reads a PSI file (`/proc/pressure/cpu`, `<cgroup>/memory.pressure`, …).
+/// `Ok(None)` if the file does not exist (or its cgroup was removed while it
+/// was read).
+pub fn read_psi(path: &Path) -> Result<Option<PsiFile>, ProcfsError> {
     let Some(text) = read_optional(path)? else {
         return Ok(None);
     };
-    some_avg10(&text)
+    parse_psi(&text)
         .map(Some)
         .map_err(|reason| ProcfsError::Parse {
             path: path.to_path_buf(),
@@ -82,18 +112,38 @@ pub fn read_psi_some_avg10(path: &Path) -> Result<Option<f64>, ProcfsError> {
         })
 }
 
+/// A PSI file's text: the `some` line is required, the `full` line
+/// optional (kernels before 5.13 have none in the cpu file, which
+/// `procfs_core`'s whole-file parsers reject, so each line is picked here
+/// and parsed with its record parser).
+pub fn parse_psi(text: &str) -> Result<PsiFile, String> {
+    let line = |kind: &str| text.lines().find(|l| l.starts_with(kind));
+    let some = line("some ").ok_or_else(|| "no `some` line".to_owned())?;
+    let record =
+        parse_pressure_record(some).map_err(|e| format!("bad `some` line {some:?}: {e}"))?;
+    let full = line("full ")
+        .map(|l| {
+            parse_pressure_record(l)
+                .map(|r| r.total)
+                .map_err(|e| format!("bad `full` line {l:?}: {e}"))
+        })
+        .transpose()?;
+    Ok(PsiFile {
+        // The kernel prints two decimals; procfs-core keeps an f32, so
+        // round back to them rather than report 0.25999999046 for 0.26.
+        some_avg10: (f64::from(record.avg10) * 100.0).round() / 100.0,
+        total: PsiTotal {
+            some_us: record.total,
+            full_us: full,
+        },
+    })
+}
+
 /// `some avg10` of a PSI file's text, or why it has none. Public for the
 /// fuzz targets (`fuzz/`).
 #[doc(hidden)]
 pub fn some_avg10(text: &str) -> Result<f64, String> {
-    let line = (text.lines())
-        .find(|l| l.starts_with("some "))
-        .ok_or_else(|| "no `some` line".to_owned())?;
-    let record =
-        parse_pressure_record(line).map_err(|e| format!("bad `some` line {line:?}: {e}"))?;
-    // The kernel prints two decimals; procfs-core keeps an f32, so round back
-    // to them rather than report 0.25999999046 for 0.26.
-    Ok((f64::from(record.avg10) * 100.0).round() / 100.0)
+    parse_psi(text).map(|f| f.some_avg10)
 }
 
 /// The host's pressure files, `<proc_root>/pressure/{cpu,memory,io}`, kept
@@ -120,18 +170,17 @@ impl HostPsi {
         }
     }
 
-    /// `some avg10` of each file now.
+    /// `some avg10` and the totals of each file now.
     pub fn read(&mut self) -> Result<PsiSome, ProcfsError> {
         let mut out = [None; 3];
         for (i, name) in Self::NAMES.iter().enumerate() {
             out[i] = self.read_one(i).map_err(|e| e.at(self.dir.join(name)))?;
         }
-        let [cpu, memory, io] = out;
-        Ok(PsiSome { cpu, memory, io })
+        Ok(PsiSome::of(out))
     }
 
-    /// File `i`'s `some avg10`.
-    fn read_one(&mut self, i: usize) -> Result<Option<f64>, Fail> {
+    /// File `i`'s `some avg10` and totals.
+    fn read_one(&mut self, i: usize) -> Result<Option<PsiFile>, Fail> {
         use std::os::unix::fs::FileExt as _;
         let file = match &self.files[i] {
             Some(f) => f,
@@ -160,7 +209,7 @@ impl HostPsi {
             }
         }
         let text = std::str::from_utf8(&self.buf).map_err(|e| Fail::Parse(e.to_string()))?;
-        some_avg10(text).map(Some).map_err(Fail::Parse)
+        parse_psi(text).map(Some).map_err(Fail::Parse)
     }
 }
 
@@ -321,6 +370,26 @@ IpExt: 0 0\n";
         assert_eq!(psi.complete(), None);
         let empty = fake_proc(&[]);
         assert!(HostPsi::new(empty.path()).read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pressure_totals_are_read_from_both_lines_and_full_may_be_absent() {
+        let d = fake_proc(&[
+            ("pressure/cpu", CPU),
+            ("pressure/memory", MEM_510),
+            ("pressure/io", IO_NO_FULL),
+        ]);
+        let psi = HostPsi::new(d.path()).read().unwrap();
+        let total = |some_us, full_us| Some(PsiTotal { some_us, full_us });
+        assert_eq!(psi.cpu_total, total(11_626_006, Some(0)));
+        assert_eq!(psi.memory_total, total(12, Some(6)));
+        assert_eq!(psi.io_total, total(99, None), "no `full` line: None, not 0");
+        let full = psi.complete().unwrap();
+        assert_eq!(full.memory_total, total(12, Some(6)));
+        assert_eq!(full.io_total, total(99, None));
+        // A `full` line that does not parse is an error, not a missing line.
+        let bad = "some avg10=0 avg60=0 avg300=0 total=5\nfull avg10=0 total=x\n";
+        assert!(parse_psi(bad).unwrap_err().contains("`full`"));
     }
 
     #[test]
