@@ -109,6 +109,19 @@ pub fn build_after_setup(root: &Path) -> anyhow::Result<PathBuf> {
         )?;
     }
 
+    // The Grafana dashboard and the Prometheus rules, their tests and an
+    // example scrape config, uncompressed (they are imported and loaded as
+    // they are), beside each other as in contrib/ (the test file names the
+    // rules file relative to itself).
+    for rel in CONTRIB_FILES {
+        put_file(
+            &staging,
+            &format!("usr/share/governor/{rel}"),
+            &read(&root.join("contrib").join(rel))?,
+            0o644,
+        )?;
+    }
+
     // Man pages and completions, from the binary's clap definitions.
     let man_tmp = out_dir.join("man");
     if man_tmp.exists() {
@@ -278,6 +291,14 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Files of `contrib/` the package installs under `/usr/share/governor/`.
+const CONTRIB_FILES: &[&str] = &[
+    "grafana/governor.json",
+    "prometheus/governor-rules.yml",
+    "prometheus/governor-rules.test.yml",
+    "prometheus/prometheus.yml",
+];
+
 /// Writes `data` at `staging/rel` with `mode`; returns the path.
 fn put_file(staging: &Path, rel: &str, data: &[u8], mode: u32) -> anyhow::Result<PathBuf> {
     let path = staging.join(rel);
@@ -422,6 +443,24 @@ fn depends_from_symbols(bin: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_contrib_file_is_packaged() {
+        let contrib = crate::util::workspace_root().join("contrib");
+        let mut found = Vec::new();
+        for dir in fs::read_dir(&contrib).expect("contrib/") {
+            let dir = dir.expect("entry").path();
+            for f in fs::read_dir(&dir).expect("a contrib folder") {
+                let f = f.expect("entry").path();
+                let rel = f.strip_prefix(&contrib).expect("under contrib");
+                found.push(rel.to_string_lossy().into_owned());
+            }
+        }
+        found.sort();
+        let mut listed: Vec<String> = CONTRIB_FILES.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(found, listed, "CONTRIB_FILES lists contrib/ exactly");
+    }
 
     #[test]
     fn versions() {

@@ -60,7 +60,18 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "cpio",
         "packs that root filesystem as the systemd VM's initramfs",
     ),
+    (
+        "prometheus",
+        "`promtool` for the alert rules' unit tests and `check metrics`, and a private `prometheus` scraping the agent in the integration tests",
+    ),
 ];
+
+/// Services that a package's maintainer scripts start and enable, of which
+/// the tests need only the binaries. When setup installs the package it stops
+/// and disables the service at once (a Prometheus on :9090 and its TSDB
+/// growing in `/var/lib` is nobody's wish on a build machine); a package that
+/// was already installed is left as it is.
+const SERVICES_NOT_WANTED: &[(&str, &str)] = &[("prometheus", "prometheus.service")];
 
 /// What setup did.
 #[derive(Debug, Default)]
@@ -248,5 +259,42 @@ fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
     report
         .installed
         .extend(missing.iter().map(|s| s.to_string()));
+    for (pkg, unit) in SERVICES_NOT_WANTED {
+        if missing.contains(pkg) {
+            stop_service(pkg, unit)?;
+        }
+    }
+    Ok(())
+}
+
+/// True when systemd is PID 1 (then package installs start their units).
+fn systemd_is_init() -> bool {
+    fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
+}
+
+/// Stops and disables `unit`, which installing `pkg` just enabled (and,
+/// with systemd as PID 1, started): `systemctl disable --now`. Without
+/// systemd as PID 1 the postinst still enabled the unit for a later boot and
+/// the package's init script in every runlevel, and started the daemon only
+/// if `invoke-rc.d` let it: `systemctl --no-reload disable` undoes both
+/// offline, and a daemon the init script reports running (by its pid file)
+/// is stopped with it.
+fn stop_service(pkg: &str, unit: &str) -> anyhow::Result<()> {
+    eprintln!("  disable  {unit}: enabled by installing {pkg}; only its binaries are needed");
+    if systemd_is_init() {
+        return run(Command::new("systemctl").args(["disable", "--now", unit]));
+    }
+    run(Command::new("systemctl").args(["--no-reload", "disable", unit]))?;
+    let script = format!("/etc/init.d/{pkg}");
+    let running = std::path::Path::new(&script).is_file()
+        && Command::new(&script)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if running {
+        run(Command::new(&script).arg("stop"))?;
+    } else {
+        ok(unit, "disabled; not running (systemd is not PID 1 here)");
+    }
     Ok(())
 }

@@ -203,6 +203,14 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    prometheus_step(
+        &root,
+        &mut steps,
+        &mut totals,
+        &mut failures,
+        &mut skipped_notes,
+    );
+
     if is_root() {
         let integ = cargo(&[
             "test",
@@ -284,6 +292,214 @@ fn fuzz_step(steps: &mut Vec<Step>, totals: &mut Counts, failures: &mut Vec<Stri
             .join("; "),
         failed_tests: crashed.len() as u64,
     });
+}
+
+/// The alert rules, their unit tests and the Grafana dashboard in
+/// `contrib/`: `promtool check rules` (one test), `promtool test rules`
+/// (one test per case of the test file, a failed case named by promtool) and
+/// the dashboard's JSON (one test: it parses, and every panel's, annotation's
+/// and variable's query has an `expr`). Skipped with the reason when promtool
+/// is absent (Debian's `prometheus`, which setup installs).
+fn prometheus_step(
+    root: &std::path::Path,
+    steps: &mut Vec<Step>,
+    totals: &mut Counts,
+    failures: &mut Vec<String>,
+    skipped: &mut Vec<String>,
+) {
+    const NAME: &str = "prometheus rules and dashboard";
+    let rules = root.join("contrib/prometheus/governor-rules.yml");
+    let rule_tests = root.join("contrib/prometheus/governor-rules.test.yml");
+    let dashboard = root.join("contrib/grafana/governor.json");
+    if Command::new("promtool").arg("--version").output().is_err() {
+        skipped.push(format!(
+            "{NAME}: promtool is not installed (Debian's `prometheus`; `cargo xtask setup` installs it)"
+        ));
+        return;
+    }
+    say(format!(
+        "{NAME}: promtool check rules, promtool test rules, the dashboard's JSON"
+    ));
+    let t = Instant::now();
+    let mut passed = 0u64;
+    let mut failed: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let promtool = |args: &[&std::ffi::OsStr]| -> (bool, String) {
+        match Command::new("promtool")
+            .args(args)
+            .current_dir(root)
+            .output()
+        {
+            Ok(o) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                eprint!("{text}");
+                (o.status.success(), text)
+            }
+            Err(e) => (false, format!("cannot run promtool: {e}")),
+        }
+    };
+
+    let (ok, _) = promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()]);
+    if ok {
+        passed += 1;
+    } else {
+        failed.push(format!("promtool check rules {}", rules.display()));
+    }
+
+    let cases = std::fs::read_to_string(&rule_tests)
+        .map(|t| rule_test_cases(&t))
+        .unwrap_or(0);
+    let (ok, out) = promtool(&["test".as_ref(), "rules".as_ref(), rule_tests.as_os_str()]);
+    let bad = failed_rule_tests(&out);
+    if ok && bad.is_empty() {
+        passed += cases.max(1);
+        notes.push(format!("{cases} rule test cases"));
+    } else {
+        // A failure promtool reports without naming a case (a file that does
+        // not load) is one failed test.
+        let n = bad.len().max(1) as u64;
+        passed += cases.saturating_sub(n);
+        notes.push(format!("{n} of {cases} rule test cases failed"));
+        if bad.is_empty() {
+            failed.push(format!("promtool test rules {}", rule_tests.display()));
+        }
+        failed.extend(bad.into_iter().map(|c| format!("rule test: {c}")));
+    }
+
+    let board = std::fs::read_to_string(&dashboard)
+        .map_err(|e| format!("{}: {e}", dashboard.display()))
+        .and_then(|text| {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| format!("{}: {e}", dashboard.display()))
+        })
+        .map(|v| dashboard_queries(&v));
+    match board {
+        Ok((exprs, problems)) if problems.is_empty() => {
+            passed += 1;
+            notes.push(format!("dashboard: {exprs} queries"));
+        }
+        Ok((_, problems)) => {
+            notes.push(format!("dashboard: {}", problems.join("; ")));
+            failed.push("dashboard has a query without an expr".into());
+        }
+        Err(e) => {
+            notes.push(format!("dashboard: {e}"));
+            failed.push("dashboard JSON does not parse".into());
+        }
+    }
+
+    totals.passed += passed;
+    totals.failed += failed.len() as u64;
+    steps.push(Step {
+        name: NAME.into(),
+        ok: failed.is_empty(),
+        secs: t.elapsed().as_secs_f64(),
+        note: format!(
+            "{passed} passed, {} failed ({})",
+            failed.len(),
+            notes.join(", ")
+        ),
+        failed_tests: failed.len() as u64,
+    });
+    failures.extend(failed);
+}
+
+/// How many test cases a `promtool test rules` file holds: its `- name:`
+/// entries (only the cases under `tests:` have a name).
+fn rule_test_cases(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("- name:"))
+        .count() as u64
+}
+
+/// The cases `promtool test rules` reports as failed (`    name: <case>,`),
+/// each once.
+fn failed_rule_tests(output: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for l in output.lines() {
+        if let Some(n) = l.trim_start().strip_prefix("name: ") {
+            let n = n.trim_end().trim_end_matches(',').to_owned();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
+/// Every PromQL query of a Grafana dashboard: each panel's targets (rows'
+/// nested panels too), each Prometheus annotation and each query variable.
+/// Returns how many there are and what is wrong (a panel without targets, a
+/// target or annotation without an `expr`, a variable without a query).
+fn dashboard_queries(board: &serde_json::Value) -> (usize, Vec<String>) {
+    let mut exprs = 0;
+    let mut problems = Vec::new();
+    let title = |v: &serde_json::Value| {
+        v.get("title")
+            .or_else(|| v.get("name"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("<untitled>")
+            .to_owned()
+    };
+    let has_expr = |v: &serde_json::Value| {
+        v.get("expr")
+            .and_then(|e| e.as_str())
+            .is_some_and(|e| !e.trim().is_empty())
+    };
+    let mut panels: Vec<&serde_json::Value> = Vec::new();
+    for p in board["panels"].as_array().into_iter().flatten() {
+        panels.push(p);
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+    }
+    if panels.is_empty() {
+        problems.push("no panels".to_owned());
+    }
+    for p in panels.into_iter().filter(|p| p["type"] != "row") {
+        let targets = p["targets"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if targets.is_empty() {
+            problems.push(format!("panel {:?} has no targets", title(p)));
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if has_expr(t) {
+                exprs += 1;
+            } else {
+                problems.push(format!("panel {:?} target {i} has no expr", title(p)));
+            }
+        }
+    }
+    for a in board["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if a["datasource"]["type"] != "prometheus" {
+            continue;
+        }
+        if has_expr(a) {
+            exprs += 1;
+        } else {
+            problems.push(format!("annotation {:?} has no expr", title(a)));
+        }
+    }
+    for v in board["templating"]["list"].as_array().into_iter().flatten() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]
+            .get("query")
+            .or(Some(&v["query"]))
+            .and_then(|q| q.as_str());
+        if q.is_some_and(|q| !q.trim().is_empty()) {
+            exprs += 1;
+        } else {
+            problems.push(format!("variable {:?} has no query", title(v)));
+        }
+    }
+    (exprs, problems)
 }
 
 /// The .deb installed with dpkg on a Debian 12 guest with systemd as PID 1
@@ -614,6 +830,47 @@ mod tests {
         let impure =
             "governor-engine v0.1.0 (/x)\ntokio v1.0.0\nlibc v0.2.0\nlibc v0.2.0\nlibcrux v1\n";
         assert_eq!(io_dependencies(impure), ["libc", "tokio"]);
+    }
+
+    #[test]
+    fn promtool_failures_are_counted_by_case() {
+        let out = "Unit Testing:  t.yml\n  FAILED:\n    name: agent down fires,\n    alertname: A, time: 5m, \n    name: agent down fires,\n    alertname: A, time: 7m, \n    name: drift: no alert,\n";
+        assert_eq!(
+            failed_rule_tests(out),
+            ["agent down fires", "drift: no alert"]
+        );
+        assert!(failed_rule_tests("Unit Testing:  t.yml\n  SUCCESS\n").is_empty());
+        let file =
+            "rule_files:\n- r.yml\ntests:\n- name: a\n  input_series:\n  - series: up\n- name: b\n";
+        assert_eq!(rule_test_cases(file), 2);
+    }
+
+    #[test]
+    fn a_dashboard_query_without_an_expr_is_found() {
+        let good = serde_json::json!({
+            "panels": [
+                {"type": "row", "title": "r", "panels": [
+                    {"type": "timeseries", "title": "nested", "targets": [{"expr": "up"}]}]},
+                {"type": "timeseries", "title": "p", "targets": [{"expr": "up"}, {"expr": "up"}]}],
+            "annotations": {"list": [
+                {"name": "builtin", "datasource": {"type": "grafana"}},
+                {"name": "d", "datasource": {"type": "prometheus"}, "expr": "up"}]},
+            "templating": {"list": [
+                {"name": "datasource", "type": "datasource"},
+                {"name": "host", "type": "query", "query": {"query": "label_values(up, instance)"}}]}
+        });
+        assert_eq!(dashboard_queries(&good), (5, vec![]));
+        let bad = serde_json::json!({
+            "panels": [
+                {"type": "timeseries", "title": "empty", "targets": []},
+                {"type": "stat", "title": "blank", "targets": [{"expr": " "}]}],
+            "annotations": {"list": [{"name": "d", "datasource": {"type": "prometheus"}}]},
+            "templating": {"list": [{"name": "host", "type": "query", "query": ""}]}
+        });
+        let (n, problems) = dashboard_queries(&bad);
+        assert_eq!(n, 0);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(dashboard_queries(&serde_json::json!({})).1, ["no panels"]);
     }
 
     #[test]
