@@ -13,12 +13,14 @@
 //! name. The engine decides on exactly what is recorded, so nothing it
 //! read is missing from the recording.
 //!
-//! A segment is text: a first line `{"governor_recording": 1}` (the format
-//! version), then one frame per line, as JSON (the snapshot's own JSON, the
-//! contract of `observe --json`). The agent compresses segments (gzip):
-//! the field names that repeat every tick cost next to nothing then. A
-//! torn last line (a crash mid-write) is reported, not an error. This
-//! module does no I/O: the agent writes and reads the files.
+//! A segment's bytes are [`MAGIC`], the format version (two bytes, little
+//! endian), then frames, each a length (four bytes, little endian) and the
+//! frame in postcard (a compact serde encoding: varints, no field names).
+//! Snapshots go through [`wire`] types that name every field (the JSON
+//! types leave empty ones out, which a format without field names cannot
+//! read back). The agent compresses segments (gzip). A torn last frame (a
+//! crash mid-write) is reported, not an error. This module does no I/O: the
+//! agent writes and reads the files.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -30,8 +32,8 @@ use crate::{
     snapshot::{CgroupPath, Snapshot},
 };
 
-/// The key of a segment's first line, whose value is the format version.
-pub const MAGIC: &str = "governor_recording";
+/// The first bytes of a segment.
+pub const MAGIC: &[u8; 8] = b"GOVREC\x00\x01";
 
 /// The version of the frame encoding. A reader refuses other versions,
 /// naming both.
@@ -54,6 +56,9 @@ pub enum Input {
         agent_cgroup: Option<CgroupPath>,
         /// Unix time in milliseconds at `now` = 0.
         started_unix_ms: u64,
+        /// `--dry-run` was given: every policy only reports, whatever the
+        /// config says.
+        dry_run: bool,
     },
     /// The first frame of every segment after the run's first: the config
     /// in force (as at a start), so that a segment whose predecessors were
@@ -71,12 +76,15 @@ pub enum Input {
         started_unix_ms: u64,
         /// Time since start at the segment's first frame.
         now: Duration,
+        /// `--dry-run` was given.
+        dry_run: bool,
     },
     /// A tick: `State::step(snapshot, now)`.
     Step {
         /// Time since start.
         now: Duration,
         /// What the config reads of the tick's snapshot.
+        #[serde(with = "wire")]
         snapshot: Snapshot,
     },
     /// The actuators' outcome for decision `index` of the last input that
@@ -97,6 +105,8 @@ pub enum Input {
         config: String,
         /// Its name in errors.
         source_name: String,
+        /// `--dry-run` was given.
+        dry_run: bool,
     },
     /// The agent stops: `State::release_all`.
     ReleaseAll {
@@ -217,18 +227,22 @@ impl Engine {
         self.config.as_ref()
     }
 
-    fn parse(&self, text: &str, name: &str) -> Result<Config, ConfigErrors> {
-        let (text, name) = match &self.candidate {
-            Some((t, n)) => (t.as_str(), n.as_str()),
-            None => (text, name),
+    /// The config of a start or reload: the text given (with `--dry-run`
+    /// applied as `run` applies it), or the candidate's.
+    fn parse(&self, text: &str, name: &str, dry_run: bool) -> Result<Config, ConfigErrors> {
+        let (text, name, dry_run) = match &self.candidate {
+            Some((t, n)) => (t.as_str(), n.as_str(), false),
+            None => (text, name, dry_run),
         };
-        config::from_str_with(
+        let mut cfg = config::from_str_with(
             text,
             name,
             &LoadOptions {
                 agent_cgroup: self.agent_cgroup.clone(),
             },
-        )
+        )?;
+        cfg.agent.dry_run |= dry_run;
+        Ok(cfg)
     }
 
     /// Takes one input; returns the engine's decisions for it.
@@ -239,10 +253,11 @@ impl Engine {
                 source_name,
                 seed,
                 agent_cgroup,
+                dry_run,
                 ..
             } => {
                 self.agent_cgroup = agent_cgroup.clone();
-                let cfg = self.parse(config, source_name)?;
+                let cfg = self.parse(config, source_name, *dry_run)?;
                 let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
                 self.state = Some(State::new(&cfg, protected, *seed));
                 self.config = Some(cfg);
@@ -254,11 +269,12 @@ impl Engine {
                 source_name,
                 seed,
                 agent_cgroup,
+                dry_run,
                 ..
             } => {
                 // A replay that begins mid-run: a fresh state from here.
                 self.agent_cgroup = agent_cgroup.clone();
-                let cfg = self.parse(config, source_name)?;
+                let cfg = self.parse(config, source_name, *dry_run)?;
                 let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
                 self.state = Some(State::new(&cfg, protected, *seed));
                 self.config = Some(cfg);
@@ -286,12 +302,13 @@ impl Engine {
                 now,
                 config,
                 source_name,
+                dry_run,
             } => {
                 if self.candidate.is_some() {
                     // The candidate stays in force across the live reloads.
                     Vec::new()
                 } else {
-                    let cfg = self.parse(config, source_name)?;
+                    let cfg = self.parse(config, source_name, *dry_run)?;
                     let protected = Protected::for_config(&cfg, self.agent_cgroup.as_ref());
                     let state = self.state.take().ok_or(EngineError::NotStarted)?;
                     let (state, out) = state.reconcile(&cfg, protected, *now);
@@ -399,66 +416,254 @@ impl Watch {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// Not a recording.
-    #[error("not a governor recording (its first line is not {{\"{MAGIC}\": VERSION}})")]
+    #[error("not a governor recording (it does not begin with {MAGIC:?})")]
     NotARecording,
     /// A version this build cannot read.
     #[error("recording format version {found}; this governor reads version {FORMAT_VERSION}")]
     Version {
         /// The file's version.
-        found: u64,
+        found: u16,
     },
     /// A complete frame that does not decode.
-    #[error("line {line}: {reason}")]
+    #[error("frame {index} at byte {offset} does not decode: {reason}")]
     Frame {
-        /// Its line (1-based; line 1 is the header).
-        line: usize,
-        /// serde_json's words.
+        /// Its position among the frames.
+        index: usize,
+        /// Its byte offset (in the uncompressed stream).
+        offset: usize,
+        /// postcard's words.
         reason: String,
     },
 }
 
-/// The first line of a segment: `{"governor_recording": 1}`.
-pub fn header() -> String {
-    format!("{{\"{MAGIC}\":{FORMAT_VERSION}}}\n")
+/// The head of a new segment.
+pub fn header() -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out
 }
 
-/// Appends `frame` to `out` as one line of JSON.
+/// Appends `frame` to `out`: its length, then its postcard encoding.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let buf = std::mem::take(out);
     // Serializing these types into a Vec cannot fail.
-    if serde_json::to_writer(&mut *out, frame).is_ok() {
-        out.push(b'\n');
+    let mut buf = postcard::to_extend(frame, buf).unwrap_or_default();
+    if buf.len() < at + 4 {
+        return;
     }
+    let len = u32::try_from(buf.len() - at - 4).unwrap_or(u32::MAX);
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    *out = buf;
 }
 
-/// The frames of a segment's text, and whether it ends in a torn frame (a
-/// last line without its newline: the writer died mid-line), left out.
-pub fn decode(text: &str) -> Result<(Vec<Frame>, bool), DecodeError> {
-    let mut lines = text.split_inclusive('\n');
-    let head: serde_json::Value = lines
-        .next()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .ok_or(DecodeError::NotARecording)?;
-    let found = head
-        .get(MAGIC)
-        .and_then(serde_json::Value::as_u64)
-        .ok_or(DecodeError::NotARecording)?;
-    if found != u64::from(FORMAT_VERSION) {
+/// The frames of a segment's bytes (uncompressed), and whether it ends in
+/// a torn frame (left out).
+pub fn decode(bytes: &[u8]) -> Result<(Vec<Frame>, bool), DecodeError> {
+    let mut frames = Vec::new();
+    let torn = decode_each(bytes, |f| frames.push(f))?;
+    Ok((frames, torn))
+}
+
+/// [`decode`], handing each frame to `f` as it is read.
+pub fn decode_each(bytes: &[u8], mut f: impl FnMut(Frame)) -> Result<bool, DecodeError> {
+    let head = MAGIC.len() + 2;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(DecodeError::NotARecording);
+    }
+    let Some(v) = bytes.get(MAGIC.len()..head) else {
+        return Ok(true);
+    };
+    let found = u16::from_le_bytes([v[0], v[1]]);
+    if found != FORMAT_VERSION {
         return Err(DecodeError::Version { found });
     }
-    let mut frames = Vec::new();
-    for (i, line) in lines.enumerate() {
-        if !line.ends_with('\n') {
-            return Ok((frames, true));
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        frames.push(serde_json::from_str(line).map_err(|e| DecodeError::Frame {
-            line: i + 2,
+    let mut at = head;
+    let mut index = 0;
+    while at < bytes.len() {
+        let Some(len) = bytes.get(at..at + 4) else {
+            return Ok(true);
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some(body) = bytes.get(at + 4..at + 4 + len) else {
+            return Ok(true);
+        };
+        let frame = postcard::from_bytes(body).map_err(|e| DecodeError::Frame {
+            index,
+            offset: at,
             reason: e.to_string(),
-        })?);
+        })?;
+        f(frame);
+        index += 1;
+        at += 4 + len;
     }
-    Ok((frames, false))
+    Ok(false)
+}
+
+/// The snapshot as recorded: the same fields as [`Snapshot`], all of them
+/// always written. A field added to the snapshot must be added here (the
+/// conversions name every field, so the build says so) and the format
+/// version raised.
+mod wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::snapshot::{self as s, CgroupPath, RunqHist, RunqStats, Throttling};
+
+    #[derive(Serialize, Deserialize)]
+    struct Snapshot {
+        ts_ms: u64,
+        interval_ms: u64,
+        host: Host,
+        cgroups: Vec<Cgroup>,
+        ports: Vec<Port>,
+        missing: Vec<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Host {
+        runq: Option<RunqStats>,
+        runq_hist: Option<RunqHist>,
+        psi: Option<Psi>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Cgroup {
+        path: CgroupPath,
+        id: u64,
+        runq: RunqStats,
+        runq_hist: Option<RunqHist>,
+        conn_out: u64,
+        conn_out_per_s: f64,
+        psi: Option<Psi>,
+        throttling: Option<Throttling>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Port {
+        port: u16,
+        accepted: u64,
+        accepted_per_s: f64,
+        accept_queue: u32,
+        accept_queue_max: u32,
+        overflows: u64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Psi {
+        cpu_some_avg10: f64,
+        memory_some_avg10: f64,
+        io_some_avg10: f64,
+        cpu_total: Option<(u64, Option<u64>)>,
+        memory_total: Option<(u64, Option<u64>)>,
+        io_total: Option<(u64, Option<u64>)>,
+    }
+
+    fn psi_out(p: &s::Psi) -> Psi {
+        let t = |t: &Option<s::PsiTotal>| t.map(|t| (t.some_us, t.full_us));
+        Psi {
+            cpu_some_avg10: p.cpu_some_avg10,
+            memory_some_avg10: p.memory_some_avg10,
+            io_some_avg10: p.io_some_avg10,
+            cpu_total: t(&p.cpu_total),
+            memory_total: t(&p.memory_total),
+            io_total: t(&p.io_total),
+        }
+    }
+
+    fn psi_in(p: Psi) -> s::Psi {
+        let t = |t: Option<(u64, Option<u64>)>| {
+            t.map(|(some_us, full_us)| s::PsiTotal { some_us, full_us })
+        };
+        s::Psi {
+            cpu_some_avg10: p.cpu_some_avg10,
+            memory_some_avg10: p.memory_some_avg10,
+            io_some_avg10: p.io_some_avg10,
+            cpu_total: t(p.cpu_total),
+            memory_total: t(p.memory_total),
+            io_total: t(p.io_total),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &s::Snapshot, ser: S) -> Result<S::Ok, S::Error> {
+        let w = Snapshot {
+            ts_ms: v.ts_ms,
+            interval_ms: v.interval_ms,
+            host: Host {
+                runq: v.host.runq,
+                runq_hist: v.host.runq_hist.clone(),
+                psi: v.host.psi.as_ref().map(psi_out),
+            },
+            cgroups: v
+                .cgroups
+                .iter()
+                .map(|c| Cgroup {
+                    path: c.path.clone(),
+                    id: c.id,
+                    runq: c.runq,
+                    runq_hist: c.runq_hist.clone(),
+                    conn_out: c.conn_out,
+                    conn_out_per_s: c.conn_out_per_s,
+                    psi: c.psi.as_ref().map(psi_out),
+                    throttling: c.throttling,
+                })
+                .collect(),
+            ports: v
+                .ports
+                .iter()
+                .map(|p| Port {
+                    port: p.port,
+                    accepted: p.accepted,
+                    accepted_per_s: p.accepted_per_s,
+                    accept_queue: p.accept_queue,
+                    accept_queue_max: p.accept_queue_max,
+                    overflows: p.overflows,
+                })
+                .collect(),
+            missing: v.missing.clone(),
+        };
+        w.serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<s::Snapshot, D::Error> {
+        let w = Snapshot::deserialize(de)?;
+        Ok(s::Snapshot {
+            ts_ms: w.ts_ms,
+            interval_ms: w.interval_ms,
+            host: s::HostStats {
+                runq: w.host.runq,
+                runq_hist: w.host.runq_hist,
+                psi: w.host.psi.map(psi_in),
+            },
+            cgroups: w
+                .cgroups
+                .into_iter()
+                .map(|c| s::CgroupStats {
+                    path: c.path,
+                    id: c.id,
+                    runq: c.runq,
+                    runq_hist: c.runq_hist,
+                    conn_out: c.conn_out,
+                    conn_out_per_s: c.conn_out_per_s,
+                    psi: c.psi.map(psi_in),
+                    throttling: c.throttling,
+                })
+                .collect(),
+            ports: w
+                .ports
+                .into_iter()
+                .map(|p| s::PortStats {
+                    port: p.port,
+                    accepted: p.accepted,
+                    accepted_per_s: p.accepted_per_s,
+                    accept_queue: p.accept_queue,
+                    accept_queue_max: p.accept_queue_max,
+                    overflows: p.overflows,
+                })
+                .collect(),
+            missing: w.missing,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -526,6 +731,7 @@ ladder = [{ action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" }
                     seed: 7,
                     agent_cgroup: None,
                     started_unix_ms: 1,
+                    dry_run: false,
                 },
                 decisions: vec![],
             },
@@ -540,20 +746,24 @@ ladder = [{ action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" }
                 }],
             },
         ];
-        let mut bytes = header().into_bytes();
+        let mut bytes = header();
         for f in &frames {
             encode(f, &mut bytes);
         }
-        let text = String::from_utf8(bytes).unwrap();
-        assert_eq!(decode(&text).unwrap(), (frames.clone(), false));
-        let torn = &text[..text.len() - 3];
+        assert_eq!(decode(&bytes).unwrap(), (frames.clone(), false));
+        let torn = &bytes[..bytes.len() - 3];
         assert_eq!(decode(torn).unwrap(), (frames[..1].to_vec(), true));
-        let other = text.replacen(":1}", ":9}", 1);
+        let mut other = bytes.clone();
+        other[MAGIC.len()] = 9;
         assert_eq!(decode(&other), Err(DecodeError::Version { found: 9 }));
-        assert_eq!(decode("hello\n"), Err(DecodeError::NotARecording));
-        let bad = text.replacen("\"Step\"", "\"Stop\"", 1);
+        assert_eq!(decode(b"hello, world"), Err(DecodeError::NotARecording));
+        // The second frame's variant tag (Step = 2) made unknown.
+        let second =
+            header().len() + 4 + u32::from_le_bytes(bytes[10..14].try_into().unwrap()) as usize;
+        let mut bad = bytes.clone();
+        bad[second + 4] = 0x7f;
         assert!(
-            matches!(decode(&bad), Err(DecodeError::Frame { line: 3, .. })),
+            matches!(decode(&bad), Err(DecodeError::Frame { index: 1, .. })),
             "{:?}",
             decode(&bad)
         );
@@ -585,6 +795,7 @@ ladder = [{ action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" }
             seed: 1,
             agent_cgroup: None,
             started_unix_ms: 0,
+            dry_run: false,
         })
         .unwrap();
         assert!(matches!(

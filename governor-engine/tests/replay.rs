@@ -93,6 +93,7 @@ fn live_run(seed: u64) -> Vec<Frame> {
         seed,
         agent_cgroup: None,
         started_unix_ms: 1_700_000_000_000,
+        dry_run: false,
     };
     feed(&mut engine, start, &mut frames);
     let mut watch = Watch::of(engine.config().expect("started"));
@@ -111,6 +112,7 @@ fn live_run(seed: u64) -> Vec<Frame> {
                     now,
                     config: config("3ms", false),
                     source_name: "live.toml".into(),
+                    dry_run: false,
                 },
                 &mut frames,
             );
@@ -182,12 +184,12 @@ fn all(frames: &[Frame]) -> Vec<&DecisionRecord> {
     frames.iter().flat_map(|f| &f.decisions).collect()
 }
 
-fn encoded(frames: &[Frame]) -> String {
-    let mut bytes = record::header().into_bytes();
+fn encoded(frames: &[Frame]) -> Vec<u8> {
+    let mut bytes = record::header();
     for f in frames {
         record::encode(f, &mut bytes);
     }
-    String::from_utf8(bytes).expect("utf-8")
+    bytes
 }
 
 #[test]

@@ -81,6 +81,31 @@ enum Command {
         )]
         socket: PathBuf,
     },
+    /// Record what the host sees (every cgroup and port, each tick) without
+    /// acting, to collect a baseline before writing a policy; the config's
+    /// policies, if one is given, run in dry-run and their decisions are
+    /// recorded too. `governor replay --config CANDIDATE DIR` reads it.
+    Record {
+        /// A config whose policies run in dry-run beside the recording [default: none].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Stop after this long [default: until SIGINT/SIGTERM].
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Where the segments go (created 0700 if absent).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Delete segments older than this.
+        #[arg(long, value_name = "DUR", default_value = "24h", value_parser = humantime::parse_duration)]
+        keep: Duration,
+        /// Keep at most this many MiB of segments, oldest deleted first.
+        #[arg(long, value_name = "MIB", default_value_t = 256)]
+        max_mib: u64,
+    },
+    /// Replay a recording through the engine: with the recorded configs
+    /// (the recorded decisions must come back), or with a candidate config
+    /// (what would it have decided?). Changes nothing; needs no root.
+    Replay(governor::record::cli::ReplayArgs),
     /// Write the man pages or a shell completion script (for packaging).
     #[command(hide = true)]
     Generate {
@@ -165,6 +190,17 @@ fn main() -> ExitCode {
                 print!("{}", r.table());
             }
         }),
+        Command::Record {
+            config,
+            duration,
+            dir,
+            keep,
+            max_mib,
+        } => record(config.as_deref(), duration, dir, keep, max_mib),
+        Command::Replay(args) => match governor::record::cli::run(&args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Generate { what } => generate(what),
     };
     match result {
@@ -236,6 +272,129 @@ async fn stop_signal() -> &'static str {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = term.recv() => "SIGTERM",
     }
+}
+
+/// `governor record`: the host's snapshots (everything, not only what a
+/// config reads) fed to a dry-run engine and recorded.
+fn record(
+    config: Option<&std::path::Path>,
+    duration: Option<Duration>,
+    dir: PathBuf,
+    keep: Duration,
+    max_mib: u64,
+) -> anyhow::Result<()> {
+    use governor::record::segments::{Limits, Recorder};
+    use governor_engine::record::{DecisionRecord, Engine, Frame, Input, Watch};
+    let (cfg, name, text) = match config {
+        Some(p) => governor::agent::config_file::load_text_with(Some(p), &Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        // No policy: only the recording.
+        None => {
+            let text = "# governor record: no policies\n".to_owned();
+            let cfg = governor_engine::config::from_str(&text, "governor record")
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (cfg, "governor record".to_owned(), text)
+        }
+    };
+    let recorder = Recorder::start(Limits {
+        dir: dir.clone(),
+        keep,
+        max_bytes: max_mib << 20,
+    })?;
+    let mut engine = Engine::new();
+    fn feed(engine: &mut Engine, recorder: &Recorder, input: Input) -> anyhow::Result<()> {
+        let decisions = engine
+            .feed(&input)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .iter()
+            .map(DecisionRecord::from)
+            .collect();
+        recorder.record(Frame { input, decisions });
+        Ok(())
+    }
+    let started = std::time::Instant::now();
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    feed(
+        &mut engine,
+        &recorder,
+        Input::Start {
+            config: text,
+            source_name: name,
+            seed: cfg.agent.seed.unwrap_or(unix_ms),
+            agent_cgroup: None,
+            started_unix_ms: unix_ms,
+            dry_run: true,
+        },
+    )?;
+    let watch = Watch::everything();
+    let tick = cfg.agent.tick;
+    let rt = runtime()?;
+    let ids = rt.block_on(async move {
+        let (mut sensor, forwarder) = start_sensor(SensorScope::default())?;
+        sensor.prime()?;
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker.tick().await;
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        let mut said = std::time::Instant::now();
+        eprintln!(
+            "governor: recording into {} every {tick:?}{}",
+            dir.display(),
+            duration.map_or(String::from(" until SIGINT/SIGTERM"), |d| format!(
+                " for {}",
+                humantime::format_duration(d)
+            ))
+        );
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let snap = sensor.sample()?;
+                    let now = started.elapsed();
+                    feed(&mut engine, &recorder, Input::Step { now, snapshot: watch.filter(&snap) })?;
+                    if said.elapsed() >= Duration::from_secs(10) {
+                        said = std::time::Instant::now();
+                        let c = recorder.counters();
+                        eprintln!(
+                            "governor: {:.0}s: {} frames, {} KiB compressed, {} dropped",
+                            now.as_secs_f64(),
+                            c.frames.load(std::sync::atomic::Ordering::Relaxed),
+                            c.bytes_out.load(std::sync::atomic::Ordering::Relaxed) >> 10,
+                            c.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                        );
+                    }
+                    if duration.is_some_and(|d| now >= d) { break; }
+                }
+                sig = &mut stop => { eprintln!("governor: {sig}: stopping"); break; }
+            }
+        }
+        feed(
+            &mut engine,
+            &recorder,
+            Input::ReleaseAll {
+                now: started.elapsed(),
+            },
+        )?;
+        forwarder.abort();
+        let ids = sensor.probes().program_ids();
+        drop(sensor);
+        let c = recorder.counters();
+        let (frames, dropped) = (
+            c.frames.load(std::sync::atomic::Ordering::Relaxed),
+            c.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        recorder.finish();
+        eprintln!(
+            "governor: recorded {frames} frames ({dropped} dropped) into {}",
+            dir.display()
+        );
+        anyhow::Ok(ids)
+    })?;
+    drop(rt);
+    probes::wait_unloaded(&ids);
+    Ok(())
 }
 
 /// `governor observe`: what the probes see, per interval, without acting.

@@ -398,6 +398,23 @@ pub struct AgentProcess {
     pub socket: std::path::PathBuf,
 }
 
+/// Runs `governor replay ARGS…`; returns its exit code and stdout + stderr.
+pub fn replay(args: &[&std::path::Path]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(governor_bin())
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("governor replay");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 impl AgentProcess {
     /// Starts `governor run --config CONFIG` logging to `log`; waits until
     /// its status socket answers.

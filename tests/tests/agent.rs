@@ -123,6 +123,7 @@ tick = "100ms"
 metrics_addr = "{metrics}"
 status_socket = "{socket}"
 journal_dir = "{journal}"
+record_dir = "{journal}/record"
 netns = "{netns}"
 dry_run = {dry_run}
 seed = 7
@@ -431,6 +432,7 @@ tick = "100ms"
 metrics_addr = "{metrics}"
 status_socket = "{socket}"
 journal_dir = "{journal}"
+record_dir = "{journal}/record"
 seed = 11
 
 [[policy]]
@@ -472,7 +474,7 @@ fn noisy_neighbour_is_idled_then_released_in_jittered_steps() {
         &CgroupPathStr(b.v2.path.to_string()),
         ladder,
     );
-    let agent = AgentProcess::start(&config, &socket, &dir.path().join("governor.log"));
+    let mut agent = AgentProcess::start(&config, &socket, &dir.path().join("governor.log"));
     let (mut kids, w, _hogs) = noisy_neighbours(&a, &b, "6");
     kids.wait_output(w);
     let during = scrape(&metrics);
@@ -525,17 +527,35 @@ fn noisy_neighbour_is_idled_then_released_in_jittered_steps() {
         "the batch cgroup's files are back to their originals"
     );
     drop(kids);
+    // What the agent recorded replays to the very decisions it took: a
+    // real host's snapshots, a live ladder, jitter, the stop's release.
+    let (st, _) = agent.stop();
+    assert!(st.success(), "{st}");
+    let (code, out) = governor_integration::replay(&[&dir.path().join("journal/record")]);
+    println!("governor replay: {out}");
+    assert_eq!(code, Some(0), "{out}");
+    let n = applied.len() + reverted.len();
+    assert!(
+        out.lines().any(|l| l
+            .strip_prefix("identical: all ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|k| k.parse::<usize>().ok())
+            .is_some_and(|k| k >= n)),
+        "the replay reproduced the {n} decisions at least: {out}"
+    );
     // The effect needs real CPUs: under emulation (QEMU's TCG in the VM
     // tests) host work preempting the vCPUs adds waits no weight removes.
     if emulated {
         governor_integration::skip(&format!(
-            "A's p99 under low needs real CPUs (emulated: {signal_during} µs)"
+            "A's p99 under low needs real CPUs (emulated: {:.0} µs)",
+            signal_during * 1e6
         ));
         return;
     }
     assert!(
-        signal_during < 500.0,
-        "with the batch idled, A's p99 fell under low: {signal_during} µs"
+        signal_during < 500e-6,
+        "with the batch idled, A's p99 fell under low: {:.0} µs",
+        signal_during * 1e6
     );
 }
 
@@ -640,6 +660,7 @@ tick = "100ms"
 metrics_addr = "{metrics}"
 status_socket = "{socket}"
 journal_dir = "{journal}"
+record_dir = "{journal}/record"
 seed = 5
 
 [[policy]]

@@ -499,6 +499,7 @@ tick = "100ms"
 metrics_addr = "{metrics}"
 status_socket = "{socket}"
 journal_dir = "{journal}"
+record_dir = "{journal}/record"
 seed = 3
 
 [[policy]]

@@ -363,6 +363,7 @@ tick = "100ms"
 metrics_addr = "{metrics_addr}"
 status_socket = "{socket}"
 journal_dir = "{journal}"
+record_dir = "{journal}/record"
 netns = "{netns}"
 seed = 3
 

@@ -64,6 +64,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "`promtool` for the alert rules' unit tests and `check metrics`, and a private `prometheus` scraping the agent in the integration tests",
     ),
+    (
+        "chromium",
+        "headless Chromium renders `governor replay --html` for the html_report test",
+    ),
 ];
 
 /// Services that a package's maintainer scripts start and enable, of which

@@ -84,7 +84,21 @@ pub struct AgentConfig {
     /// replaced) before it is made, so that a restart after a crash reverts
     /// it. Default `"/run/governor"` (a tmpfs: a reboot resets cgroups too).
     pub journal_dir: PathBuf,
+    /// `record`: record every tick's inputs and decisions for `governor
+    /// replay`. Default true.
+    pub record: bool,
+    /// `record_dir`: where the recording's segments go. Default
+    /// `"/var/lib/governor/record"` (the unit's `StateDirectory`).
+    pub record_dir: PathBuf,
+    /// `record_keep`: segments older than this are deleted. Default 24h.
+    pub record_keep: Duration,
+    /// `record_max`: the segments take at most this much together, oldest
+    /// deleted first. Default 256MiB.
+    pub record_max: u64,
 }
+
+/// Where `run` records by default.
+pub const DEFAULT_RECORD_DIR: &str = "/var/lib/governor/record";
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -99,6 +113,10 @@ impl Default for AgentConfig {
             seed: None,
             netns: None,
             journal_dir: PathBuf::from("/run/governor"),
+            record: true,
+            record_dir: PathBuf::from(DEFAULT_RECORD_DIR),
+            record_keep: Duration::from_secs(24 * 3600),
+            record_max: 256 << 20,
         }
     }
 }

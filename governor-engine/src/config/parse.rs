@@ -33,6 +33,10 @@ const AGENT_KEYS: &[&str] = &[
     "seed",
     "netns",
     "journal_dir",
+    "record",
+    "record_dir",
+    "record_keep",
+    "record_max",
 ];
 const POLICY_KEYS: &[&str] = &[
     "name",
@@ -575,6 +579,17 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
         abs_path("\"/run/governor\""),
     );
     let dry_run = t.or(cx, "dry_run", d.dry_run, boolean);
+    let record = t.or(cx, "record", d.record, boolean);
+    let record_dir = t.or(
+        cx,
+        "record_dir",
+        Some(d.record_dir.clone()),
+        abs_path("\"/var/lib/governor/record\""),
+    );
+    let record_keep = t.or(cx, "record_keep", d.record_keep, duration);
+    let record_max = t.or(cx, "record_max", d.record_max, |item| {
+        number_or_str::<Bytes>("a size", "\"256MiB\"")(item).map(Bytes::get)
+    });
     let seed = t.or(cx, "seed", None, |item| match item.as_integer() {
         Some(n) if n >= 0 => Ok(Some(n as u64)),
         _ => Err(expected("a non-negative integer", "42", item)),
@@ -629,6 +644,10 @@ fn agent(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<AgentConfig> {
         seed: seed?,
         netns: netns?,
         journal_dir: journal_dir?.unwrap_or(d.journal_dir),
+        record: record?,
+        record_dir: record_dir?.unwrap_or(d.record_dir),
+        record_keep: record_keep?,
+        record_max: record_max?,
     })
 }
 

@@ -20,6 +20,15 @@ pub fn load_with(
     path: Option<&Path>,
     options: &LoadOptions,
 ) -> Result<(Config, String), ConfigErrors> {
+    load_text_with(path, options).map(|(c, name, _)| (c, name))
+}
+
+/// [`load_with`], also returning the text it parsed (what a recording
+/// keeps, so that a replay parses the same config).
+pub fn load_text_with(
+    path: Option<&Path>,
+    options: &LoadOptions,
+) -> Result<(Config, String, String), ConfigErrors> {
     let default = Path::new(DEFAULT_PATH);
     let path = match path {
         Some(p) => Some(p),
@@ -28,7 +37,7 @@ pub fn load_with(
     };
     let Some(path) = path else {
         return from_str_with(EMBEDDED_DEFAULT, EMBEDDED_NAME, options)
-            .map(|c| (c, EMBEDDED_NAME.to_owned()));
+            .map(|c| (c, EMBEDDED_NAME.to_owned(), EMBEDDED_DEFAULT.to_owned()));
     };
     let name = path.display().to_string();
     if let Some((problem, help)) = unsafe_owner_or_mode(path) {
@@ -44,7 +53,7 @@ pub fn load_with(
             "check the path given to --config, or leave it out to use /etc/governor/governor.toml or the built-in default",
         )],
     })?;
-    from_str_with(&source, &name, options).map(|c| (c, name))
+    from_str_with(&source, &name, options).map(|c| (c, name, source))
 }
 
 /// Why a config file may not be trusted, with how to fix it: the agent

@@ -23,14 +23,16 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use governor_engine::{
-    config::{Config, LoadOptions, Protected, Scope, Target},
-    decide::{Decision, DecisionKind, State},
+    config::{Config, LoadOptions, Scope, Target},
+    decide::{Decision, DecisionKind, PolicyStatus, State},
+    record::{DecisionRecord as Recorded, Engine, Frame, Input, Watch},
     snapshot::{CgroupPath, Snapshot},
 };
 
 use crate::{
     act::rules::{Actuators, CgroupActuation},
     probes::Probes,
+    record::segments::{Limits, Recorder},
     sense::{
         cgroupfs::{CgroupFs, DEFAULT_ROOT},
         sensor::{Sensor, SensorScope},
@@ -50,6 +52,80 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `--live`: print one line a second of what the agent sees.
     pub live: bool,
+}
+
+/// The engine as the agent drives it: every input is fed, and recorded
+/// with its decisions when a recorder runs; `replay` feeds the same inputs
+/// to the same [`Engine`].
+struct Driver {
+    engine: Engine,
+    recorder: Option<Recorder>,
+    watch: Watch,
+}
+
+impl Driver {
+    fn feed(&mut self, input: Input) -> Vec<Decision> {
+        let decisions = match self.engine.feed(&input) {
+            Ok(d) => d.to_vec(),
+            Err(e) => {
+                // Configs are checked before they are fed: not expected.
+                tracing::error!("the engine refused an input: {e}");
+                Vec::new()
+            }
+        };
+        if let Some(r) = &self.recorder {
+            r.record(Frame {
+                input,
+                decisions: decisions.iter().map(Recorded::from).collect(),
+            });
+        }
+        decisions
+    }
+
+    fn status(&self) -> Vec<PolicyStatus> {
+        self.engine.state().map(State::status).unwrap_or_default()
+    }
+
+    fn reconfigure(&mut self) {
+        if let Some(cfg) = self.engine.config() {
+            self.watch = Watch::of(cfg);
+        }
+    }
+}
+
+/// Starts recording as `[agent]` says, or says why not and runs without.
+fn start_recorder(cfg: &Config) -> Option<Recorder> {
+    if !cfg.agent.record {
+        tracing::info!("recording is off (record = false)");
+        return None;
+    }
+    let limits = Limits {
+        dir: cfg.agent.record_dir.clone(),
+        keep: cfg.agent.record_keep,
+        max_bytes: cfg.agent.record_max,
+    };
+    match Recorder::start(limits) {
+        Ok(r) => {
+            tracing::info!(
+                "recording to {} (kept {}, at most {} MiB; governor replay {} reads it)",
+                cfg.agent.record_dir.display(),
+                humantime::format_duration(cfg.agent.record_keep),
+                cfg.agent.record_max >> 20,
+                cfg.agent.record_dir.display()
+            );
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!("{e:#}; running without a recording");
+            None
+        }
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why the agent stopped with an error.
@@ -77,8 +153,8 @@ pub fn own_cgroup() -> Option<CgroupPath> {
 fn load(
     opts: &RunOptions,
     agent_cgroup: Option<&CgroupPath>,
-) -> Result<(Config, String), AgentError> {
-    let (mut cfg, name) = config_file::load_with(
+) -> Result<(Config, String, String), AgentError> {
+    let (mut cfg, name, text) = config_file::load_text_with(
         opts.config.as_deref(),
         &LoadOptions {
             agent_cgroup: agent_cgroup.cloned(),
@@ -88,7 +164,7 @@ fn load(
     if opts.dry_run {
         cfg.agent.dry_run = true;
     }
-    Ok((cfg, name))
+    Ok((cfg, name, text))
 }
 
 /// What the sensor must read every interval for these policies.
@@ -138,13 +214,13 @@ fn host_seed() -> u64 {
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let agent_cgroup = own_cgroup();
-    let (cfg, source) = load(&opts, agent_cgroup.as_ref())?;
+    let (cfg, source, text) = load(&opts, agent_cgroup.as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(agent(opts, cfg, source, agent_cgroup))?;
+    runtime.block_on(agent(opts, cfg, source, text, agent_cgroup))?;
     Ok(())
 }
 
@@ -225,16 +301,23 @@ fn start_sensor(
 /// backoff); failures are reported, not fatal.
 fn handle(
     decisions: &[Decision],
-    state: &mut State,
+    driver: &mut Driver,
     now: Duration,
     actuators: &mut Actuators,
     metrics: &Metrics,
     recent: &mut VecDeque<DecisionRecord>,
 ) {
-    for d in decisions {
+    for (index, d) in decisions.iter().enumerate() {
         let result = actuators.carry_out(d);
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        state.outcome(d, error.as_deref().map_or(Ok(()), Err), now);
+        // Only what the engine hears of: applied and reverted changes.
+        if matches!(d.kind, DecisionKind::Applied | DecisionKind::Reverted) {
+            driver.feed(Input::Outcome {
+                now,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                error: error.clone(),
+            });
+        }
         match (&result, d.kind) {
             (Err(e), _) => {
                 tracing::error!(policy = %d.policy, action = d.action.name(), target = %d.target, "{d}: FAILED: {e:#}");
@@ -331,6 +414,7 @@ async fn agent(
     opts: RunOptions,
     cfg: Config,
     source: String,
+    text: String,
     agent_cgroup: Option<CgroupPath>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -432,10 +516,23 @@ async fn agent(
         &status::ServeOptions::for_agent(&cfg.agent),
     )?;
 
-    let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
-    let mut state = State::new(&cfg, protected, cfg.agent.seed.unwrap_or_else(host_seed));
+    let mut driver = Driver {
+        engine: Engine::new(),
+        recorder: start_recorder(&cfg),
+        watch: Watch::default(),
+    };
+    driver.feed(Input::Start {
+        config: text,
+        source_name: source.clone(),
+        seed: cfg.agent.seed.unwrap_or_else(host_seed),
+        agent_cgroup: agent_cgroup.clone(),
+        started_unix_ms: unix_ms_now()
+            .saturating_sub(u64::try_from(started.elapsed().as_millis()).unwrap_or(0)),
+        dry_run: opts.dry_run,
+    });
+    driver.reconfigure();
     if let Ok(mut r) = report.lock() {
-        r.policies = Arc::new(state.status());
+        r.policies = Arc::new(driver.status());
     }
     let mut watched: Arc<[CgroupPath]> = scope_of(&cfg).watched.into();
     let tick = cfg.agent.tick;
@@ -468,8 +565,11 @@ async fn agent(
                         let snap = rx.borrow_and_update().clone();
                         if let Some(snap) = snap {
                             ticked = true;
-                            let decisions = state.step(&snap, now);
-                            handle(&decisions, &mut state, now, &mut actuators, &metrics, &mut recent);
+                            // The engine decides on what the config reads
+                            // of the snapshot, which is what is recorded.
+                            let snapshot = driver.watch.filter(&snap);
+                            let decisions = driver.feed(Input::Step { now, snapshot });
+                            handle(&decisions, &mut driver, now, &mut actuators, &metrics, &mut recent);
                             metrics.observe(Arc::clone(&snap), Arc::clone(&watched));
                             if let Ok(mut r) = report.lock() {
                                 if !decisions.is_empty() {
@@ -481,7 +581,7 @@ async fn agent(
                             }
                             if opts.live && last_live.elapsed() >= Duration::from_secs(1) {
                                 last_live = Instant::now();
-                                println!("{}", live_line(&snap, &state.status()));
+                                println!("{}", live_line(&snap, &driver.status()));
                             }
                         }
                     }
@@ -507,7 +607,7 @@ async fn agent(
                     r.drift = drift;
                 }
                 // End of drift.
-                let statuses = Arc::new(state.status());
+                let statuses = Arc::new(driver.status());
                 metrics.policies(Arc::clone(&statuses));
                 if let Ok(mut r) = report.lock() {
                     r.now = now;
@@ -537,16 +637,21 @@ async fn agent(
                             sd_notify::NotifyState::Status("reload refused: the config is invalid; the running policies stay"),
                         ]);
                     }
-                    Ok((new_cfg, new_source)) => {
-                        let protected = Protected::for_config(&new_cfg, agent_cgroup.as_ref());
-                        let (new_state, decisions) = state.reconcile(&new_cfg, protected, started.elapsed());
-                        state = new_state;
-                        handle(&decisions, &mut state, started.elapsed(), &mut actuators, &metrics, &mut recent);
+                    Ok((new_cfg, new_source, new_text)) => {
+                        let now = started.elapsed();
+                        let decisions = driver.feed(Input::Reload {
+                            now,
+                            config: new_text,
+                            source_name: new_source.clone(),
+                            dry_run: opts.dry_run,
+                        });
+                        driver.reconfigure();
+                        handle(&decisions, &mut driver, now, &mut actuators, &metrics, &mut recent);
                         // After the releases were counted: series of removed
                         // policies and of targets no policy names go.
                         metrics.configure(&new_cfg);
                         metrics.config_loaded(true, true);
-                        metrics.policies(Arc::new(state.status()));
+                        metrics.policies(Arc::new(driver.status()));
                         let scope = scope_of(&new_cfg);
                         watched = scope.watched.clone().into();
                         if let Ok(mut s) = sensor_handle.scope.lock() {
@@ -576,16 +681,29 @@ async fn agent(
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let decisions = state.release_all(started.elapsed());
+    let now = started.elapsed();
+    let decisions = driver.feed(Input::ReleaseAll { now });
     handle(
         &decisions,
-        &mut state,
-        started.elapsed(),
+        &mut driver,
+        now,
         &mut actuators,
         &metrics,
         &mut recent,
     );
     tracing::info!("journal: {}", actuators.revert_all());
+    if let Some(r) = driver.recorder.take() {
+        let c = r.counters();
+        let (frames, bytes, dropped) = (
+            c.frames.load(Ordering::Relaxed),
+            c.bytes_in.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        );
+        r.finish();
+        tracing::info!(
+            "recorded {frames} frames ({bytes} bytes before compression, {dropped} dropped)"
+        );
+    }
     status_task.abort();
     forwarder.abort();
     drop(sensor_handle);

@@ -1,6 +1,8 @@
 //! Recording what the engine was given (`run`, `record`) and replaying it
 //! (`replay`): segment files on disk, the replay runner, and its reports.
 
+pub mod cli;
+pub mod html;
 pub mod replay;
 pub mod report;
 pub mod segments;

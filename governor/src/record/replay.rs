@@ -165,19 +165,55 @@ impl Charts {
 
 /// Replays `frames` with `opts`.
 pub fn replay(frames: &[Frame], opts: &Options) -> anyhow::Result<Replayed> {
-    let mut engine = match &opts.candidate {
-        Some((text, name)) => Engine::with_candidate(text.clone(), name.clone()),
-        None => Engine::new(),
-    };
-    let mut out = Replayed {
-        began_mid_run: !matches!(frames.first().map(|f| &f.input), Some(Input::Start { .. })),
-        ..Replayed::default()
-    };
-    let mut started_unix_ms = 0u64;
-    let mut origin: Option<u64> = None;
-    let mut charts = Charts::default();
-    let mut live_engine_cfg: Option<Config> = None;
-    for (i, frame) in frames.iter().enumerate() {
+    let mut r = Replayer::new(opts.clone());
+    for f in frames {
+        if !r.feed(f)? {
+            break;
+        }
+    }
+    Ok(r.finish())
+}
+
+/// A replay fed one frame at a time (a day of frames need not be held in
+/// memory at once).
+pub struct Replayer {
+    opts: Options,
+    engine: Engine,
+    out: Replayed,
+    started_unix_ms: u64,
+    origin: Option<u64>,
+    charts: Charts,
+    live_cfg: Option<Config>,
+    index: usize,
+}
+
+impl Replayer {
+    /// A replay with `opts`.
+    pub fn new(opts: Options) -> Self {
+        let engine = match &opts.candidate {
+            Some((text, name)) => Engine::with_candidate(text.clone(), name.clone()),
+            None => Engine::new(),
+        };
+        Self {
+            opts,
+            engine,
+            out: Replayed::default(),
+            started_unix_ms: 0,
+            origin: None,
+            charts: Charts::default(),
+            live_cfg: None,
+            index: 0,
+        }
+    }
+
+    /// Feeds the next frame; false once past `--to` (feed no more).
+    pub fn feed(&mut self, frame: &Frame) -> anyhow::Result<bool> {
+        let i = self.index;
+        self.index += 1;
+        let opts = &self.opts;
+        if i == 0 {
+            self.out.began_mid_run = !matches!(frame.input, Input::Start { .. });
+        }
         match &frame.input {
             Input::Start {
                 started_unix_ms: s,
@@ -185,70 +221,67 @@ pub fn replay(frames: &[Frame], opts: &Options) -> anyhow::Result<Replayed> {
                 source_name,
                 ..
             } => {
-                started_unix_ms = *s;
-                out.runs += 1;
-                live_engine_cfg = governor_engine::config::from_str(config, source_name).ok();
+                self.started_unix_ms = *s;
+                self.out.runs += 1;
+                self.live_cfg = governor_engine::config::from_str(config, source_name).ok();
             }
             Input::Segment {
                 started_unix_ms: s,
                 config,
                 source_name,
                 ..
-            } if engine.state().is_none() => {
-                started_unix_ms = *s;
-                out.runs += 1;
-                live_engine_cfg = governor_engine::config::from_str(config, source_name).ok();
+            } if self.engine.state().is_none() => {
+                self.started_unix_ms = *s;
+                self.out.runs += 1;
+                self.live_cfg = governor_engine::config::from_str(config, source_name).ok();
             }
             Input::Reload {
                 config,
                 source_name,
                 ..
             } => {
-                live_engine_cfg = governor_engine::config::from_str(config, source_name).ok();
+                self.live_cfg = governor_engine::config::from_str(config, source_name).ok();
             }
             _ => {}
         }
-        let unix_ms = started_unix_ms
+        let unix_ms = self
+            .started_unix_ms
             .saturating_add(u64::try_from(frame.input.now().as_millis()).unwrap_or(u64::MAX));
         if opts.to_unix_ms.is_some_and(|to| unix_ms > to) {
-            break;
+            return Ok(false);
         }
-        let decisions: Vec<DecisionRecord> = engine
+        let decisions: Vec<DecisionRecord> = self
+            .engine
             .feed(&frame.input)
             .map_err(|e| anyhow::anyhow!("frame {i}: {e}"))?
             .iter()
             .map(DecisionRecord::from)
             .collect();
+        let out = &mut self.out;
+        let charts = &mut self.charts;
+        let engine = &self.engine;
         if opts.candidate.is_none() && decisions != frame.decisions {
             out.mismatches
                 .push((i, frame.decisions.clone(), decisions.clone()));
         }
         let in_span = opts.from_unix_ms.is_none_or(|from| unix_ms >= from);
         if !in_span {
-            continue;
+            return Ok(true);
         }
-        let origin = *origin.get_or_insert(unix_ms);
+        let origin = *self.origin.get_or_insert(unix_ms);
         let t = (unix_ms - origin) as f64 / 1e3;
-        if opts.points {
-            if let Some(cfg) = &live_engine_cfg
-                && matches!(
-                    frame.input,
-                    Input::Start { .. } | Input::Segment { .. } | Input::Reload { .. }
-                )
-            {
+        let reconfigured = matches!(
+            frame.input,
+            Input::Start { .. } | Input::Segment { .. } | Input::Reload { .. }
+        );
+        if opts.points && reconfigured {
+            if let Some(cfg) = &self.live_cfg {
                 charts.config(cfg, true);
             }
+            // A candidate stays in force across the live reloads.
+            let candidate_start = !matches!(frame.input, Input::Reload { .. });
             if let Some(cfg) = engine.config()
-                && opts.candidate.is_some()
-                && matches!(frame.input, Input::Start { .. } | Input::Segment { .. })
-            {
-                charts.config(cfg, false);
-            } else if opts.candidate.is_none()
-                && let Some(cfg) = engine.config()
-                && matches!(
-                    frame.input,
-                    Input::Start { .. } | Input::Segment { .. } | Input::Reload { .. }
-                )
+                && (opts.candidate.is_none() || candidate_start)
             {
                 charts.config(cfg, false);
             }
@@ -300,11 +333,22 @@ pub fn replay(frames: &[Frame], opts: &Options) -> anyhow::Result<Replayed> {
                 }
             }
         }
+        Ok(true)
     }
-    if opts.points {
-        out.report = Some(build_report(charts, opts, origin.unwrap_or(0), &out));
+
+    /// What the replay found.
+    pub fn finish(mut self) -> Replayed {
+        if self.opts.points {
+            let charts = std::mem::take(&mut self.charts);
+            self.out.report = Some(build_report(
+                charts,
+                &self.opts,
+                self.origin.unwrap_or(0),
+                &self.out,
+            ));
+        }
+        self.out
     }
-    Ok(out)
 }
 
 fn build_report(mut charts: Charts, opts: &Options, origin: u64, out: &Replayed) -> Report {
@@ -659,6 +703,7 @@ ladder = [
                 seed: 3,
                 agent_cgroup: None,
                 started_unix_ms: 1_700_000_000_000,
+                dry_run: false,
             },
         );
         let watch = Watch::of(e.config().unwrap());

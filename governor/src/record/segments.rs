@@ -1,6 +1,6 @@
-//! Recording segments on disk: gzip-compressed JSON lines
+//! Recording segments on disk: gzip-compressed frames
 //! ([`governor_engine::record`]), one file per hour of a run at most, named
-//! by the Unix time of their first frame (`rec-<ms>.jsonl.gz`, so that the
+//! by the Unix time of their first frame (`rec-<ms>.gvr.gz`, so that the
 //! names sort in time), bounded by age (`record_keep`) and total size
 //! (`record_max`), oldest dropped first.
 //!
@@ -168,7 +168,7 @@ pub fn segments_in(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u64, u64)>> {
         let Some(ms) = name
             .to_str()
             .and_then(|n| n.strip_prefix("rec-"))
-            .and_then(|n| n.strip_suffix(".jsonl.gz"))
+            .and_then(|n| n.strip_suffix(".gvr.gz"))
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
@@ -210,14 +210,14 @@ struct Open {
 }
 
 fn open_segment(dir: &Path, start_ms: u64) -> std::io::Result<Open> {
-    let path = dir.join(format!("rec-{start_ms:013}.jsonl.gz"));
+    let path = dir.join(format!("rec-{start_ms:013}.gvr.gz"));
     let file = fs::OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(&path)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
     let mut gz = GzEncoder::new(file, Compression::new(6));
-    gz.write_all(record::header().as_bytes())?;
+    gz.write_all(&record::header())?;
     Ok(Open {
         path,
         gz,
@@ -228,13 +228,14 @@ fn open_segment(dir: &Path, start_ms: u64) -> std::io::Result<Open> {
 
 /// The config in force, to begin each later segment with.
 fn segment_frame(last: &Input, now: Duration) -> Option<Frame> {
-    let (config, source_name, seed, agent_cgroup, started_unix_ms) = match last {
+    let (config, source_name, seed, agent_cgroup, started_unix_ms, dry_run) = match last {
         Input::Start {
             config,
             source_name,
             seed,
             agent_cgroup,
             started_unix_ms,
+            dry_run,
         }
         | Input::Segment {
             config,
@@ -242,8 +243,16 @@ fn segment_frame(last: &Input, now: Duration) -> Option<Frame> {
             seed,
             agent_cgroup,
             started_unix_ms,
+            dry_run,
             ..
-        } => (config, source_name, *seed, agent_cgroup, *started_unix_ms),
+        } => (
+            config,
+            source_name,
+            *seed,
+            agent_cgroup,
+            *started_unix_ms,
+            *dry_run,
+        ),
         _ => return None,
     };
     Some(Frame {
@@ -254,6 +263,7 @@ fn segment_frame(last: &Input, now: Duration) -> Option<Frame> {
             agent_cgroup: agent_cgroup.clone(),
             started_unix_ms,
             now,
+            dry_run,
         },
         decisions: Vec::new(),
     })
@@ -399,36 +409,63 @@ pub struct Recording {
     pub files: Vec<(PathBuf, bool)>,
 }
 
-/// Reads `paths` (segment files, or directories of them) in order.
-pub fn read(paths: &[PathBuf]) -> anyhow::Result<Recording> {
+/// The segment files `paths` name (files, or directories of them), in order.
+pub fn files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
             let segs = segments_in(p)?;
             if segs.is_empty() {
-                bail!("{} holds no recording (rec-*.jsonl.gz)", p.display());
+                bail!("{} holds no recording (rec-*.gvr.gz)", p.display());
             }
             files.extend(segs.into_iter().map(|s| s.0));
         } else {
             files.push(p.clone());
         }
     }
-    let mut out = Recording::default();
-    for f in files {
-        let file = File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-        let mut text = Vec::new();
+    Ok(files)
+}
+
+/// Reads `paths` (segment files, or directories of them) in order.
+pub fn read(paths: &[PathBuf]) -> anyhow::Result<Recording> {
+    let mut frames = Vec::new();
+    let files = each(paths, |f| {
+        frames.push(f);
+        Ok(true)
+    })?;
+    Ok(Recording { frames, files })
+}
+
+/// Hands every frame of `paths` to `f` in order, one segment in memory at
+/// a time, until `f` says stop (`Ok(false)`); returns the files read and
+/// whether each ended torn.
+pub fn each(
+    paths: &[PathBuf],
+    mut f: impl FnMut(Frame) -> anyhow::Result<bool>,
+) -> anyhow::Result<Vec<(PathBuf, bool)>> {
+    let mut out = Vec::new();
+    let mut bytes = Vec::new();
+    for path in files(paths)? {
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        bytes.clear();
         // A segment cut short (a crash, or one being written) ends mid-
         // stream: what was read before is kept.
-        let cut = match MultiGzDecoder::new(file).read_to_end(&mut text) {
+        let cut = match MultiGzDecoder::new(file).read_to_end(&mut bytes) {
             Ok(_) => false,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => true,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", f.display())),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let text = String::from_utf8_lossy(&text);
-        let (frames, torn) =
-            record::decode(&text).with_context(|| format!("reading {}", f.display()))?;
-        out.frames.extend(frames);
-        out.files.push((f, cut || torn));
+        let mut result = Ok(true);
+        let torn = record::decode_each(&bytes, |frame| {
+            if matches!(result, Ok(true)) {
+                result = f(frame);
+            }
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+        out.push((path, cut || torn));
+        if !result? {
+            break;
+        }
     }
     Ok(out)
 }
@@ -462,6 +499,7 @@ mod tests {
                 seed: 1,
                 agent_cgroup: None,
                 started_unix_ms: 5,
+                dry_run: false,
             },
             decisions: Vec::new(),
         }
@@ -503,8 +541,8 @@ mod tests {
         }
         o.gz.write_all(&line).unwrap();
         o.gz.flush().unwrap();
-        // The process dies: no gzip trailer, and a half line.
-        o.gz.write_all(b"{\"input\":{\"Step\"").unwrap();
+        // The process dies: no gzip trailer, and half a frame.
+        o.gz.write_all(&[200, 0, 0, 0, 2, 1]).unwrap();
         o.gz.flush().unwrap();
         std::mem::forget(o.gz);
         let back = read(&[dir]).unwrap();
@@ -517,7 +555,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
         for ms in [1_000u64, 2_000, 3_000, 4_000] {
-            fs::write(dir.join(format!("rec-{ms:013}.jsonl.gz")), vec![0u8; 100]).unwrap();
+            fs::write(dir.join(format!("rec-{ms:013}.gvr.gz")), vec![0u8; 100]).unwrap();
         }
         fs::write(dir.join("notes.txt"), "kept").unwrap();
         let limits = Limits {
@@ -526,7 +564,7 @@ mod tests {
             max_bytes: 250,
         };
         let counters = Counters::default();
-        let current = dir.join(format!("rec-{:013}.jsonl.gz", 4_000));
+        let current = dir.join(format!("rec-{:013}.gvr.gz", 4_000));
         enforce(&limits, Some(&current), 5_000, &counters);
         let left: Vec<u64> = segments_in(&dir).unwrap().iter().map(|s| s.1).collect();
         assert_eq!(left, [3_000, 4_000]);

@@ -454,9 +454,10 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "[agent]\ntick = \"100ms\"\nmetrics_addr = \"{metrics}\"\nstatus_socket = \"{}\"\njournal_dir = \"{}\"\nseed = 7\n{extra}\n{policies}",
+                "[agent]\ntick = \"100ms\"\nmetrics_addr = \"{metrics}\"\nstatus_socket = \"{}\"\njournal_dir = \"{}\"\nrecord_dir = \"{}\"\nseed = 7\n{extra}\n{policies}",
                 socket.display(),
-                journal.0.display()
+                journal.0.display(),
+                journal.0.join("record").display()
             ),
         )?;
         let log = dir.0.join("governor.log");
