@@ -225,6 +225,27 @@ check_stop_cleans_up() {
 	fi
 }
 
+# What the unit recorded (StateDirectory=governor) replays to the decisions
+# it took, across the restarts after kill -9 and the watchdog's abort (their
+# segments end torn) and the policy's trips and recoveries.
+check_recording_replays() {
+	local dir=/var/lib/governor/record out rc
+	section "recording in $dir"
+	ls -l "$dir" 2>&1 | tail -n 12
+	out=$(governor replay "$dir" 2>&1)
+	rc=$?
+	printf '%s\n' "$out" | head -n 20
+	if [ $rc -ne 0 ]; then
+		fail recording-replays "governor replay $dir exited $rc"
+	elif ! printf '%s\n' "$out" | grep -q '^identical: all '; then
+		fail recording-replays "the replay did not reproduce the recorded decisions"
+	elif ! printf '%s\n' "$out" | grep -q 'applied'; then
+		fail recording-replays "the recording holds no applied decision"
+	else
+		pass recording-replays
+	fi
+}
+
 # ---- policies acting on systemd units, through systemd ----
 
 CONF=/etc/governor/governor.toml
@@ -485,6 +506,7 @@ main() {
 		check_lifted_to_unit_values
 		check_watchdog_catches_sigstop
 		check_stop_cleans_up
+		check_recording_replays
 		section "after stop: $HOG"
 		echo "CPUWeight=$(hog_prop CPUWeight) (was $HOG_WEIGHT_BEFORE), cpu.weight=$(hog_weight_file), drop-ins: $(ls /run/systemd/system.control/$HOG.d/ 2>&1)"
 		if [ -n "$HOG_WEIGHT_BEFORE" ] && unit_values_back; then
@@ -494,7 +516,7 @@ main() {
 		fi
 		systemctl stop $HOG $API
 	else
-		for c in active-after-install status-and-journal restart-after-kill stop-cleans-up; do
+		for c in active-after-install status-and-journal restart-after-kill stop-cleans-up recording-replays; do
 			skip "$c" "dpkg-install failed"
 		done
 	fi

@@ -20,6 +20,7 @@ mod noisy;
 mod overload;
 mod plot;
 mod reaction;
+mod replay;
 mod report;
 
 use crate::{
@@ -65,6 +66,9 @@ enum Which {
     Herd,
     /// The agent's RSS and CPU with a 100 ms tick, 1,000 cgroups, 100 ports.
     Footprint,
+    /// `governor replay` of a synthetic day of 10 policies, beside `gzip -dc`
+    /// of the same recording.
+    Replay,
 }
 
 /// Runs the chosen benchmarks.
@@ -92,6 +96,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         Some(Which::Overload) => overload::run(args)?,
         Some(Which::Herd) => herd::run(args)?,
         Some(Which::Footprint) => footprint::run(args)?,
+        Some(Which::Replay) => replay::run(args)?,
         None => {
             let started = Instant::now();
             probes(args)?;
@@ -101,6 +106,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             overload::run(args)?;
             herd::run(args)?;
             footprint::run(args)?;
+            replay::run(args)?;
             let md = std::fs::read_to_string(report::dir()?.join("results.md"))?;
             println!("\n{md}");
             say(format!(

@@ -18,6 +18,7 @@ const ORDER: &[&str] = &[
     "overload",
     "herd",
     "footprint",
+    "replay",
 ];
 
 pub fn dir() -> anyhow::Result<PathBuf> {
