@@ -248,6 +248,9 @@ impl Engine {
     /// Takes one input; returns the engine's decisions for it.
     pub fn feed(&mut self, input: &Input) -> Result<&[Decision], EngineError> {
         let decisions = match input {
+            Input::Segment { .. } if self.state.is_some() => Vec::new(),
+            // A segment's head for an engine not started: a replay that
+            // begins mid-run starts fresh there.
             Input::Start {
                 config,
                 source_name,
@@ -255,16 +258,8 @@ impl Engine {
                 agent_cgroup,
                 dry_run,
                 ..
-            } => {
-                self.agent_cgroup = agent_cgroup.clone();
-                let cfg = self.parse(config, source_name, *dry_run)?;
-                let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
-                self.state = Some(State::new(&cfg, protected, *seed));
-                self.config = Some(cfg);
-                Vec::new()
             }
-            Input::Segment { .. } if self.state.is_some() => Vec::new(),
-            Input::Segment {
+            | Input::Segment {
                 config,
                 source_name,
                 seed,
@@ -272,7 +267,6 @@ impl Engine {
                 dry_run,
                 ..
             } => {
-                // A replay that begins mid-run: a fresh state from here.
                 self.agent_cgroup = agent_cgroup.clone();
                 let cfg = self.parse(config, source_name, *dry_run)?;
                 let protected = Protected::for_config(&cfg, agent_cgroup.as_ref());
