@@ -370,15 +370,10 @@ fn build_report(mut charts: Charts, opts: &Options, origin: u64, out: &Replayed)
         let (signal, unit, high, low, rungs) =
             match (charts.meta.get(name), charts.live_meta.get(name)) {
                 (Some((s, h, l, r)), Some((_, k, ..))) => (s.clone(), unit_of(*k), *h, *l, *r),
-                (Some((s, h, l, r)), None) => (s.clone(), "", *h, *l, *r),
+                (Some((s, h, l, r)), None) => (s.clone(), "ratio", *h, *l, *r),
                 (None, Some((s, k, h, l, r))) => (s.clone(), unit_of(*k), *h, *l, *r),
                 (None, None) => continue,
             };
-        let unit = if unit.is_empty() {
-            run.as_ref().and(Some("ratio")).unwrap_or("ratio")
-        } else {
-            unit
-        };
         let in_live = charts.live_meta.contains_key(name);
         let (live, candidate) = if opts.candidate.is_some() {
             (
