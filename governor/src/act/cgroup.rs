@@ -1470,13 +1470,31 @@ fn file_agrees(file: &Path, written: &str, found: &str) -> bool {
     written.split_whitespace().eq(found.split_whitespace())
 }
 
+/// Whether `found` in a weight file is the kernel's view of a cgroup made
+/// idle: with `cpu.idle` 1 (held by another policy, or set by anyone: that
+/// file has its own drift check), cgroup2's `cpu.weight` reads 0 and v1's
+/// `cpu.shares` reads 3, whatever was written, and the written weight comes
+/// back when `cpu.idle` goes to 0.
+fn idle_explains(file: &Path, found: &str) -> bool {
+    let idle_view = match file.file_name().and_then(|n| n.to_str()) {
+        Some("cpu.weight") => "0",
+        Some("cpu.shares") => "3",
+        _ => return false,
+    };
+    found.trim() == idle_view
+        && file
+            .parent()
+            .and_then(|d| fs::read_to_string(d.join("cpu.idle")).ok())
+            .is_some_and(|idle| idle.trim() == "1")
+}
+
 /// How a cgroup file the agent wrote `written` into differs from it now, as
 /// (held, found); `None` if it agrees or cannot be read (the cgroup is gone,
 /// and a lift will say so).
 fn file_drift(file: &Path, written: &str) -> Option<(String, String)> {
     let found = fs::read_to_string(file).ok()?;
     let found = found.trim_end_matches('\n');
-    if file_agrees(file, written, found) {
+    if file_agrees(file, written, found) || idle_explains(file, found) {
         return None;
     }
     let name = file
@@ -2829,6 +2847,36 @@ mod tests {
         let report = act.revert_all();
         assert!(report.is_clean(), "{report}");
         assert_eq!(act.check_drift(), []);
+    }
+
+    #[test]
+    fn a_weight_read_as_the_kernels_idle_view_is_not_drift() {
+        let host = Host::unified(&[("b/cpu.weight", "100\n"), ("b/cpu.idle", "0\n")]);
+        let mut act = host.actuator();
+        let _ = act
+            .apply("p", &weight("/b", CpuWeight::Weight(50)))
+            .unwrap();
+        let _ = act.apply("q", &weight("/b", CpuWeight::Idle)).unwrap();
+        assert_eq!(host.read("b/cpu.idle").trim(), "1");
+        // What cgroup2 shows of an idle cgroup's weight.
+        write(&host.path("b/cpu.weight"), "0\n");
+        assert_eq!(act.check_drift(), [], "idle makes cpu.weight read 0");
+        // Another value is someone else's change.
+        write(&host.path("b/cpu.weight"), "70\n");
+        let d = act.check_drift();
+        assert!(
+            d.iter().any(|d| d.to_string().contains("cpu.weight")),
+            "{d:?}"
+        );
+        // A weight of 0 without idle is not the kernel's view either.
+        write(&host.path("b/cpu.weight"), "0\n");
+        write(&host.path("b/cpu.idle"), "0\n");
+        let d = act.check_drift();
+        assert!(
+            d.iter()
+                .any(|d| d.to_string().contains("cpu.weight \"50\"")),
+            "{d:?}"
+        );
     }
 
     #[test]
