@@ -284,7 +284,7 @@ fn record(
     max_mib: u64,
 ) -> anyhow::Result<()> {
     use governor::record::segments::{Limits, Recorder};
-    use governor_engine::record::{DecisionRecord, Engine, Frame, Input, Watch};
+    use governor_engine::record::{Engine, Input, Watch};
     let (cfg, name, text) = match config {
         Some(p) => governor::agent::config_file::load_text_with(Some(p), &Default::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -301,34 +301,24 @@ fn record(
         keep,
         max_bytes: max_mib << 20,
     })?;
-    let mut engine = Engine::new();
-    fn feed(engine: &mut Engine, recorder: &Recorder, input: Input) -> anyhow::Result<()> {
-        let decisions = engine
-            .feed(&input)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .iter()
-            .map(DecisionRecord::from)
-            .collect();
-        recorder.record(Frame { input, decisions });
-        Ok(())
-    }
+    // The agent's driver, with every cgroup and port watched and no actuators.
+    let mut driver = governor::agent::driver::Driver {
+        engine: Engine::new(),
+        recorder: Some(recorder),
+        watch: Watch::everything(),
+    };
     let started = std::time::Instant::now();
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    feed(
-        &mut engine,
-        &recorder,
-        Input::Start {
-            config: text,
-            source_name: name,
-            seed: cfg.agent.seed.unwrap_or(unix_ms),
-            agent_cgroup: None,
-            started_unix_ms: unix_ms,
-            dry_run: true,
-        },
-    )?;
-    let watch = Watch::everything();
+    driver.feed(Input::Start {
+        config: text,
+        source_name: name,
+        seed: cfg.agent.seed.unwrap_or(unix_ms),
+        agent_cgroup: None,
+        started_unix_ms: unix_ms,
+        dry_run: true,
+    });
     let tick = cfg.agent.tick;
     let rt = runtime()?;
     let ids = rt.block_on(async move {
@@ -353,10 +343,11 @@ fn record(
                 _ = ticker.tick() => {
                     let snap = sensor.sample()?;
                     let now = started.elapsed();
-                    feed(&mut engine, &recorder, Input::Step { now, snapshot: watch.filter(&snap) })?;
+                    let snapshot = driver.watch.filter(&snap);
+                    driver.feed(Input::Step { now, snapshot });
                     if said.elapsed() >= Duration::from_secs(10) {
                         said = std::time::Instant::now();
-                        let c = recorder.counters();
+                        let Some(c) = driver.recorder.as_ref().map(|r| r.counters()) else { break };
                         eprintln!(
                             "governor: {:.0}s: {} frames, {} KiB compressed, {} dropped",
                             now.as_secs_f64(),
@@ -370,16 +361,13 @@ fn record(
                 sig = &mut stop => { eprintln!("governor: {sig}: stopping"); break; }
             }
         }
-        feed(
-            &mut engine,
-            &recorder,
-            Input::ReleaseAll {
-                now: started.elapsed(),
-            },
-        )?;
+        driver.feed(Input::ReleaseAll {
+            now: started.elapsed(),
+        });
         forwarder.abort();
         let ids = sensor.probes().program_ids();
         drop(sensor);
+        let recorder = driver.recorder.take().context("the recorder")?;
         let c = recorder.counters();
         let (frames, dropped) = (
             c.frames.load(std::sync::atomic::Ordering::Relaxed),

@@ -660,3 +660,64 @@ fn two_policies_on_one_port_the_strictest_claim_holds_and_a_lift_restores_the_ot
         "the strictest claim in force at each step"
     );
 }
+
+/// Whether the enforcement programs are gone is asked of each cgroup and
+/// namespace they were attached to (BPF_PROG_QUERY, CAP_NET_ADMIN), not of
+/// the list of every loaded program (CAP_SYS_ADMIN, which the unit lacks).
+#[test]
+fn release_is_checked_at_each_hook_the_programs_were_attached_to() {
+    use governor::act::rules::Actuators;
+    use governor_engine::{
+        config::{Action, Target},
+        decide::{Change, DecisionKind},
+    };
+    require_root();
+    let out = thread::spawn(|| {
+        enter_own_netns();
+        let cg = TestCgroup::new("detach-check");
+        let mut e = enforcer_here();
+        e.attach_cgroup(&cg.dir).expect("connect4/6 attach");
+        let hooks = e.attachments();
+        assert_eq!(hooks.len().1, 3, "the namespace and two cgroup hooks");
+        let alive = hooks.check();
+        assert_eq!(alive.asked, 3, "{alive:?}");
+        assert_eq!(
+            alive.attached.len(),
+            3,
+            "while the enforcer lives, each hook holds one of ours: {alive:?}"
+        );
+        drop(e);
+        let gone = hooks.check();
+        assert_eq!(gone.asked, 3, "{gone:?}");
+        assert!(gone.attached.is_empty(), "released: {gone:?}");
+
+        // Through the actuators, as the agent stops.
+        let fs = governor::sense::cgroupfs::CgroupFs::discover(Path::new(
+            governor::sense::cgroupfs::DEFAULT_ROOT,
+        ))
+        .expect("cgroup2");
+        let mut act = Actuators::new(fs, Box::new(NoCgroups), "/proc/thread-self/ns/net".into());
+        assert_eq!(act.check_detached(), None, "nothing attached yet");
+        act.carry_out(&decision(
+            DecisionKind::Applied,
+            Change::Impose,
+            Action::RejectConnections {
+                target: Target::Cgroup(cg.path.clone()),
+                mode: RejectMode::Reset,
+                exempt: vec![],
+            },
+            0,
+            1,
+        ))
+        .expect("reject on the cgroup");
+        act.revert_all();
+        act.check_detached().expect("a check after a release")
+    })
+    .join()
+    .expect("test thread");
+    println!("{out}");
+    assert!(
+        out.starts_with("detached: none of our enforcement programs remains attached"),
+        "{out}"
+    );
+}

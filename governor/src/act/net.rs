@@ -313,6 +313,46 @@ impl NetEnforcer {
         Ok(())
     }
 
+    /// What the programs are attached to, held open so that once the
+    /// enforcer is dropped the kernel can be asked whether any of them is
+    /// still attached there ([`Attachments::check`]). Asking each target
+    /// needs only CAP_NET_ADMIN, which the agent has (listing every loaded
+    /// program would need CAP_SYS_ADMIN, which the unit does not give).
+    pub fn attachments(&self) -> Attachments {
+        let ids = [
+            names::PROG_ADMIT,
+            names::PROG_CONNECT4,
+            names::PROG_CONNECT6,
+        ]
+        .iter()
+        .filter_map(|n| self.ebpf.program(n)?.info().ok())
+        .map(|i| i.id())
+        .collect();
+        let mut targets = Vec::new();
+        if let Some((path, _)) = &self.netns
+            && let Ok(f) = File::open(path)
+        {
+            targets.push((
+                format!("network namespace {}", path.display()),
+                f,
+                ATTACH_SK_LOOKUP,
+            ));
+        }
+        // A cgroup made again at a path has an entry per id: ask it once.
+        let paths: std::collections::BTreeSet<&PathBuf> =
+            self.cgroups.values().map(|(p, _)| p).collect();
+        for path in paths {
+            if let Ok(f) = File::open(path) {
+                for t in [ATTACH_CGROUP_INET4_CONNECT, ATTACH_CGROUP_INET6_CONNECT] {
+                    if let Ok(f) = f.try_clone() {
+                        targets.push((format!("cgroup {}", path.display()), f, t));
+                    }
+                }
+            }
+        }
+        Attachments { ids, targets }
+    }
+
     fn buckets(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, EnforceError> {
         self.ebpf.map_mut(name).ok_or(EnforceError::Missing(name))
     }
@@ -487,6 +527,124 @@ impl NetEnforcer {
             .verdicts::<u64>(names::MAP_CGROUP_VERDICTS)?
             .into_iter()
             .collect())
+    }
+}
+
+// `enum bpf_attach_type` values of the kernel's UAPI (stable ABI numbers,
+// not struct layouts).
+const ATTACH_CGROUP_INET4_CONNECT: u32 = 10;
+const ATTACH_CGROUP_INET6_CONNECT: u32 = 11;
+const ATTACH_SK_LOOKUP: u32 = 36;
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// The enforcement programs' ids and the targets they were attached to,
+/// each held open (see [`NetEnforcer::attachments`]).
+pub struct Attachments {
+    ids: Vec<u32>,
+    targets: Vec<(String, File, u32)>,
+}
+
+/// What [`Attachments::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachCheck {
+    /// Targets asked (a cgroup counts once per attach type).
+    pub asked: usize,
+    /// `(target, program id)` of ours still attached.
+    pub attached: Vec<(String, u32)>,
+    /// Targets that could not be asked, with the reason.
+    pub unasked: Vec<String>,
+}
+
+impl Attachments {
+    /// Number of our programs and of the targets to ask.
+    pub fn len(&self) -> (usize, usize) {
+        (self.ids.len(), self.targets.len())
+    }
+
+    /// Whether nothing was ever attached.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Asks each target which programs are attached to it (BPF_PROG_QUERY)
+    /// and reports those that are ours.
+    pub fn check(&self) -> DetachCheck {
+        let mut out = DetachCheck {
+            asked: 0,
+            attached: Vec::new(),
+            unasked: Vec::new(),
+        };
+        for (what, f, attach_type) in &self.targets {
+            match prog_query(f, *attach_type) {
+                Ok(ids) => {
+                    out.asked += 1;
+                    out.attached.extend(
+                        ids.into_iter()
+                            .filter(|id| self.ids.contains(id))
+                            .map(|id| (what.clone(), id)),
+                    );
+                }
+                // The cgroup was removed: nothing can be attached to it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => out.asked += 1,
+                Err(e) => out.unasked.push(format!("{what}: {e}")),
+            }
+        }
+        out
+    }
+}
+
+/// The ids of the programs attached to `target` for `attach_type`
+/// (`BPF_PROG_QUERY`; effective programs are not asked for, only those
+/// attached at the target itself).
+fn prog_query(target: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd as _;
+    // The `query` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let mut ids = vec![0u32; 64];
+    loop {
+        let mut q = Query {
+            target_fd: u32::try_from(target.as_raw_fd()).unwrap_or(u32::MAX),
+            attach_type,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            ..Query::default()
+        };
+        // SAFETY: `q` is a valid `bpf_attr` prefix of the size given, and
+        // `prog_ids` points at `prog_cnt` writable u32s that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &raw mut q,
+                std::mem::size_of::<Query>() as libc::c_uint,
+            )
+        };
+        let count = q.prog_cnt as usize;
+        if r == 0 {
+            ids.truncate(count.min(ids.len()));
+            return Ok(ids);
+        }
+        let e = std::io::Error::last_os_error();
+        // More programs than room: the kernel said how many.
+        if e.raw_os_error() == Some(libc::ENOSPC) && count > ids.len() {
+            ids.resize(count, 0);
+            continue;
+        }
+        return Err(e);
     }
 }
 

@@ -15,7 +15,7 @@ use governor_engine::{
 use crate::{
     act::{
         cgroup::{Applied, CgroupActuator, Drifted},
-        net::{NetEnforcer, Rule},
+        net::{Attachments, DetachCheck, NetEnforcer, Rule},
     },
     sense::cgroupfs::CgroupFs,
 };
@@ -83,6 +83,9 @@ pub struct Actuators {
     cgroups: Box<dyn CgroupActuation>,
     /// Loaded on the first connection action.
     net: Option<NetEnforcer>,
+    /// What the enforcer was attached to, kept by [`Self::revert_all`] for
+    /// [`Self::check_detached`].
+    released: Option<Attachments>,
     /// The namespace whose ports policies name.
     netns: PathBuf,
     netns_attached: bool,
@@ -114,6 +117,7 @@ impl Actuators {
             cgroupfs,
             cgroups,
             net: None,
+            released: None,
             netns,
             netns_attached: false,
             connect_attached: BTreeSet::new(),
@@ -389,7 +393,9 @@ impl Actuators {
     /// Reverts everything: connection rules go with the enforcer (its links
     /// die with it), cgroup files are restored from the journal.
     pub fn revert_all(&mut self) -> String {
-        self.net = None;
+        if let Some(net) = self.net.take() {
+            self.released = Some(net.attachments());
+        }
         self.netns_attached = false;
         self.connect_attached.clear();
         self.imposed.clear();
@@ -397,6 +403,42 @@ impl Actuators {
         self.dirty = false;
         self.cgroups.revert_all()
     }
+}
+
+impl Actuators {
+    /// After [`Self::revert_all`]: asks every cgroup and namespace the
+    /// enforcement programs were attached to whether one of ours is still
+    /// attached, and says what it found. `None` if none was ever attached.
+    pub fn check_detached(&self) -> Option<String> {
+        let a = self.released.as_ref().filter(|a| !a.is_empty())?;
+        Some(detach_report(a.len().1, &a.check()))
+    }
+}
+
+/// The line the agent logs from a [`DetachCheck`] of `targets` targets.
+fn detach_report(targets: usize, c: &DetachCheck) -> String {
+    if !c.attached.is_empty() {
+        let list: Vec<String> = c
+            .attached
+            .iter()
+            .map(|(t, id)| format!("program {id} on {t}"))
+            .collect();
+        return format!("STILL ATTACHED after release: {}", list.join(", "));
+    }
+    if c.asked == 0 {
+        return format!(
+            "could not check the {targets} enforcement attachments: {}",
+            c.unasked.join("; ")
+        );
+    }
+    let mut s = format!(
+        "detached: none of our enforcement programs remains attached to the {} cgroup and namespace hooks it used (each asked)",
+        c.asked
+    );
+    if !c.unasked.is_empty() {
+        s.push_str(&format!("; not asked: {}", c.unasked.join("; ")));
+    }
+    s
 }
 
 /// The strictest of several policies' claims on one target: refusing

@@ -7,6 +7,9 @@
 //! nothing (no data is not zero) and is counted as stale.
 
 pub mod config_file;
+pub mod driver;
+
+use driver::Driver;
 
 use std::{
     collections::VecDeque,
@@ -24,8 +27,8 @@ use tokio::sync::watch;
 
 use governor_engine::{
     config::{Config, LoadOptions, Scope, Target},
-    decide::{Decision, DecisionKind, PolicyStatus, State},
-    record::{DecisionRecord as Recorded, Engine, Frame, Input, Watch},
+    decide::{Decision, DecisionKind},
+    record::{Engine, Input, Watch},
     snapshot::{CgroupPath, Snapshot},
 };
 
@@ -52,45 +55,6 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `--live`: print one line a second of what the agent sees.
     pub live: bool,
-}
-
-/// The engine as the agent drives it: every input is fed, and recorded
-/// with its decisions when a recorder runs; `replay` feeds the same inputs
-/// to the same [`Engine`].
-struct Driver {
-    engine: Engine,
-    recorder: Option<Recorder>,
-    watch: Watch,
-}
-
-impl Driver {
-    fn feed(&mut self, input: Input) -> Vec<Decision> {
-        let decisions = match self.engine.feed(&input) {
-            Ok(d) => d.to_vec(),
-            Err(e) => {
-                // Configs are checked before they are fed: not expected.
-                tracing::error!("the engine refused an input: {e}");
-                Vec::new()
-            }
-        };
-        if let Some(r) = &self.recorder {
-            r.record(Frame {
-                input,
-                decisions: decisions.iter().map(Recorded::from).collect(),
-            });
-        }
-        decisions
-    }
-
-    fn status(&self) -> Vec<PolicyStatus> {
-        self.engine.state().map(State::status).unwrap_or_default()
-    }
-
-    fn reconfigure(&mut self) {
-        if let Some(cfg) = self.engine.config() {
-            self.watch = Watch::of(cfg);
-        }
-    }
 }
 
 /// Starts recording as `[agent]` says, or says why not and runs without.
@@ -707,6 +671,13 @@ async fn agent(
     status_task.abort();
     forwarder.abort();
     drop(sensor_handle);
+    if let Some(line) = actuators.check_detached() {
+        if line.starts_with("STILL") {
+            tracing::error!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
     drop(actuators);
     crate::probes::wait_unloaded(&program_ids);
     tracing::info!("stopped after {:.1}s", started.elapsed().as_secs_f64());
