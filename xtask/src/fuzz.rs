@@ -56,7 +56,8 @@ pub const TARGETS: &[(&str, &str)] = &[
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Seconds per target in `cargo xtask test` (6 targets: about 3.5 minutes
-/// with the build cached).
+/// with the build cached; the first build without a sanitizer takes about
+/// 5 minutes on 2 cores, with ASan about 20).
 pub const SMOKE_SECS: u64 = 30;
 
 /// An input that runs longer than this is a hang (libFuzzer's `-timeout`).
@@ -71,6 +72,44 @@ pub struct FuzzArgs {
     /// Seconds of fuzzing per target.
     #[arg(long, default_value_t = SMOKE_SECS)]
     seconds: u64,
+    /// AddressSanitizer (`address`) or none (`none`: a much shorter first
+    /// build; panics, overflows, hangs and property failures are still
+    /// crashes, only memory errors of unsafe code go unseen).
+    #[arg(long, value_enum, default_value_t = Sanitizer::Address)]
+    sanitizer: Sanitizer,
+}
+
+/// cargo-fuzz's `--sanitizer`, each with its own build directory (one
+/// mode's flags would rebuild the other's every time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sanitizer {
+    /// AddressSanitizer.
+    Address,
+    /// No sanitizer: libFuzzer's coverage and Rust's own checks.
+    None,
+}
+
+impl Sanitizer {
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Address => "address",
+            Self::None => "none",
+        }
+    }
+
+    fn target_dir(self) -> PathBuf {
+        tc::cache_dir().join(match self {
+            Self::Address => "fuzz-target",
+            Self::None => "fuzz-target-nosan",
+        })
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Address => "ASan, debug assertions",
+            Self::None => "no sanitizer, debug assertions",
+        }
+    }
 }
 
 /// Figures from libFuzzer's output.
@@ -133,7 +172,7 @@ impl Outcome {
 /// `cargo xtask fuzz`.
 pub fn fuzz(args: &FuzzArgs) -> anyhow::Result<ExitCode> {
     let targets = select(args.target.as_deref())?;
-    let outcomes = run_targets(&targets, args.seconds)?;
+    let outcomes = run_targets(&targets, args.seconds, args.sanitizer)?;
     eprintln!();
     say(format!(
         "fuzz: {} target(s), {}s each",
@@ -170,8 +209,8 @@ pub fn fuzz(args: &FuzzArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Every target for `seconds` each (the step of `cargo xtask test`).
-pub fn smoke(seconds: u64) -> anyhow::Result<Vec<Outcome>> {
-    run_targets(&select(None)?, seconds)
+pub fn smoke(seconds: u64, sanitizer: Sanitizer) -> anyhow::Result<Vec<Outcome>> {
+    run_targets(&select(None)?, seconds, sanitizer)
 }
 
 fn select(target: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
@@ -189,7 +228,11 @@ fn select(target: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
 }
 
 /// Installs cargo-fuzz if needed, builds the targets once, runs each.
-fn run_targets(targets: &[&str], seconds: u64) -> anyhow::Result<Vec<Outcome>> {
+fn run_targets(
+    targets: &[&str],
+    seconds: u64,
+    sanitizer: Sanitizer,
+) -> anyhow::Result<Vec<Outcome>> {
     anyhow::ensure!(seconds > 0, "--seconds must be at least 1");
     // The agent's crate embeds the kernel programs: its build needs the
     // eBPF toolchain, as every build of it does.
@@ -202,11 +245,12 @@ fn run_targets(targets: &[&str], seconds: u64) -> anyhow::Result<Vec<Outcome>> {
         [t] => Some(*t),
         _ => None,
     };
-    let mut build = cargo_fuzz_cmd(&root, &bin_dir, "build");
+    let mut build = cargo_fuzz_cmd(&root, &bin_dir, "build", sanitizer);
     build.args(one);
     say(format!(
-        "fuzz: building {} (ASan, debug assertions): {}",
+        "fuzz: building {} ({}): {}",
         one.unwrap_or("every target"),
+        sanitizer.describe(),
         show(&build)
     ));
     let (built, _) = stream(&mut build)?;
@@ -217,7 +261,7 @@ fn run_targets(targets: &[&str], seconds: u64) -> anyhow::Result<Vec<Outcome>> {
     );
     let mut outcomes = Vec::new();
     for t in targets {
-        outcomes.push(run_one(&root, &bin_dir, t, seconds)?);
+        outcomes.push(run_one(&root, &bin_dir, t, seconds, sanitizer)?);
     }
     Ok(outcomes)
 }
@@ -248,7 +292,7 @@ fn cargo_fuzz() -> anyhow::Result<PathBuf> {
 }
 
 /// `rustup run nightly cargo fuzz <sub>` with this project's directories.
-fn cargo_fuzz_cmd(root: &Path, bin_dir: &Path, sub: &str) -> Command {
+fn cargo_fuzz_cmd(root: &Path, bin_dir: &Path, sub: &str, sanitizer: Sanitizer) -> Command {
     let path = env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![bin_dir.to_path_buf()];
     dirs.extend(env::split_paths(&path));
@@ -260,7 +304,9 @@ fn cargo_fuzz_cmd(root: &Path, bin_dir: &Path, sub: &str) -> Command {
         .arg("--fuzz-dir")
         .arg(root.join("fuzz"))
         .arg("--target-dir")
-        .arg(tc::cache_dir().join("fuzz-target"))
+        .arg(sanitizer.target_dir())
+        .arg("--sanitizer")
+        .arg(sanitizer.flag())
         // Overflow checks and debug assertions: an overflow is a crash.
         .arg("--debug-assertions")
         .env("PATH", path)
@@ -276,13 +322,19 @@ fn cargo_fuzz_cmd(root: &Path, bin_dir: &Path, sub: &str) -> Command {
 
 /// Fuzzes one target for `seconds`, streaming libFuzzer's output (without
 /// its line per new input) and reading its figures.
-fn run_one(root: &Path, bin_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> {
+fn run_one(
+    root: &Path,
+    bin_dir: &Path,
+    target: &str,
+    seconds: u64,
+    sanitizer: Sanitizer,
+) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     let grown = tc::cache_dir().join("fuzz-corpus").join(target);
     fs::create_dir_all(&grown).with_context(|| format!("creating {}", grown.display()))?;
-    minimize(root, bin_dir, target, &grown)?;
+    minimize(root, bin_dir, target, &grown, sanitizer)?;
     let seeds = root.join("fuzz/corpus").join(target);
-    let mut cmd = cargo_fuzz_cmd(root, bin_dir, "run");
+    let mut cmd = cargo_fuzz_cmd(root, bin_dir, "run", sanitizer);
     // New inputs go to the first corpus directory: the cache, not the clone.
     cmd.arg(target).arg(&grown).arg(&seeds).arg("--").args([
         format!("-max_total_time={seconds}"),
@@ -316,7 +368,13 @@ fn run_one(root: &Path, bin_dir: &Path, target: &str, seconds: u64) -> anyhow::R
 const MAX_GROWN_FILES: usize = 2000;
 
 /// Merges `grown` into a fresh directory that replaces it, if it is large.
-fn minimize(root: &Path, bin_dir: &Path, target: &str, grown: &Path) -> anyhow::Result<()> {
+fn minimize(
+    root: &Path,
+    bin_dir: &Path,
+    target: &str,
+    grown: &Path,
+    sanitizer: Sanitizer,
+) -> anyhow::Result<()> {
     let files = fs::read_dir(grown).map_or(0, |d| d.count());
     if files <= MAX_GROWN_FILES {
         return Ok(());
@@ -324,7 +382,7 @@ fn minimize(root: &Path, bin_dir: &Path, target: &str, grown: &Path) -> anyhow::
     let merged = grown.with_extension("merge");
     let _ = fs::remove_dir_all(&merged);
     fs::create_dir_all(&merged).with_context(|| format!("creating {}", merged.display()))?;
-    let mut cmd = cargo_fuzz_cmd(root, bin_dir, "run");
+    let mut cmd = cargo_fuzz_cmd(root, bin_dir, "run", sanitizer);
     cmd.arg(target)
         .arg(&merged)
         .arg(grown)

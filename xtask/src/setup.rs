@@ -68,6 +68,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "chromium",
         "headless Chromium renders `governor replay --html` for the html_report test",
     ),
+    (
+        "tmux",
+        "the `governor top` test drives the full-screen view in a tmux pane and reads the screen",
+    ),
+    (
+        "bpfcc-tools",
+        "BCC's runqlat, run beside governor's probes and bpftrace's runqlat.bt by `cargo xtask bench probes`",
+    ),
 ];
 
 /// Services that a package's maintainer scripts start and enable, of which

@@ -25,11 +25,15 @@ pub struct TestArgs {
     /// Run the VM tests on every kernel (5.10, 6.1, 6.12), not only 6.1.
     #[arg(long)]
     all_kernels: bool,
-    /// Also run a 30-second libFuzzer smoke of each fuzz target (`cargo
-    /// xtask fuzz`). Off by default: the first instrumented build of the
-    /// fuzz crate takes about 20 minutes on 2 cores.
-    #[arg(long)]
+    /// Run the 30-second libFuzzer smoke of each fuzz target with
+    /// AddressSanitizer (`cargo xtask fuzz --sanitizer address`) instead of
+    /// without a sanitizer; the first ASan build takes about 20 minutes on
+    /// 2 cores.
+    #[arg(long, conflicts_with = "no_fuzz")]
     fuzz: bool,
+    /// Skip the fuzz smoke.
+    #[arg(long)]
+    no_fuzz: bool,
 }
 
 /// Counts parsed from libtest's `test result:` lines.
@@ -167,10 +171,15 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     )?;
 
     // The parsers of files and datagrams under libFuzzer, one after another.
-    if args.fuzz {
-        fuzz_step(&mut steps, &mut totals, &mut failures);
+    if args.no_fuzz {
+        skipped_notes.push("fuzz smoke: skipped (--no-fuzz)".into());
     } else {
-        skipped_notes.push("fuzz smoke: not asked for (cargo xtask test --fuzz)".into());
+        let sanitizer = if args.fuzz {
+            fuzz::Sanitizer::Address
+        } else {
+            fuzz::Sanitizer::None
+        };
+        fuzz_step(sanitizer, &mut steps, &mut totals, &mut failures);
     }
 
     // The unit file: verify, and its exposure score.
@@ -254,19 +263,24 @@ pub fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 /// Each fuzz target for [`fuzz::SMOKE_SECS`]: one step, its note giving
 /// each target's execs/s and corpus size; a target that crashed is a failed
 /// test.
-fn fuzz_step(steps: &mut Vec<Step>, totals: &mut Counts, failures: &mut Vec<String>) {
+fn fuzz_step(
+    sanitizer: fuzz::Sanitizer,
+    steps: &mut Vec<Step>,
+    totals: &mut Counts,
+    failures: &mut Vec<String>,
+) {
     say(format!(
-        "fuzz smoke: {} targets, {}s each",
+        "fuzz smoke: {} targets, {}s each, sanitizer {sanitizer:?}",
         fuzz::TARGETS.len(),
         fuzz::SMOKE_SECS
     ));
     let t = Instant::now();
     let name = format!(
-        "fuzz smoke ({} targets x {}s)",
+        "fuzz smoke ({} targets x {}s, sanitizer {sanitizer:?})",
         fuzz::TARGETS.len(),
         fuzz::SMOKE_SECS
     );
-    let outcomes = match fuzz::smoke(fuzz::SMOKE_SECS) {
+    let outcomes = match fuzz::smoke(fuzz::SMOKE_SECS, sanitizer) {
         Ok(o) => o,
         Err(e) => {
             steps.push(Step {
