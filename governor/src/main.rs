@@ -67,6 +67,14 @@ enum Command {
         /// Only cgroups within this subtree (repeatable).
         #[arg(long = "cgroup", value_name = "PATH")]
         cgroups: Vec<String>,
+        /// Show the processes that waited longest on a run queue (total
+        /// wait, runs, mean wait; from the kernel's per-task schedstat)
+        /// instead of cgroups and ports.
+        #[arg(long)]
+        processes: bool,
+        /// How many processes `--processes` shows.
+        #[arg(long, value_name = "N", default_value_t = 20, requires = "processes")]
+        top: usize,
     },
     /// Ask the running agent for its policies, rungs and recent decisions.
     Status {
@@ -166,6 +174,16 @@ fn main() -> ExitCode {
             count,
             format,
             cgroups,
+            processes: true,
+            top,
+        } => observe_processes(interval, count, format, &cgroups, top),
+        Command::Observe {
+            interval,
+            count,
+            format,
+            cgroups,
+            processes: false,
+            ..
         } => observe(interval, count, format, &cgroups),
         Command::Check { config } => {
             // Under systemd (ExecReload=) the errors go to the journal at
@@ -383,6 +401,56 @@ fn record(
     drop(rt);
     probes::wait_unloaded(&ids);
     Ok(())
+}
+
+/// `governor observe --processes`: the processes that waited longest on a
+/// run queue, per interval, from schedstat (no probe is loaded).
+fn observe_processes(
+    interval: Duration,
+    count: Option<u64>,
+    format: Format,
+    cgroups: &[String],
+    top: usize,
+) -> anyhow::Result<()> {
+    use governor::sense::processes::{ProcessReader, ProcessTable, json_line, table};
+    let within = cgroups
+        .iter()
+        .map(|c| CgroupPath::new(c).map_err(|e| anyhow::anyhow!("--cgroup: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reader = ProcessReader::default();
+    let mut waits = ProcessTable::default();
+    let tty = std::io::stdout().is_terminal();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut out = std::io::stdout().lock();
+        waits.update(reader.read(&within), std::time::Instant::now(), top);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        let mut shown = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let t = std::time::Instant::now();
+                    let sample = reader.read(&within);
+                    let cost = t.elapsed();
+                    let n = sample.len();
+                    let rows = waits.update(sample, t, top);
+                    match format {
+                        Format::Json => writeln!(out, "{}", json_line(&rows, interval, cost, n))?,
+                        Format::Table if tty => write!(out, "\x1b[H\x1b[2J{}", table(&rows, interval, cost, n))?,
+                        Format::Table => writeln!(out, "{}", table(&rows, interval, cost, n))?,
+                    }
+                    out.flush()?;
+                    shown += 1;
+                    if count.is_some_and(|c| shown >= c) { break; }
+                }
+                _ = &mut stop => break,
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 /// `governor observe`: what the probes see, per interval, without acting.

@@ -7,7 +7,8 @@
 //! - [`procfs`]: host PSI and the `ListenOverflows`/`ListenDrops` counters;
 //! - [`cgroupfs`]: the cgroup2 mount, cgroup id → path, cgroup PSI and CPU throttling;
 //! - [`sockdiag`]: accept-queue depth and limit of TCP listeners, per port;
-//! - [`netns`]: reading in the network namespace the policies name.
+//! - [`netns`]: reading in the network namespace the policies name;
+//! - [`processes`]: run-queue waits per process from `/proc/PID/task/*/schedstat`.
 //!
 //! [`sensor`] is the imperative shell around all of them and the maps of
 //! [`crate::probes`]: it keeps what it needs of the previous tick and turns
@@ -15,6 +16,7 @@
 
 pub mod cgroupfs;
 pub mod netns;
+pub mod processes;
 pub mod procfs;
 pub mod sensor;
 pub mod sockdiag;
