@@ -275,6 +275,11 @@ pub enum SignalKind {
     AcceptQueueFill,
     /// `accepted_rate`: connections accepted per second (port). Watermarks are rates.
     AcceptedRate,
+    /// `accept_queue_delay`: how long a connection waits in the listener's
+    /// accept queue between its handshake and `accept()` (port), estimated
+    /// each interval by Little's law: depth over the rate connections
+    /// entered the queue. Watermarks are durations.
+    AcceptQueueDelay,
     /// `connect_rate`: outbound connects per second (cgroup). Watermarks are rates.
     ConnectRate,
     /// `psi_cpu_some`: share of time some task stalled on CPU (host or cgroup), avg10. Ratios.
@@ -295,11 +300,12 @@ impl SignalKind {
     }
 
     /// Every kind, in the order the docs list them.
-    pub const ALL: [SignalKind; 8] = [
+    pub const ALL: [SignalKind; 9] = [
         Self::RunqP99,
         Self::RunqP50,
         Self::AcceptQueueFill,
         Self::AcceptedRate,
+        Self::AcceptQueueDelay,
         Self::ConnectRate,
         Self::PsiCpuSome,
         Self::PsiMemorySome,
@@ -313,6 +319,7 @@ impl SignalKind {
             Self::RunqP50 => "runq_p50",
             Self::AcceptQueueFill => "accept_queue_fill",
             Self::AcceptedRate => "accepted_rate",
+            Self::AcceptQueueDelay => "accept_queue_delay",
             Self::ConnectRate => "connect_rate",
             Self::PsiCpuSome => "psi_cpu_some",
             Self::PsiMemorySome => "psi_memory_some",
@@ -323,7 +330,7 @@ impl SignalKind {
     /// The unit its watermarks are written in.
     pub fn unit(self) -> SignalUnit {
         match self {
-            Self::RunqP99 | Self::RunqP50 => SignalUnit::Latency,
+            Self::RunqP99 | Self::RunqP50 | Self::AcceptQueueDelay => SignalUnit::Latency,
             Self::AcceptQueueFill | Self::PsiCpuSome | Self::PsiMemorySome | Self::PsiIoSome => {
                 SignalUnit::Ratio
             }
@@ -566,9 +573,10 @@ impl Action {
                 self.inflates_cpu_wait()
             }
             SignalKind::PsiMemorySome | SignalKind::PsiIoSome => self.inflates_memory_wait(),
-            SignalKind::AcceptQueueFill | SignalKind::AcceptedRate | SignalKind::ConnectRate => {
-                false
-            }
+            SignalKind::AcceptQueueFill
+            | SignalKind::AcceptedRate
+            | SignalKind::AcceptQueueDelay
+            | SignalKind::ConnectRate => false,
         };
         overlaps && kind_affected
     }

@@ -903,10 +903,16 @@ fn signal(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<SignalSpec> {
             );
             return None;
         }
-        (SignalKind::AcceptQueueFill | SignalKind::AcceptedRate, None, Some((p, _))) => {
-            Scope::Port(p)
-        }
-        (SignalKind::AcceptQueueFill | SignalKind::AcceptedRate, cg, None) => {
+        (
+            SignalKind::AcceptQueueFill | SignalKind::AcceptedRate | SignalKind::AcceptQueueDelay,
+            None,
+            Some((p, _)),
+        ) => Scope::Port(p),
+        (
+            SignalKind::AcceptQueueFill | SignalKind::AcceptedRate | SignalKind::AcceptQueueDelay,
+            cg,
+            None,
+        ) => {
             let span = cg.map_or(kind_span, |(_, s)| s);
             cx.error(
                 &span,

@@ -410,3 +410,39 @@ fn the_run_queue_window_is_an_agent_key_a_policy_may_override() {
         "{text}"
     );
 }
+
+#[test]
+fn accept_queue_delay_is_a_port_signal_with_durations() {
+    let c = from_str(
+        r#"
+[[policy]]
+name = "fail-fast"
+signal = { kind = "accept_queue_delay", port = 8080 }
+high = "20ms"
+low = "2ms"
+ladder = [{ action = "throttle_connections", port = 8080, rate = "500/s" }]
+"#,
+        "t",
+    )
+    .unwrap();
+    let p = &c.policies[0];
+    assert_eq!(p.signal.kind, SignalKind::AcceptQueueDelay);
+    assert_eq!(p.signal.scope, Scope::Port(8080));
+    assert_eq!(p.watermarks.high.value, 20_000.0, "held in microseconds");
+    let text = errors_of(
+        "[[policy]]\nname = \"d\"\nsignal = { kind = \"accept_queue_delay\", cgroup = \"/a\" }\nhigh = 0.5\nlow = 0.1\nladder = [{ action = \"reject_connections\", port = 80 }]\n",
+    )
+    .to_string();
+    assert!(
+        text.contains("accept_queue_delay is measured on a port"),
+        "{text}"
+    );
+    let text = errors_of(
+        "[[policy]]\nname = \"d\"\nsignal = { kind = \"accept_queue_delay\", port = 80 }\nhigh = 0.5\nlow = 0.1\nladder = [{ action = \"reject_connections\", port = 80 }]\n",
+    )
+    .to_string();
+    assert!(
+        text.contains("duration"),
+        "watermarks are durations: {text}"
+    );
+}

@@ -119,12 +119,37 @@ pub fn read_hinted(spec: &SignalSpec, snapshot: &Snapshot, hint: &Cell<usize>) -
             f64::from(p.accept_queue) / f64::from(p.accept_queue_max)
         }
         SignalKind::AcceptedRate => port(&spec.scope)?.accepted_per_s,
+        SignalKind::AcceptQueueDelay => {
+            accept_queue_delay_us(port(&spec.scope)?, snapshot.interval_ms)?
+        }
         SignalKind::ConnectRate => cgroup(&spec.scope)??.conn_out_per_s,
         SignalKind::PsiCpuSome => psi(|p| p.cpu_some_avg10)?,
         SignalKind::PsiMemorySome => psi(|p| p.memory_some_avg10)?,
         SignalKind::PsiIoSome => psi(|p| p.io_some_avg10)?,
     };
     value.is_finite().then_some(value)
+}
+
+/// Little's law on a listener's accept queue: the mean wait of a connection
+/// in it is its depth over the rate connections entered it (the handshakes
+/// completed, `accepted`: one that overflows is not queued, so in a full
+/// queue this is the rate `accept()` drains it), in microseconds. `None`
+/// without a listener (no backlog) or an interval. A queue that holds
+/// connections while none entered in the interval has not moved: each has
+/// waited at least the interval, which is what is given (a lower bound).
+pub fn accept_queue_delay_us(p: &crate::snapshot::PortStats, interval_ms: u64) -> Option<f64> {
+    if p.accept_queue_max == 0 || interval_ms == 0 {
+        return None;
+    }
+    if p.accept_queue == 0 {
+        return Some(0.0);
+    }
+    let interval_us = interval_ms as f64 * 1000.0;
+    if p.accepted == 0 {
+        return Some(interval_us);
+    }
+    let rate_per_us = p.accepted as f64 / interval_us;
+    Some(f64::from(p.accept_queue) / rate_per_us)
 }
 
 #[cfg(test)]
@@ -178,6 +203,33 @@ mod tests {
         s.ports[0].accept_queue = 32;
         s.ports[0].accept_queue_max = 128;
         assert_eq!(read(&fill, &s), Some(0.25));
+    }
+
+    #[test]
+    fn accept_queue_delay_is_depth_over_the_rate_the_queue_fills() {
+        let delay = spec(SignalKind::AcceptQueueDelay, Scope::Port(80));
+        let mut s = Snapshot {
+            interval_ms: 100,
+            ..Default::default()
+        };
+        assert_eq!(read(&delay, &s), None, "port not seen");
+        s.ports.push(PortStats {
+            port: 80,
+            ..Default::default()
+        });
+        assert_eq!(read(&delay, &s), None, "no listener");
+        s.ports[0].accept_queue_max = 128;
+        s.ports[0].accepted = 100;
+        assert_eq!(read(&delay, &s), Some(0.0), "an empty queue");
+        // 100 in 100 ms is 1,000/s: 50 queued wait 50 ms on average.
+        s.ports[0].accept_queue = 50;
+        assert_eq!(read(&delay, &s), Some(50_000.0));
+        // Nothing entered, 10 still there: at least the interval.
+        s.ports[0].accepted = 0;
+        s.ports[0].accept_queue = 10;
+        assert_eq!(read(&delay, &s), Some(100_000.0));
+        s.interval_ms = 0;
+        assert_eq!(read(&delay, &s), None, "no interval");
     }
     #[test]
     fn a_runq_signal_is_read_over_its_window_of_histograms() {

@@ -280,7 +280,16 @@ impl Exposed {
             for p in &s.ports {
                 let labels = vec![("port", p.port.to_string())];
                 f.gauge(&PORT_QUEUE, labels.clone(), f64::from(p.accept_queue));
-                f.gauge(&PORT_QUEUE_MAX, labels, f64::from(p.accept_queue_max));
+                f.gauge(
+                    &PORT_QUEUE_MAX,
+                    labels.clone(),
+                    f64::from(p.accept_queue_max),
+                );
+                if let Some(us) =
+                    governor_engine::decide::signal::accept_queue_delay_us(p, s.interval_ms)
+                {
+                    f.gauge(&PORT_QUEUE_DELAY, labels, us / 1e6);
+                }
             }
             let scopes = std::iter::once(("host".to_owned(), s.host.psi))
                 .chain(s.cgroups.iter().map(|c| (c.path.to_string(), c.psi)));
@@ -385,6 +394,12 @@ const PORT_QUEUE: Family = Family {
 const PORT_QUEUE_MAX: Family = Family {
     name: "governor_port_accept_queue_max",
     help: "Accept-queue limit (backlog) of a listening port.",
+    kind: MetricType::GAUGE,
+    labels: &["port"],
+};
+const PORT_QUEUE_DELAY: Family = Family {
+    name: "governor_port_accept_queue_delay_seconds",
+    help: "Estimated wait of a connection in the accept queue of a listening port in the last interval (Little's law: depth over the rate connections entered it; a queue that did not move reads the interval).",
     kind: MetricType::GAUGE,
     labels: &["port"],
 };
@@ -1136,6 +1151,13 @@ mod tests {
             value(&text, "governor_host_runq_wait_seconds_count"),
             Some(10.0)
         );
+        // 7 entered in 100 ms (70/s); 5 queued wait 5/70 s.
+        let delay = value(
+            &text,
+            "governor_port_accept_queue_delay_seconds{port=\"8080\"}",
+        )
+        .expect("the estimated delay");
+        assert!((delay - 5.0 / 70.0).abs() < 1e-9, "{delay}");
         assert_eq!(
             value(
                 &text,
