@@ -389,7 +389,7 @@ fn summary_table(out: &mut String, report: &Report, any_candidate: bool) {
                 );
                 continue;
             };
-            let s = summarize(run, p.high, p.rungs, report.to);
+            let s = summarize(run, p.watermarks(*label == "live").0, p.rungs, report.to);
             let total: f64 = s.at_rung.iter().sum();
             let rungs = s
                 .at_rung
@@ -481,7 +481,8 @@ fn policy_section(out: &mut String, p: &PolicyReport, frame: &Frame, any_candida
         .iter()
         .chain(p.candidate.iter())
         .flat_map(|r| r.points.iter().filter_map(|pt| pt.value));
-    let axis = ValueAxis::new(values.chain([p.high, p.low]), unit);
+    let (live_high, live_low) = p.watermarks(true);
+    let axis = ValueAxis::new(values.chain([p.high, p.low, live_high, live_low]), unit);
     let top_rung = p
         .live
         .iter()
@@ -491,22 +492,27 @@ fn policy_section(out: &mut String, p: &PolicyReport, frame: &Frame, any_candida
         .unwrap_or(0)
         .max(p.rungs)
         .max(1);
-    let mut runs: Vec<(&str, Option<&Run>, &str)> = vec![(
+    let mut runs: Vec<(&str, Option<&Run>, &str, bool)> = vec![(
         "live (as recorded)",
         p.live.as_ref(),
         "the live config had no such policy",
+        true,
     )];
     if any_candidate {
         runs.push((
             "candidate",
             p.candidate.as_ref(),
             "the candidate config has no such policy",
+            false,
         ));
     }
-    for (label, run, missing) in runs {
+    for (label, run, missing, live) in runs {
         let _ = write!(out, "<figure><figcaption>{label}</figcaption>");
         match run {
-            Some(run) => policy_chart(out, p, run, frame, &axis, top_rung, label),
+            Some(run) => {
+                let marks = p.watermarks(live);
+                policy_chart(out, p, run, marks, frame, &axis, top_rung, label);
+            }
             None => {
                 let _ = write!(out, "<div class=\"none\">{missing}</div>");
             }
@@ -529,6 +535,7 @@ fn policy_chart(
     out: &mut String,
     p: &PolicyReport,
     run: &Run,
+    (high, low): (f64, f64),
     frame: &Frame,
     axis: &ValueAxis,
     top_rung: usize,
@@ -549,7 +556,7 @@ fn policy_chart(
         })
     );
     // Watermarks: full-width lines, labelled at the right.
-    for (v, c, name) in [(p.high, colour::HIGH, "high"), (p.low, colour::LOW, "low")] {
+    for (v, c, name) in [(high, colour::HIGH, "high"), (low, colour::LOW, "low")] {
         if !v.is_finite() {
             continue;
         }
@@ -1032,6 +1039,7 @@ mod tests {
             unit: "s",
             high: 0.002,
             low: 0.001,
+            live_watermarks: None,
             rungs: 2,
             live,
             candidate,
@@ -1178,6 +1186,20 @@ mod tests {
             page.contains("h0\" fill=\"none\" stroke=\"#1f77b4\""),
             "{page}"
         );
+    }
+
+    #[test]
+    fn each_side_is_drawn_against_its_own_configs_watermarks() {
+        let r1 = run(&[Some(0.0005), Some(0.003)], &[0, 1]);
+        let mut p = policy("api", Some(r1.clone()), Some(r1));
+        // The candidate's high is 10 ms; the live config's 2 ms.
+        p.high = 0.010;
+        p.live_watermarks = Some((0.002, 0.001));
+        let page = html(&report(vec![p], Vec::new(), 2.0));
+        let s = Unit::of("s");
+        let title = |v: f64| format!("<title>high watermark: {}</title>", s.value(v));
+        assert_eq!(page.matches(&title(0.002)).count(), 1, "live: {page}");
+        assert_eq!(page.matches(&title(0.010)).count(), 1, "candidate");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use governor_engine::{
-    config::{Config, SignalKind},
+    config::{Config, SignalKind, SignalUnit},
     record::{DecisionRecord, Engine, Frame, Input},
 };
 
@@ -61,17 +61,17 @@ pub struct Replayed {
 /// The value of a policy's signal in its base unit for reports: seconds
 /// for run-queue waits (the engine keeps microseconds), else as it is.
 fn base_unit(kind: SignalKind, v: f64) -> f64 {
-    match kind {
-        SignalKind::RunqP99 | SignalKind::RunqP50 => v / 1e6,
-        _ => v,
+    match kind.unit() {
+        SignalUnit::Latency => v / 1e6,
+        SignalUnit::Ratio | SignalUnit::Rate => v,
     }
 }
 
 fn unit_of(kind: SignalKind) -> &'static str {
-    match kind {
-        SignalKind::RunqP99 | SignalKind::RunqP50 => "s",
-        SignalKind::AcceptedRate | SignalKind::ConnectRate => "/s",
-        _ => "ratio",
+    match kind.unit() {
+        SignalUnit::Latency => "s",
+        SignalUnit::Rate => "/s",
+        SignalUnit::Ratio => "ratio",
     }
 }
 
@@ -84,7 +84,10 @@ struct Charts {
     live: BTreeMap<String, Vec<Marker>>,
     cgroups: BTreeMap<String, Vec<(f64, f64, f64)>>,
     order: Vec<String>,
-    meta: BTreeMap<String, (String, f64, f64, usize)>,
+    /// name → (signal, kind, high, low, rungs) of the config replayed
+    /// last (the candidate's, with one).
+    meta: BTreeMap<String, (String, SignalKind, f64, f64, usize)>,
+    /// The same of the live config in force last.
     live_meta: BTreeMap<String, (String, SignalKind, f64, f64, usize)>,
 }
 
@@ -141,15 +144,13 @@ impl Charts {
             let kind = p.signal.kind;
             let entry = (
                 p.signal.to_string(),
+                kind,
                 base_unit(kind, p.watermarks.high.value),
                 base_unit(kind, p.watermarks.low.value),
                 p.ladder.len(),
             );
             if live {
-                self.live_meta.insert(
-                    p.name.clone(),
-                    (entry.0.clone(), kind, entry.1, entry.2, entry.3),
-                );
+                self.live_meta.insert(p.name.clone(), entry.clone());
             }
             if !self.order.contains(&p.name) {
                 self.order.push(p.name.clone());
@@ -367,14 +368,23 @@ fn build_report(mut charts: Charts, opts: &Options, origin: u64, out: &Replayed)
     for name in &charts.order {
         let run = charts.runs.remove(name).map(|(_, r)| r);
         let live_markers = charts.live.remove(name).unwrap_or_default();
+        // The config replayed (the candidate's, with one) names the
+        // signal, its unit and the watermarks; the live side is drawn
+        // against the live config's own.
+        let Some((signal, kind, high, low, rungs)) =
+            charts.meta.get(name).or_else(|| charts.live_meta.get(name))
+        else {
+            continue;
+        };
         let (signal, unit, high, low, rungs) =
-            match (charts.meta.get(name), charts.live_meta.get(name)) {
-                (Some((s, h, l, r)), Some((_, k, ..))) => (s.clone(), unit_of(*k), *h, *l, *r),
-                (Some((s, h, l, r)), None) => (s.clone(), "ratio", *h, *l, *r),
-                (None, Some((s, k, h, l, r))) => (s.clone(), unit_of(*k), *h, *l, *r),
-                (None, None) => continue,
-            };
-        let in_live = charts.live_meta.contains_key(name);
+            (signal.clone(), unit_of(*kind), *high, *low, *rungs);
+        let live_meta = charts.live_meta.get(name);
+        let in_live = live_meta.is_some();
+        let live_watermarks = opts
+            .candidate
+            .as_ref()
+            .and(live_meta)
+            .map(|(_, _, h, l, _)| (*h, *l));
         let (live, candidate) = if opts.candidate.is_some() {
             (
                 in_live.then(|| Run {
@@ -392,6 +402,7 @@ fn build_report(mut charts: Charts, opts: &Options, origin: u64, out: &Replayed)
             unit,
             high,
             low,
+            live_watermarks,
             rungs,
             live,
             candidate,
@@ -791,6 +802,69 @@ ladder = [
         assert_eq!(p.high, 0.010, "the candidate's watermark is drawn");
         assert!(p.candidate.as_ref().is_some_and(|c| c.decisions.is_empty()));
         assert!(p.live.as_ref().is_some_and(|l| !l.decisions.is_empty()));
+    }
+
+    /// The live config, with high at 10 ms, and a policy "extra" of its
+    /// own (run-queue, in seconds).
+    fn candidate_with_an_extra_policy() -> String {
+        let mut c = LIVE.replace("high = \"2ms\"", "high = \"10ms\"");
+        c.push_str(
+            r#"
+[[policy]]
+name = "extra"
+signal = { kind = "runq_p50", cgroup = "/workload/api" }
+high = "4ms"
+low = "1ms"
+for = "300ms"
+ladder = [{ action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" }]
+"#,
+        );
+        c
+    }
+
+    #[test]
+    fn a_policy_only_the_candidate_has_keeps_its_signal_unit() {
+        let opts = Options {
+            candidate: Some((candidate_with_an_extra_policy(), "c.toml".into())),
+            points: true,
+            ..Options::default()
+        };
+        let rep = replay(&recording(), &opts).unwrap().report.unwrap();
+        let extra = rep.policies.iter().find(|p| p.name == "extra").unwrap();
+        assert!(extra.live.is_none() && extra.candidate.is_some());
+        assert_eq!(extra.unit, "s", "runq_p50 is in seconds");
+        assert_eq!((extra.high, extra.low), (0.004, 0.001));
+        let api = rep.policies.iter().find(|p| p.name == "api").unwrap();
+        assert_eq!(api.unit, "s");
+    }
+
+    #[test]
+    fn with_a_candidate_the_live_side_keeps_the_live_watermarks() {
+        let opts = Options {
+            candidate: Some((candidate_with_an_extra_policy(), "c.toml".into())),
+            points: true,
+            ..Options::default()
+        };
+        let rep = replay(&recording(), &opts).unwrap().report.unwrap();
+        let api = rep.policies.iter().find(|p| p.name == "api").unwrap();
+        assert_eq!(api.watermarks(false), (0.010, 0.0005), "the candidate's");
+        assert_eq!(api.watermarks(true), (0.002, 0.0005), "the live config's");
+        // A policy only the candidate has has no live side to draw.
+        let extra = rep.policies.iter().find(|p| p.name == "extra").unwrap();
+        assert_eq!(extra.watermarks(false), (0.004, 0.001));
+        // Without a candidate the one run is the live one.
+        let rep = replay(
+            &recording(),
+            &Options {
+                points: true,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+        .report
+        .unwrap();
+        assert_eq!(rep.policies[0].watermarks(true), (0.002, 0.0005));
+        assert_eq!(rep.policies[0].live_watermarks, None);
     }
 
     #[test]

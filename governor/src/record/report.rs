@@ -56,6 +56,11 @@ pub struct PolicyReport {
     pub high: f64,
     /// The low watermark.
     pub low: f64,
+    /// With a candidate, the live config's (high, low) for this policy,
+    /// which the live side is drawn and judged against; `None` without a
+    /// candidate (then `high` and `low` are the live ones) or if the live
+    /// config has no such policy.
+    pub live_watermarks: Option<(f64, f64)>,
     /// The ladder's length (the highest rung).
     pub rungs: usize,
     /// As recorded (the decisions taken live); `None` if the live config
@@ -64,6 +69,17 @@ pub struct PolicyReport {
     /// What the candidate config decided; `None` without `--config` or if
     /// the candidate has no such policy.
     pub candidate: Option<Run>,
+}
+
+impl PolicyReport {
+    /// The (high, low) watermarks of the live side (`live`) or of the
+    /// config replayed.
+    pub fn watermarks(&self, live: bool) -> (f64, f64) {
+        match self.live_watermarks {
+            Some(w) if live => w,
+            _ => (self.high, self.low),
+        }
+    }
 }
 
 /// Run-queue figures of one watched cgroup over the recording.

@@ -517,10 +517,15 @@ impl Agent {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
+    /// Where it records (`record_dir`; kept until the agent is dropped).
+    pub fn record_dir(&self) -> PathBuf {
+        self._journal.0.join("record")
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after 3 s) and waits for it; its
+    /// directories stay until it is dropped.
+    pub fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             if let Ok(pid) = i32::try_from(self.child.id()) {
                 // SAFETY: signalling our own child by pid.
@@ -532,6 +537,12 @@ impl Drop for Agent {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
