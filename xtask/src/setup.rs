@@ -73,6 +73,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the `governor top` test drives the full-screen view in a tmux pane and reads the screen",
     ),
     (
+        "bpftool",
+        "names the programs of each tracer in `cargo xtask bench probes` and builds BCC's stand-in kernel headers from BTF",
+    ),
+    (
         "bpfcc-tools",
         "BCC's runqlat, run beside governor's probes and bpftrace's runqlat.bt by `cargo xtask bench probes`",
     ),

@@ -19,6 +19,7 @@ mod herd;
 mod noisy;
 mod overload;
 mod plot;
+mod probes;
 mod reaction;
 mod replay;
 mod report;
@@ -45,7 +46,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
     /// Overhead of governor's probes on a context-switch-heavy workload,
-    /// against bpftrace's runqlat.bt and against nothing.
+    /// against bpftrace's runqlat.bt, BCC's runqlat and nothing; with each
+    /// tracer's ns per program run from the kernel's bpf_stats.
     Probes,
     /// Cost per packet of governor's SYN admission, against an nftables
     /// `limit rate` rule: SYNs refused per second on one core across a veth
@@ -89,7 +91,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .current_dir(&root),
     )?;
     match args.which {
-        Some(Which::Probes) => probes(args)?,
+        Some(Which::Probes) => probes::run(args)?,
         Some(Which::Enforce) => enforce(args)?,
         Some(Which::Reaction) => reaction::run(args)?,
         Some(Which::Noisy) => noisy::run(args)?,
@@ -99,7 +101,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         Some(Which::Replay) => replay::run(args)?,
         None => {
             let started = Instant::now();
-            probes(args)?;
+            probes::run(args)?;
             enforce(args)?;
             reaction::run(args)?;
             noisy::run(args)?;
@@ -116,23 +118,6 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
-    Bare,
-    Runqlat,
-    Governor,
-}
-
-impl Variant {
-    fn name(self) -> &'static str {
-        match self {
-            Variant::Bare => "bare (no probes)",
-            Variant::Runqlat => "bpftrace runqlat.bt",
-            Variant::Governor => "governor (all probes + observe)",
-        }
-    }
 }
 
 /// A background tracer, ended by pid with SIGINT when dropped.
@@ -223,130 +208,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-fn probes(args: &BenchArgs) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let governor = crate::util::target_dir().join("release/governor");
-    let runqlat = "/usr/sbin/runqlat.bt";
-    if !std::path::Path::new(runqlat).is_file() {
-        bail!("{runqlat} is missing (package bpftrace; `cargo xtask setup` installs it)");
-    }
-    // Debian's bpftrace 0.17 cannot parse <linux/sched.h> on this userland
-    // (`__aligned_u64` unknown), and the script needs only TASK_RUNNING from
-    // it: run the installed script with that include replaced by its value.
-    let script = fs::read_to_string(runqlat).with_context(|| format!("reading {runqlat}"))?;
-    let script = script.replace("#include <linux/sched.h>", "#define TASK_RUNNING 0");
-    let bench_dir = root.join("target/bench");
-    fs::create_dir_all(&bench_dir)?;
-    let runqlat_script = bench_dir.join("runqlat-no-include.bt");
-    fs::write(&runqlat_script, script)?;
-    say(format!(
-        "bench probes: `taskset -c 0 perf bench sched pipe -l {}` under nothing, runqlat.bt and governor; {} rounds, rotating order",
-        args.loops, args.rounds
-    ));
-    let variants = [Variant::Bare, Variant::Runqlat, Variant::Governor];
-    let mut results: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
-    for round in 0..args.rounds {
-        for k in 0..variants.len() {
-            let v = variants[(round + k) % variants.len()];
-            let _tracer = match v {
-                Variant::Bare => None,
-                Variant::Runqlat => {
-                    let mut c = Command::new("bpftrace");
-                    c.args(["-B", "none"]).arg(&runqlat_script);
-                    Some(start_tracer(c, "Tracing CPU scheduler", false)?)
-                }
-                Variant::Governor => {
-                    let mut c = Command::new(&governor);
-                    c.args(["observe", "--interval", "1s", "--format", "json"])
-                        .env("GOVERNOR_LOG", "info");
-                    Some(start_tracer(c, "metrics on", true)?)
-                }
-            };
-            let us = sched_pipe(args.loops)?;
-            eprintln!("  round {}  {:<34} {us:.3} µs/msg", round + 1, v.name());
-            if let Some((_, r)) = results.iter_mut().find(|(x, _)| *x == v) {
-                r.push(us);
-            }
-        }
-    }
-    let mut medians: Vec<(Variant, f64)> =
-        results.iter_mut().map(|(v, r)| (*v, median(r))).collect();
-    let bare = medians
-        .iter()
-        .find(|(v, _)| *v == Variant::Bare)
-        .map(|(_, m)| *m)
-        .context("no bare runs")?;
-    println!();
-    let mut sec = report::Section::new(
-        "probes",
-        "Probe overhead: perf bench sched pipe on CPU 0",
-        &format!("cargo xtask bench probes --rounds {}", args.rounds),
-    );
-    sec.md("| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |");
-    sec.md("|---|---|---|---|");
-    let mut variants_json = serde_json::Map::new();
-    for (v, m) in &mut medians {
-        let ratio = *m / bare;
-        sec.md(&format!(
-            "| {} | {m:.3} | {ratio:.3} | {:+.1}% |",
-            v.name(),
-            (ratio - 1.0) * 100.0
-        ));
-        sec.metric(&format!("{}: median_us_per_msg", v.name()), *m);
-        sec.metric(&format!("{}: ratio_to_bare", v.name()), ratio);
-        variants_json.insert(
-            v.name().to_owned(),
-            serde_json::json!({ "median_us_per_msg": *m, "ratio_to_bare": ratio }),
-        );
-    }
-    let ours = medians
-        .iter()
-        .find(|(v, _)| *v == Variant::Governor)
-        .map(|(_, m)| *m / bare)
-        .unwrap_or(f64::NAN);
-    let theirs = medians
-        .iter()
-        .find(|(v, _)| *v == Variant::Runqlat)
-        .map(|(_, m)| *m / bare)
-        .unwrap_or(f64::NAN);
-    println!();
-    println!(
-        "governor's sensing costs {:+.1}% over bare; runqlat.bt alone {:+.1}%. Targets: under +5%, and below runqlat.bt: {}",
-        (ours - 1.0) * 100.0,
-        (theirs - 1.0) * 100.0,
-        if ours < 1.05 && ours < theirs {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
-    sec.md("");
-    sec.target(
-        "under +5% and below runqlat.bt",
-        ours < 1.05 && ours < theirs,
-        &format!(
-            "governor {:+.1}%, runqlat.bt {:+.1}%",
-            (ours - 1.0) * 100.0,
-            (theirs - 1.0) * 100.0
-        ),
-    );
-    sec.write()?;
-    let dir = root.join("target/bench");
-    fs::create_dir_all(&dir)?;
-    let json = serde_json::json!({
-        "benchmark": "probes",
-        "workload": format!("taskset -c 0 perf bench sched pipe -l {}", args.loops),
-        "rounds": args.rounds,
-        "variants": variants_json,
-    });
-    fs::write(
-        dir.join("probes.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    eprintln!("wrote {}", dir.join("probes.json").display());
-    Ok(())
 }
 
 /// Two namespaces joined by a veth pair, removed when dropped.
