@@ -89,6 +89,27 @@ enum Command {
         )]
         socket: PathBuf,
     },
+    /// A full-screen live view of the running agent, from its status socket:
+    /// per policy its rung, value, watermarks and a chart of the signal; the
+    /// last decisions with their reasons; the cgroups waiting longest on a
+    /// run queue; the ports with their accept queues. `q`, Esc or Ctrl-C
+    /// quits. When stdout is not a terminal it prints plain blocks instead
+    /// (`governor status` plus watermarks, cgroups and ports), one per poll.
+    Top {
+        /// The agent's status socket.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/run/governor/governor.sock"
+        )]
+        socket: PathBuf,
+        /// How often to ask the agent.
+        #[arg(long, value_name = "DUR", default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one plain block and exit (1 if the agent does not answer).
+        #[arg(long)]
+        once: bool,
+    },
     /// Record what the host sees (every cgroup and port, each tick) without
     /// acting, to collect a baseline before writing a policy; the config's
     /// policies, if one is given, run in dry-run and their decisions are
@@ -207,6 +228,15 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", r.table());
             }
+        }),
+        Command::Top {
+            socket,
+            interval,
+            once,
+        } => governor::show::top::run(&governor::show::top::TopOptions {
+            socket,
+            interval: interval.max(Duration::from_millis(50)),
+            once,
         }),
         Command::Record {
             config,

@@ -472,6 +472,7 @@ async fn agent(
         dry_run: cfg.agent.dry_run,
         tick: cfg.agent.tick,
         missing: missing.clone(),
+        watermarks: status::watermarks_of(&cfg),
         ..Default::default()
     }));
     let status_task = status::serve_with(
@@ -542,6 +543,8 @@ async fn agent(
                                 if r.missing != snap.missing {
                                     r.missing = snap.missing.clone();
                                 }
+                                // `governor top`'s cgroups and ports, ranked when asked.
+                                r.snapshot = Some(Arc::clone(&snap));
                             }
                             if opts.live && last_live.elapsed() >= Duration::from_secs(1) {
                                 last_live = Instant::now();
@@ -625,6 +628,7 @@ async fn agent(
                             r.config = new_source;
                             r.dry_run = new_cfg.agent.dry_run;
                             r.recent = recent.iter().cloned().collect();
+                            r.watermarks = status::watermarks_of(&new_cfg);
                         }
                         cfg_dry_run = new_cfg.agent.dry_run;
                         let later = config_file::needs_restart(&cfg.agent, &new_cfg.agent);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use governor_engine::snapshot::{RunqStats, Snapshot};
+use governor_engine::snapshot::{CgroupStats, PortStats, RunqStats, Snapshot};
 
 /// Rows of the cgroup table shown at most (busiest first).
 pub const TABLE_CGROUPS: usize = 25;
@@ -17,6 +17,32 @@ fn runq_cells(r: &RunqStats) -> String {
         "{:>8} {:>8} {:>8} {:>9}",
         r.count, r.p50_us, r.p99_us, r.max_us
     )
+}
+
+/// Cgroups waiting longest first: by run-queue p99, then by waits counted
+/// (`observe`'s table and the status report's top cgroups).
+pub fn by_runq_p99(cgroups: &[CgroupStats]) -> Vec<&CgroupStats> {
+    let mut rows: Vec<_> = cgroups.iter().collect();
+    rows.sort_by(|a, b| {
+        b.runq
+            .p99_us
+            .cmp(&a.runq.p99_us)
+            .then(b.runq.count.cmp(&a.runq.count))
+    });
+    rows
+}
+
+/// Ports with the longest accept queue first, then the busiest, then by
+/// number (the status report's ports).
+pub fn by_accept_queue(ports: &[PortStats]) -> Vec<&PortStats> {
+    let mut rows: Vec<_> = ports.iter().collect();
+    rows.sort_by(|a, b| {
+        b.accept_queue
+            .cmp(&a.accept_queue)
+            .then(b.accepted_per_s.total_cmp(&a.accepted_per_s))
+            .then(a.port.cmp(&b.port))
+    });
+    rows
 }
 
 /// A table of one snapshot, for a terminal or a log.
@@ -42,13 +68,7 @@ pub fn table(s: &Snapshot) -> String {
             let _ = writeln!(out, "{:<40} {:>8}", "host", "missing");
         }
     }
-    let mut rows: Vec<_> = s.cgroups.iter().collect();
-    rows.sort_by(|a, b| {
-        b.runq
-            .p99_us
-            .cmp(&a.runq.p99_us)
-            .then(b.runq.count.cmp(&a.runq.count))
-    });
+    let rows = by_runq_p99(&s.cgroups);
     for c in rows.iter().take(TABLE_CGROUPS) {
         let mut path = c.path.to_string();
         if path.chars().count() > 40 {
@@ -112,7 +132,7 @@ pub fn table(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor_engine::snapshot::{CgroupPath, CgroupStats, HostStats, PortStats};
+    use governor_engine::snapshot::{CgroupPath, HostStats};
 
     fn sample() -> Snapshot {
         Snapshot {

@@ -14,7 +14,14 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt as _, net::UnixListener, task::JoinHandle};
 
-use governor_engine::decide::{Change, Decision, PolicyStatus};
+use governor_engine::{
+    config::{SignalUnit, Watermarks},
+    decide::{Change, Decision, PolicyStatus},
+    snapshot::{RunqStats, Snapshot},
+};
+
+/// Rows of the top-cgroups and ports lists a report carries at most.
+pub const TOP_N: usize = 10;
 
 /// One decision as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +96,69 @@ pub struct PolicyView {
     /// `PolicyStatus::why`), e.g. "under low 300us for 0.2s of 0.5s".
     #[serde(default)]
     pub why: String,
+    /// Last value of its signal as a number in its unit's base
+    /// (microseconds, fraction or events per second; see `unit`).
+    #[serde(default)]
+    pub value_base: Option<f64>,
+    /// The base unit of `value_base`, `high` and `low`: `us`, `ratio` or
+    /// `/s` (empty if the agent does not say).
+    #[serde(default)]
+    pub unit: String,
+    /// Its high watermark (trips), in `unit`.
+    #[serde(default)]
+    pub high: Option<f64>,
+    /// Its low watermark (clears), in `unit`.
+    #[serde(default)]
+    pub low: Option<f64>,
+}
+
+/// The name of a signal unit's base in the report.
+pub fn unit_name(unit: SignalUnit) -> &'static str {
+    match unit {
+        SignalUnit::Latency => "us",
+        SignalUnit::Ratio => "ratio",
+        SignalUnit::Rate => "/s",
+    }
+}
+
+/// The unit a report names (the inverse of [`unit_name`]).
+pub fn unit_of(name: &str) -> Option<SignalUnit> {
+    match name {
+        "us" => Some(SignalUnit::Latency),
+        "ratio" => Some(SignalUnit::Ratio),
+        "/s" => Some(SignalUnit::Rate),
+        _ => None,
+    }
+}
+
+/// A cgroup among those waiting longest on a run queue, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgroupView {
+    /// Path under the cgroup root.
+    pub path: String,
+    /// Run-queue waits counted in the last interval.
+    pub waits: u64,
+    /// Median wait, µs.
+    pub p50_us: u64,
+    /// 99th percentile wait, µs.
+    pub p99_us: u64,
+    /// Longest wait (histogram bucket bound), µs.
+    pub max_us: u64,
+}
+
+/// A listening port, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortView {
+    /// TCP port.
+    pub port: u16,
+    /// Connections waiting to be accepted now.
+    pub accept_queue: u32,
+    /// The listen backlog.
+    pub accept_queue_max: u32,
+    /// Connections accepted per second in the last interval.
+    pub accepted_per_s: f64,
+    /// Accept-queue overflows in the last interval.
+    pub overflows: u64,
 }
 
 /// A change that failed, as `status` shows it.
@@ -127,6 +197,19 @@ pub struct StatusReport {
     /// value: policy, target, unit, value held, value found.
     #[serde(default)]
     pub drift: Vec<String>,
+    /// Host-wide run-queue waits of the last snapshot.
+    #[serde(default)]
+    pub host_runq: Option<RunqStats>,
+    /// The cgroups waiting longest on a run queue (p99, busiest first), at
+    /// most [`TOP_N`].
+    #[serde(default)]
+    pub top_cgroups: Vec<CgroupView>,
+    /// Cgroups in the snapshot besides `top_cgroups`.
+    #[serde(default)]
+    pub more_cgroups: usize,
+    /// Listening ports, longest accept queue first, at most [`TOP_N`].
+    #[serde(default)]
+    pub ports: Vec<PortView>,
 }
 
 impl StatusReport {
@@ -172,12 +255,63 @@ impl StatusReport {
                         retry_in_s: f.retry_at.saturating_sub(now).as_secs_f64(),
                     }),
                     why: p.why.clone(),
+                    value_base: p.value.map(|v| v.value),
+                    unit: p
+                        .value
+                        .map(|v| unit_name(v.unit).to_owned())
+                        .unwrap_or_default(),
+                    high: None,
+                    low: None,
                 })
                 .collect(),
             recent: recent.cloned().collect(),
             missing: missing.to_vec(),
             drift: Vec::new(),
+            host_runq: None,
+            top_cgroups: Vec::new(),
+            more_cgroups: 0,
+            ports: Vec::new(),
         }
+    }
+
+    /// Sets each policy's watermarks (and unit) from `watermarks`, by name.
+    pub fn set_watermarks(&mut self, watermarks: &[(String, Watermarks)]) {
+        for p in &mut self.policies {
+            if let Some((_, w)) = watermarks.iter().find(|(name, _)| *name == p.name) {
+                p.high = Some(w.high.value);
+                p.low = Some(w.low.value);
+                unit_name(w.high.unit).clone_into(&mut p.unit);
+            }
+        }
+    }
+
+    /// Sets the host's waits, the top cgroups and the ports from a snapshot.
+    pub fn set_snapshot(&mut self, s: &Snapshot) {
+        self.host_runq = s.host.runq;
+        let ranked = crate::show::observe::by_runq_p99(&s.cgroups);
+        self.more_cgroups = ranked.len().saturating_sub(TOP_N);
+        self.top_cgroups = ranked
+            .into_iter()
+            .take(TOP_N)
+            .map(|c| CgroupView {
+                path: c.path.to_string(),
+                waits: c.runq.count,
+                p50_us: c.runq.p50_us,
+                p99_us: c.runq.p99_us,
+                max_us: c.runq.max_us,
+            })
+            .collect();
+        self.ports = crate::show::observe::by_accept_queue(&s.ports)
+            .into_iter()
+            .take(TOP_N)
+            .map(|p| PortView {
+                port: p.port,
+                accept_queue: p.accept_queue,
+                accept_queue_max: p.accept_queue_max,
+                accepted_per_s: p.accepted_per_s,
+                overflows: p.overflows,
+            })
+            .collect();
     }
 
     /// As JSON.
@@ -286,6 +420,11 @@ pub struct Published {
     pub missing: Vec<String>,
     /// Held values someone else changed, one line each.
     pub drift: Vec<String>,
+    /// Every policy's watermarks, by name (set at start and on reload).
+    pub watermarks: Arc<Vec<(String, Watermarks)>>,
+    /// The last snapshot: the report's top cgroups and ports are ranked
+    /// from it only when somebody asks.
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 impl Published {
@@ -301,8 +440,22 @@ impl Published {
             &self.missing,
         );
         report.drift.clone_from(&self.drift);
+        report.set_watermarks(&self.watermarks);
+        if let Some(s) = &self.snapshot {
+            report.set_snapshot(s);
+        }
         report
     }
+}
+
+/// Every policy's watermarks, by name, for [`Published::watermarks`].
+pub fn watermarks_of(cfg: &governor_engine::config::Config) -> Arc<Vec<(String, Watermarks)>> {
+    Arc::new(
+        cfg.policies
+            .iter()
+            .map(|p| (p.name.clone(), p.watermarks))
+            .collect(),
+    )
 }
 
 /// How the status socket serves.
@@ -575,6 +728,12 @@ fn same(a: &Published, b: &Published) -> bool {
         && a.recent == b.recent
         && a.missing == b.missing
         && a.drift == b.drift
+        && Arc::ptr_eq(&a.watermarks, &b.watermarks)
+        && match (&a.snapshot, &b.snapshot) {
+            (None, None) => true,
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        }
 }
 
 /// The supplementary groups of the peer of `fd` (SO_PEERGROUPS).
@@ -941,6 +1100,90 @@ mod drift_tests {
         old.as_object_mut().unwrap().remove("drift");
         let back: StatusReport = serde_json::from_value(old).unwrap();
         assert!(back.drift.is_empty());
+    }
+
+    #[test]
+    fn the_report_carries_watermarks_top_cgroups_and_ports_and_old_ones_parse() {
+        use governor_engine::{
+            config::Protected,
+            decide::State,
+            snapshot::{CgroupPath, CgroupStats, PortStats, RunqStats, Snapshot},
+        };
+        let cfg = governor_engine::config::from_str(
+            "[agent]\n[[policy]]\nname = \"api\"\n\
+             signal = { kind = \"runq_p99\", cgroup = \"/w/api\" }\n\
+             high = \"2ms\"\nlow = \"500us\"\n\
+             ladder = [{ action = \"cpu_limit\", cgroup = \"/w/batch\", cpus = 0.25 }]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let cg = |path: &str, p99_us: u64, count: u64| CgroupStats {
+            path: CgroupPath::new(path).unwrap(),
+            id: 1,
+            runq: RunqStats {
+                count,
+                p50_us: 1,
+                p99_us,
+                max_us: p99_us * 2,
+            },
+            runq_hist: None,
+            conn_out: 0,
+            conn_out_per_s: 0.0,
+            psi: None,
+            throttling: None,
+        };
+        let port = |port: u16, accept_queue: u32| PortStats {
+            port,
+            accepted: 0,
+            accepted_per_s: 5.0,
+            accept_queue,
+            accept_queue_max: 128,
+            overflows: 0,
+        };
+        let mut cgroups: Vec<_> = (0..super::TOP_N as u64 + 3)
+            .map(|i| cg(&format!("/c{i}"), 10 + i, 1))
+            .collect();
+        cgroups.push(cg("/busy", 100, 5));
+        cgroups.push(cg("/busier", 100, 9));
+        let snap = Snapshot {
+            cgroups,
+            ports: vec![port(80, 1), port(8080, 30), port(22, 0)],
+            ..Default::default()
+        };
+        let published = Published {
+            policies: std::sync::Arc::new(
+                State::new(&cfg, Protected::for_config(&cfg, None), 1).status(),
+            ),
+            watermarks: super::watermarks_of(&cfg),
+            snapshot: Some(std::sync::Arc::new(snap)),
+            ..Default::default()
+        };
+        let r = published.report();
+        let p = &r.policies[0];
+        assert_eq!(
+            (p.high, p.low, p.unit.as_str()),
+            (Some(2000.0), Some(500.0), "us")
+        );
+        assert_eq!(r.top_cgroups.len(), super::TOP_N);
+        assert_eq!(r.more_cgroups, 5);
+        // By p99, then by waits: what `observe` shows first.
+        assert_eq!(r.top_cgroups[0].path, "/busier");
+        assert_eq!(r.top_cgroups[1].path, "/busy");
+        assert_eq!(r.top_cgroups[2].path, "/c12");
+        let ports: Vec<u16> = r.ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [8080, 80, 22]);
+        // An agent before these fields answers without them.
+        let mut old: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        for key in ["host_runq", "top_cgroups", "more_cgroups", "ports"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        for key in ["value_base", "unit", "high", "low"] {
+            old["policies"][0].as_object_mut().unwrap().remove(key);
+        }
+        let back: StatusReport = serde_json::from_value(old).unwrap();
+        assert!(back.top_cgroups.is_empty() && back.ports.is_empty());
+        assert_eq!(back.policies[0].high, None);
+        assert_eq!(back.policies[0].unit, "");
     }
 }
 
