@@ -640,96 +640,12 @@ pub fn json(r: &Replayed, opts: &Options) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use governor_engine::{
-        record::Watch,
-        snapshot::{CgroupPath, CgroupStats, RunqHist, Snapshot},
-    };
-
     use super::*;
-
-    const LIVE: &str = r#"
-[[policy]]
-name = "api"
-signal = { kind = "runq_p99", cgroup = "/workload/api" }
-high = "2ms"
-low = "500us"
-for = "300ms"
-recover_every = "1s"
-jitter = 0.3
-window = "500ms"
-ladder = [
-  { action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" },
-  { action = "cpu_limit", cgroup = "/workload/batch", cpus = 0.25 },
-]
-"#;
-
-    fn snap(tick: u64, wait_us: u64) -> Snapshot {
-        let hist = RunqHist::from_waits_ns(std::iter::repeat_n(wait_us * 1000, 50));
-        let mut s = Snapshot {
-            ts_ms: tick * 100,
-            interval_ms: 100,
-            ..Default::default()
-        };
-        s.host.runq = Some(Default::default());
-        s.host.runq_hist = Some(RunqHist::default());
-        s.cgroups.push(CgroupStats {
-            path: CgroupPath::new("/workload/api").unwrap(),
-            id: 1,
-            runq: hist.stats(),
-            runq_hist: Some(hist),
-            conn_out: 0,
-            conn_out_per_s: 0.0,
-            psi: None,
-            throttling: None,
-        });
-        s
-    }
+    use crate::record::fixture::LIVE;
 
     /// A recorded run: 10 s of overload, then 20 s calm.
     fn recording() -> Vec<Frame> {
-        let mut e = Engine::new();
-        let mut frames = Vec::new();
-        let mut feed = |e: &mut Engine, input: Input| {
-            let ds = e
-                .feed(&input)
-                .unwrap()
-                .iter()
-                .map(DecisionRecord::from)
-                .collect();
-            frames.push(Frame {
-                input,
-                decisions: ds,
-            });
-        };
-        feed(
-            &mut e,
-            Input::Start {
-                config: LIVE.into(),
-                source_name: "live.toml".into(),
-                seed: 3,
-                agent_cgroup: None,
-                started_unix_ms: 1_700_000_000_000,
-                dry_run: false,
-            },
-        );
-        let watch = Watch::of(e.config().unwrap());
-        for tick in 0..300u64 {
-            let wait = if tick < 100 { 5000 } else { 100 };
-            feed(
-                &mut e,
-                Input::Step {
-                    now: Duration::from_millis(tick * 100),
-                    snapshot: watch.filter(&snap(tick, wait)),
-                },
-            );
-        }
-        feed(
-            &mut e,
-            Input::ReleaseAll {
-                now: Duration::from_secs(30),
-            },
-        );
-        frames
+        crate::record::fixture::run(300, |tick| if tick < 100 { 5000 } else { 100 }, &[])
     }
 
     #[test]

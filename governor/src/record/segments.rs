@@ -540,6 +540,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::record::fixture::{LIVE, T0};
     use governor_engine::snapshot::Snapshot;
 
     fn step(ms: u64) -> Frame {
@@ -646,104 +647,15 @@ mod tests {
         assert_eq!(left, [4_000]);
     }
 
-    const LIVE: &str = r#"
-[[policy]]
-name = "api"
-signal = { kind = "runq_p99", cgroup = "/workload/api" }
-high = "2ms"
-low = "500us"
-for = "300ms"
-recover_every = "1s"
-jitter = 0.3
-window = "500ms"
-ladder = [
-  { action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" },
-  { action = "cpu_limit", cgroup = "/workload/batch", cpus = 0.25 },
-]
-"#;
-
-    const T0: u64 = 1_700_000_000_000;
-
-    fn snap(tick: u64, wait_us: u64) -> Snapshot {
-        use governor_engine::snapshot::{CgroupPath, CgroupStats, RunqHist};
-        let hist = RunqHist::from_waits_ns(std::iter::repeat_n(wait_us * 1000, 50));
-        let mut s = Snapshot {
-            ts_ms: tick * 100,
-            interval_ms: 100,
-            ..Default::default()
-        };
-        s.cgroups.push(CgroupStats {
-            path: CgroupPath::new("/workload/api").unwrap(),
-            id: 1,
-            runq: hist.stats(),
-            runq_hist: Some(hist),
-            conn_out: 0,
-            conn_out_per_s: 0.0,
-            psi: None,
-            throttling: None,
-        });
-        s
-    }
-
     /// A run of 40 s as the engine decided it: overloaded in 0–8 s and
     /// 20–28 s, reloaded (high 3 ms) at 15 s; one frame per 100 ms.
     fn run() -> (Vec<Frame>, String) {
-        use governor_engine::record::{DecisionRecord, Engine, Watch};
         let reloaded = LIVE.replace("high = \"2ms\"", "high = \"3ms\"");
-        let mut e = Engine::new();
-        let mut frames = Vec::new();
-        let mut feed = |e: &mut Engine, input: Input| {
-            let decisions = e
-                .feed(&input)
-                .unwrap()
-                .iter()
-                .map(DecisionRecord::from)
-                .collect();
-            frames.push(Frame { input, decisions });
-        };
-        feed(
-            &mut e,
-            Input::Start {
-                config: LIVE.into(),
-                source_name: "live.toml".into(),
-                seed: 3,
-                agent_cgroup: None,
-                started_unix_ms: T0,
-                dry_run: false,
-            },
-        );
-        let watch = Watch::of(e.config().unwrap());
-        for tick in 0..400u64 {
-            let now = Duration::from_millis(tick * 100);
-            if tick == 150 {
-                feed(
-                    &mut e,
-                    Input::Reload {
-                        now,
-                        config: reloaded.clone(),
-                        source_name: "live.toml".into(),
-                        dry_run: false,
-                    },
-                );
-            }
-            let wait = if tick < 80 || (200..280).contains(&tick) {
-                5000
-            } else {
-                100
-            };
-            feed(
-                &mut e,
-                Input::Step {
-                    now,
-                    snapshot: watch.filter(&snap(tick, wait)),
-                },
-            );
-        }
-        feed(
-            &mut e,
-            Input::ReleaseAll {
-                now: Duration::from_secs(40),
-            },
+        let overloaded = |tick| tick < 80 || (200..280).contains(&tick);
+        let frames = crate::record::fixture::run(
+            400,
+            |tick| if overloaded(tick) { 5000 } else { 100 },
+            &[(150, reloaded.as_str())],
         );
         (frames, reloaded)
     }
