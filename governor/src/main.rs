@@ -393,9 +393,10 @@ fn record(
                     let now = started.elapsed();
                     let snapshot = driver.watch.filter(&snap);
                     driver.feed(Input::Step { now, snapshot });
-                    if said.elapsed() >= Duration::from_secs(10) {
+                    if said.elapsed() >= Duration::from_secs(10)
+                        && let Some(c) = driver.recorder.as_ref().map(|r| r.counters())
+                    {
                         said = std::time::Instant::now();
-                        let Some(c) = driver.recorder.as_ref().map(|r| r.counters()) else { break };
                         eprintln!(
                             "governor: {:.0}s: {} frames, {} KiB compressed, {} dropped",
                             now.as_secs_f64(),
