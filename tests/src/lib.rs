@@ -648,3 +648,89 @@ impl CpuTestCgroup {
         std::fs::write(&path, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
+
+/// The `[agent]` section every agent test writes (a 100 ms tick, its own
+/// metrics address, status socket and journal, a fixed seed), with the
+/// options a test may add; [`AgentConfig::write`] puts the test's policies
+/// after it.
+pub struct AgentConfig {
+    dir: std::path::PathBuf,
+    metrics: String,
+    seed: u64,
+    journal: std::path::PathBuf,
+    netns: Option<std::path::PathBuf>,
+    dry_run: Option<bool>,
+}
+
+/// What [`AgentConfig::write`] wrote, and where the agent will answer.
+pub struct AgentFiles {
+    /// `DIR/governor.toml`.
+    pub config: std::path::PathBuf,
+    /// `DIR/governor.sock`, the status socket.
+    pub socket: std::path::PathBuf,
+    /// `DIR/governor.log`, for [`AgentProcess::start`].
+    pub log: std::path::PathBuf,
+    /// The metrics address, `127.0.0.1:PORT`.
+    pub metrics: String,
+}
+
+impl AgentConfig {
+    /// Files in `dir`; the journal at `DIR/journal`, recordings under it.
+    pub fn new(dir: &std::path::Path, metrics: impl Into<String>, seed: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            metrics: metrics.into(),
+            seed,
+            journal: dir.join("journal"),
+            netns: None,
+            dry_run: None,
+        }
+    }
+
+    /// The journal (and `record/` under it) somewhere else.
+    pub fn journal(mut self, dir: &std::path::Path) -> Self {
+        self.journal = dir.to_path_buf();
+        self
+    }
+
+    /// `agent.netns`: the namespace whose sockets are read and guarded.
+    pub fn netns(mut self, path: &std::path::Path) -> Self {
+        self.netns = Some(path.to_path_buf());
+        self
+    }
+
+    /// `agent.dry_run`.
+    pub fn dry_run(mut self, on: bool) -> Self {
+        self.dry_run = Some(on);
+        self
+    }
+
+    /// Writes the config: this section, then `policies` as given.
+    pub fn write(self, policies: &str) -> AgentFiles {
+        let socket = self.dir.join("governor.sock");
+        let journal = self.journal.display();
+        let mut text = format!(
+            "[agent]\ntick = \"100ms\"\nmetrics_addr = \"{}\"\nstatus_socket = \"{}\"\n\
+             journal_dir = \"{journal}\"\nrecord_dir = \"{journal}/record\"\nseed = {}\n",
+            self.metrics,
+            socket.display(),
+            self.seed,
+        );
+        if let Some(ns) = &self.netns {
+            text += &format!("netns = \"{}\"\n", ns.display());
+        }
+        if let Some(on) = self.dry_run {
+            text += &format!("dry_run = {on}\n");
+        }
+        text += "\n";
+        text += policies;
+        let config = self.dir.join("governor.toml");
+        std::fs::write(&config, text).expect("write the agent's config");
+        AgentFiles {
+            config,
+            socket,
+            log: self.dir.join("governor.log"),
+            metrics: self.metrics,
+        }
+    }
+}

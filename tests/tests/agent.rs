@@ -15,7 +15,8 @@ use std::{
 
 use governor::sense::sockdiag::SockDiag;
 use governor_integration::{
-    AgentProcess, Children, NetNs, enter_netns, eventually, field, metric, require_root, scrape,
+    AgentConfig, AgentProcess, Children, NetNs, enter_netns, eventually, field, metric,
+    require_root, scrape,
 };
 
 const BACKLOG: i32 = 16;
@@ -111,24 +112,12 @@ fn write_config(ns: &NetNs, port: u16, dry_run: bool, tag: &str) -> Setup {
 /// [`write_config`] with the throttle's `rate` as given.
 fn write_config_rate(ns: &NetNs, port: u16, dry_run: bool, tag: &str, rate: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("governor.sock");
     let metrics_port = 20_000 + (std::process::id() % 20_000) as u16 + u16::from(dry_run);
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let config = dir.path().join("governor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-tick = "100ms"
-metrics_addr = "{metrics}"
-status_socket = "{socket}"
-journal_dir = "{journal}"
-record_dir = "{journal}/record"
-netns = "{netns}"
-dry_run = {dry_run}
-seed = 7
-
-[[policy]]
+    let files = AgentConfig::new(dir.path(), format!("127.0.0.1:{metrics_port}"), 7)
+        .netns(&ns.path())
+        .dry_run(dry_run)
+        .write(&format!(
+            r#"[[policy]]
 name = "shed-{tag}"
 signal = {{ kind = "accept_queue_fill", port = {port} }}
 high = 0.5
@@ -141,20 +130,14 @@ ladder = [
   {{ action = "throttle_connections", port = {port}, rate = "{rate}", burst = 5, mode = "reset" }},
   {{ action = "reject_connections", port = {port}, mode = "reset" }},
 ]
-"#,
-            socket = socket.display(),
-            journal = dir.path().join("journal").display(),
-            netns = ns.path().display(),
-        ),
-    )
-    .expect("write config");
-    let log = dir.path().join("governor.log");
+"#
+        ));
     Setup {
         _dir: dir,
-        config,
-        socket,
-        log,
-        metrics,
+        config: files.config,
+        socket: files.socket,
+        log: files.log,
+        metrics: files.metrics,
     }
 }
 
@@ -418,24 +401,12 @@ fn nn_config(
     b: &CgroupPathStr,
     ladder: &str,
 ) -> (PathBuf, PathBuf, String) {
-    let socket = dir.join("governor.sock");
     let metrics = format!(
         "127.0.0.1:{}",
         21_000 + (std::process::id() % 20_000) as u16
     );
-    let config = dir.join("governor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-tick = "100ms"
-metrics_addr = "{metrics}"
-status_socket = "{socket}"
-journal_dir = "{journal}"
-record_dir = "{journal}/record"
-seed = 11
-
-[[policy]]
+    let files = AgentConfig::new(dir, metrics, 11).write(&format!(
+        r#"[[policy]]
 name = "api-over-batch"
 signal = {{ kind = "runq_p99", cgroup = "{a}" }}
 high = "2ms"
@@ -446,14 +417,10 @@ recover_every = "8s"
 jitter = 0.3
 ladder = [{ladder}]
 "#,
-            a = a.0,
-            socket = socket.display(),
-            journal = dir.join("journal").display(),
-            ladder = ladder.replace("{b}", &b.0),
-        ),
-    )
-    .expect("config");
-    (config, socket, metrics)
+        a = a.0,
+        ladder = ladder.replace("{b}", &b.0),
+    ));
+    (files.config, files.socket, files.metrics)
 }
 
 struct CgroupPathStr(String);
@@ -646,24 +613,12 @@ fn a_limit_is_lifted_soon_after_the_hogs_stop_despite_sparse_slow_wakeups() {
     let b = parent.child("batch");
     let original = b.cpu_files();
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("governor.sock");
     let metrics = format!(
         "127.0.0.1:{}",
         21_000 + (std::process::id() % 20_000) as u16 + 7
     );
-    let config = dir.path().join("governor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-tick = "100ms"
-metrics_addr = "{metrics}"
-status_socket = "{socket}"
-journal_dir = "{journal}"
-record_dir = "{journal}/record"
-seed = 5
-
-[[policy]]
+    let files = AgentConfig::new(dir.path(), metrics, 5).write(&format!(
+        r#"[[policy]]
 name = "worker-over-hogs"
 signal = {{ kind = "runq_p99", cgroup = "{a}" }}
 high = "1ms"
@@ -672,14 +627,10 @@ for = "500ms"
 recover_every = "1s"
 ladder = [{{ action = "cpu_limit", cgroup = "{b}", cpus = 0.2 }}]
 "#,
-            a = a.v2.path,
-            b = b.v2.path,
-            socket = socket.display(),
-            journal = dir.path().join("journal").display(),
-        ),
-    )
-    .expect("config");
-    let agent = AgentProcess::start(&config, &socket, &dir.path().join("governor.log"));
+        a = a.v2.path,
+        b = b.v2.path,
+    ));
+    let agent = AgentProcess::start(&files.config, &files.socket, &files.log);
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
     let (pa, pb) = (a.v2.procs(), b.v2.procs());
     let (pa, pb) = (pa.to_str().expect("utf-8"), pb.to_str().expect("utf-8"));

@@ -48,7 +48,7 @@ use governor_engine::{
     snapshot::CgroupPath,
 };
 use governor_integration::{
-    AgentProcess, Children, CpuTestCgroup, enter_own_netns, eventually, require_root,
+    AgentConfig, AgentProcess, Children, CpuTestCgroup, enter_own_netns, eventually, require_root,
 };
 use rand::{RngExt as _, SeedableRng as _};
 
@@ -487,24 +487,14 @@ fn journal_fault_under_the_agent(fault: JournalFault, k: u16) {
     let mut fs = Tmpfs::new("256k");
     let jdir = fs.mnt.join("journal");
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("governor.sock");
     let metrics = format!(
         "127.0.0.1:{}",
         23_000 + (std::process::id() % 20_000) as u16 + k
     );
-    let config = dir.path().join("governor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-tick = "100ms"
-metrics_addr = "{metrics}"
-status_socket = "{socket}"
-journal_dir = "{journal}"
-record_dir = "{journal}/record"
-seed = 3
-
-[[policy]]
+    let files = AgentConfig::new(dir.path(), metrics, 3)
+        .journal(&jdir)
+        .write(&format!(
+            r#"[[policy]]
 name = "faulty-journal"
 signal = {{ kind = "runq_p99", cgroup = "{a}" }}
 high = "2ms"
@@ -516,13 +506,8 @@ ladder = [{{ action = "cpu_weight", cgroup = "{b}", weight = "idle" }}]
 "#,
             a = a.v2.path,
             b = b.v2.path,
-            socket = socket.display(),
-            journal = jdir.display(),
-        ),
-    )
-    .expect("config");
-    let log = dir.path().join("governor.log");
-    let mut agent = AgentProcess::start(&config, &socket, &log);
+        ));
+    let mut agent = AgentProcess::start(&files.config, &files.socket, &files.log);
     // The agent holds the journal open; from now on it cannot write it.
     let (errno_text, what) = match fault {
         JournalFault::Full => {

@@ -20,7 +20,8 @@ use std::{
 };
 
 use governor_integration::{
-    AgentProcess, Children, CpuTestCgroup, NetNs, eventually, require_root, scrape, skip_unless,
+    AgentConfig, AgentProcess, Children, CpuTestCgroup, NetNs, eventually, require_root, scrape,
+    skip_unless,
 };
 use serde_json::Value;
 
@@ -352,22 +353,11 @@ fn prometheus_scrapes_the_agent_and_the_dashboard_and_rules_work() {
     kids.procs.push(ns.spawn(client));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("governor.sock");
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("governor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-tick = "100ms"
-metrics_addr = "{metrics_addr}"
-status_socket = "{socket}"
-journal_dir = "{journal}"
-record_dir = "{journal}/record"
-netns = "{netns}"
-seed = 3
-
-[[policy]]
+    let files = AgentConfig::new(dir.path(), metrics_addr.clone(), 3)
+        .netns(&ns.path())
+        .write(&format!(
+            r#"[[policy]]
 name = "prom-runq"
 dry_run = true
 signal = {{ kind = "runq_p99", cgroup = "{api}" }}
@@ -402,15 +392,10 @@ low = "5/s"
 for = "300ms"
 ladder = [{{ action = "throttle_connections", port = {PORT}, rate = "5000/s", burst = 5000, mode = "reset" }}]
 "#,
-            socket = socket.display(),
-            journal = dir.path().join("journal").display(),
-            netns = ns.path().display(),
             api = api.v2.path,
             batch = batch.v2.path,
-        ),
-    )
-    .expect("config");
-    let agent = AgentProcess::start(&config, &socket, &dir.path().join("governor.log"));
+        ));
+    let agent = AgentProcess::start(&files.config, &files.socket, &files.log);
     let rules = contrib("prometheus/governor-rules.yml");
     let prom = Prometheus::start(&metrics_addr, &rules);
     let since = now_s();

@@ -21,7 +21,8 @@ use std::{
 };
 
 use governor_integration::{
-    AgentProcess, Children, NetNs, TestCgroup, enter_netns, governor_bin, require_root, skip,
+    AgentConfig, AgentProcess, Children, NetNs, TestCgroup, enter_netns, governor_bin,
+    require_root, skip,
 };
 
 const BACKLOG: i32 = 16;
@@ -105,23 +106,12 @@ fn setup(tag: &str, offset: u16) -> Setup {
         load.spawn(&["hog", "--cpu", "0", "--seconds", "60", "--join", pb]);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("governor.sock");
     let metrics_port = 41_000 + (std::process::id() % 20_000) as u16 + offset;
-    let config = dir.path().join("governor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-tick = "100ms"
-metrics_addr = "127.0.0.1:{metrics_port}"
-status_socket = "{socket}"
-journal_dir = "{journal}"
-record_dir = "{journal}/record"
-netns = "{netns}"
-dry_run = true
-seed = 3
-
-[[policy]]
+    let files = AgentConfig::new(dir.path(), format!("127.0.0.1:{metrics_port}"), 3)
+        .netns(&ns.path())
+        .dry_run(true)
+        .write(&format!(
+            r#"[[policy]]
 name = "top-{tag}-runq"
 signal = {{ kind = "runq_p99", cgroup = "{api}" }}
 high = "2ms"
@@ -138,17 +128,11 @@ high = 0.9
 low = 0.1
 ladder = [{{ action = "throttle_connections", port = {port}, rate = "50/s", burst = 5, mode = "reset" }}]
 "#,
-            socket = socket.display(),
-            journal = dir.path().join("journal").display(),
-            netns = ns.path().display(),
             api = api.path,
             batch = batch.path,
             port = listener.port,
-        ),
-    )
-    .expect("config");
-    let log = dir.path().join("governor.log");
-    let agent = AgentProcess::start(&config, &socket, &log);
+        ));
+    let agent = AgentProcess::start(&files.config, &files.socket, &files.log);
     Setup {
         agent,
         _load: load,
