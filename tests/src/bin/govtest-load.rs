@@ -10,12 +10,13 @@
 //! govtest-load phased  --cpu N --seconds S [--busy-ms 1000] [--idle-ms 1000] [--period-us 2000] [--work-us 1000]
 //! govtest-load counthog --cpu N --seconds S
 //! govtest-load rrserver --port P --rate R --seconds S [--backlog 128]
-//! govtest-load rrclient --addr IP:PORT --rate R --seconds S [--timeout-ms 1000] [--steady-after-ms 0]
+//! govtest-load rrclient --addr IP:PORT --rate R --seconds S [--timeout-ms 1000] [--steady-after-ms 0] [--poisson SEED]
 //! govtest-load pauseserver --port P --pause-ms M --seconds S [--backlog 16]
 //! govtest-load pulse   --addr IP:PORT --rate R --seconds S
 //! govtest-load listeners --base-port P --count N --seconds S
 //! govtest-load visit   --base DIR --count N --seconds S
 //! govtest-load herd    --addr IP:PORT --clients 200 --seconds S [--retry-ms 50] [--timeout-ms 200]
+//! govtest-load rrherd  --addr IP:PORT --clients 500 --seconds S [--retry-ms 100] [--timeout-ms 1000]
 //! ```
 //! `--join PROCS` writes the process's pid to a `cgroup.procs` file first.
 
@@ -523,9 +524,19 @@ fn rr_client(
     secs: f64,
     timeout: Duration,
     steady_after: Duration,
+    poisson: Option<u64>,
 ) -> Result<(), String> {
+    use rand::{RngExt as _, SeedableRng as _};
     use std::io::{Read as _, Write as _};
     raise_nofile();
+    // Arrival instants (seconds since start): evenly spaced, or a Poisson
+    // process of the same rate (exponential gaps from a seeded generator).
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(poisson.unwrap_or(0));
+    let mut next_at = 0.0f64;
+    let mut gap = move || match poisson {
+        Some(_) => -(1.0 - rng.random::<f64>()).ln() / rate,
+        None => 1.0 / rate,
+    };
     let start = Instant::now();
     let offer_until = start + Duration::from_secs_f64(secs);
     let buckets = (secs * 10.0).ceil() as usize + (timeout.as_millis() as usize / 100) + 2;
@@ -538,9 +549,10 @@ fn rr_client(
     let mut pending: Vec<Request> = Vec::new();
     while Instant::now() < offer_until || !pending.is_empty() {
         let now = Instant::now();
-        while now < offer_until && start + Duration::from_secs_f64(sent as f64 / rate) <= now {
+        while now < offer_until && start + Duration::from_secs_f64(next_at) <= now {
             let (sock, o) = connect_nb(addr)?;
             sent += 1;
+            next_at += gap();
             match o {
                 Some(Outcome::Refused) => {
                     refused += 1;
@@ -692,6 +704,105 @@ fn herd(
         done_at.len(),
         mono_ns() - start.elapsed().as_nanos() as u64,
         h.join(",")
+    );
+    Ok(())
+}
+
+/// A reconnect storm against a request/response server: `clients` clients
+/// start at once, each making one request (connect, send, wait for the
+/// answer); a refused or reset attempt is retried after `retry` (times a
+/// seeded random factor in [0.5, 1.5), as clients with jittered backoff
+/// do), an attempt unanswered after `timeout` is abandoned and retried.
+/// Prints how many were served, when the last was, and the latency of the
+/// attempts that were answered (connect to answer).
+fn rr_herd(
+    addr: SocketAddr,
+    clients: usize,
+    retry: Duration,
+    timeout: Duration,
+    until: Instant,
+) -> Result<(), String> {
+    use rand::{RngExt as _, SeedableRng as _};
+    use std::io::{Read as _, Write as _};
+    raise_nofile();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(clients as u64);
+    let start = Instant::now();
+    let mut next: Vec<Option<Instant>> = vec![Some(start); clients];
+    let mut inflight: Vec<(usize, Request)> = Vec::new();
+    let (mut attempts, mut refused, mut timedout, mut served) = (0u64, 0u64, 0u64, 0usize);
+    let mut lat: Vec<u64> = Vec::new();
+    let mut last_ms = 0u64;
+    while Instant::now() < until && served < clients {
+        let now = Instant::now();
+        for (i, n) in next.iter_mut().enumerate() {
+            if n.is_some_and(|t| t <= now) {
+                *n = None;
+                attempts += 1;
+                let (sock, o) = connect_nb(addr)?;
+                match o {
+                    Some(Outcome::Refused) | Some(Outcome::Other) => {
+                        refused += 1;
+                        *n = Some(now + retry.mul_f64(rng.random_range(0.5..1.5)));
+                    }
+                    Some(Outcome::Ok) | None => inflight.push((
+                        i,
+                        Request {
+                            sock,
+                            started: now,
+                            sent: false,
+                        },
+                    )),
+                }
+            }
+        }
+        let refs: Vec<&socket2::Socket> = inflight.iter().map(|(_, r)| &r.sock).collect();
+        let rev = poll_fds(&refs, libc::POLLOUT | libc::POLLIN, 1);
+        let now = Instant::now();
+        let mut keep = Vec::with_capacity(inflight.len());
+        for ((i, mut r), ev) in inflight.into_iter().zip(rev) {
+            let mut again = false;
+            if ev != 0 && !r.sent {
+                let mut t: &socket2::Socket = &r.sock;
+                if matches!(r.sock.take_error(), Ok(None)) && t.write_all(b"x\n").is_ok() {
+                    r.sent = true;
+                    keep.push((i, r));
+                } else {
+                    refused += 1;
+                    again = true;
+                }
+            } else if ev & libc::POLLIN != 0 && r.sent {
+                let mut buf = [0u8; 16];
+                let mut t: &socket2::Socket = &r.sock;
+                match t.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        served += 1;
+                        lat.push((now - r.started).as_micros() as u64);
+                        last_ms = (now - start).as_millis() as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => keep.push((i, r)),
+                    _ => {
+                        refused += 1;
+                        again = true;
+                    }
+                }
+            } else if now.duration_since(r.started) >= timeout {
+                timedout += 1;
+                again = true;
+            } else {
+                keep.push((i, r));
+            }
+            if again {
+                next[i] = Some(now + retry.mul_f64(rng.random_range(0.5..1.5)));
+            }
+        }
+        inflight = keep;
+    }
+    lat.sort_unstable();
+    println!(
+        "served={served} clients={clients} attempts={attempts} refused={refused} timeout={timedout} last_ms={last_ms} rate={:.1} p50_us={} p99_us={}",
+        served as f64 / (last_ms.max(1) as f64 / 1000.0),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
     );
     Ok(())
 }
@@ -901,7 +1012,8 @@ fn main() -> ExitCode {
                 let rate: f64 = arg(&args, "--rate").ok_or("--rate R")?;
                 let timeout = Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(1000));
                 let steady = Duration::from_millis(arg(&args, "--steady-after-ms").unwrap_or(0));
-                rr_client(addr, rate, seconds.min(60.0), timeout, steady)?;
+                let poisson: Option<u64> = arg(&args, "--poisson");
+                rr_client(addr, rate, seconds.min(60.0), timeout, steady, poisson)?;
             }
             "herd" => {
                 let addr: SocketAddr = arg(&args, "--addr").ok_or("--addr IP:PORT")?;
@@ -910,6 +1022,16 @@ fn main() -> ExitCode {
                     arg(&args, "--clients").unwrap_or(200),
                     Duration::from_millis(arg(&args, "--retry-ms").unwrap_or(50)),
                     Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(200)),
+                    until,
+                )?;
+            }
+            "rrherd" => {
+                let addr: SocketAddr = arg(&args, "--addr").ok_or("--addr IP:PORT")?;
+                rr_herd(
+                    addr,
+                    arg(&args, "--clients").unwrap_or(500),
+                    Duration::from_millis(arg(&args, "--retry-ms").unwrap_or(100)),
+                    Duration::from_millis(arg(&args, "--timeout-ms").unwrap_or(1000)),
                     until,
                 )?;
             }
