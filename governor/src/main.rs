@@ -375,6 +375,9 @@ fn record(
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         ticker.tick().await;
+        // `--duration` is of recording: loading the probes (seconds under
+        // emulation) does not count.
+        let recording = std::time::Instant::now();
         let stop = stop_signal();
         tokio::pin!(stop);
         let mut said = std::time::Instant::now();
@@ -405,7 +408,7 @@ fn record(
                             c.dropped.load(std::sync::atomic::Ordering::Relaxed),
                         );
                     }
-                    if duration.is_some_and(|d| now >= d) { break; }
+                    if duration.is_some_and(|d| recording.elapsed() >= d) { break; }
                 }
                 sig = &mut stop => { eprintln!("governor: {sig}: stopping"); break; }
             }
@@ -498,9 +501,10 @@ fn observe(
     let tty = std::io::stdout().is_terminal();
     let rt = runtime()?;
     let ids = rt.block_on(async move {
+        // The cgroups named are watched: their run-queue culprits are counted.
         let (mut sensor, forwarder) = start_sensor(SensorScope {
+            watched: subtrees.clone(),
             subtrees,
-            watched: Vec::new(),
             files: Vec::new(),
         })?;
         let metrics = Arc::new(Metrics::new());

@@ -60,6 +60,18 @@ ladder = [{{ action = "cpu_limit", cgroup = "{}", cpus = 0.5 }}]
     println!("{err}");
     assert!(out.status.success(), "governor record: {err}");
     assert!(err.contains("recorded "), "it says what it recorded: {err}");
+    // `--duration 3s` is 3 s of recording at a 100 ms tick, however long
+    // the probes took to load (seconds under emulation: once 3 frames).
+    let frames: u64 = err
+        .split("recorded ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no frame count: {err}"));
+    assert!(
+        frames >= 24,
+        "3 s at a 100 ms tick is about 30 frames, recorded {frames}"
+    );
     assert_eq!(
         std::fs::read_to_string(cg.dir.join("cpu.max")).ok(),
         before,
