@@ -15,11 +15,56 @@ pub struct TaskWait {
     pub start_ns: u64,
     /// Its last wait + 1, not yet attributed to a cgroup; 0 if none.
     pub pending_ns: u64,
+    /// The cgroup of the task that held the CPU when this task got it at
+    /// the end of its pending wait (the culprit, 0: the CPU was idle);
+    /// stored only while some cgroup is watched ([`culprits`]).
+    pub culprit_cg: u64,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: two `u64`, `repr(C)`, no padding.
+// SAFETY: three `u64`, `repr(C)`, no padding.
 unsafe impl aya::Pod for TaskWait {}
+
+/// Per-CPU state of the probes (the one value of the `COUNTERS` map): the
+/// event counters and the "announced" flag in one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct CpuCounters {
+    /// Indexed by [`counter`].
+    pub counts: [u64; counter::LEN as usize],
+    /// Non-zero once the probes said they run on this CPU.
+    pub announced: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `u64`s only, `repr(C)`, no padding.
+unsafe impl aya::Pod for CpuCounters {}
+
+/// Who held the CPU while a watched cgroup waited for it.
+pub mod culprits {
+    /// Key of the `CULPRITS` map: the cgroup that waited (`victim`, a
+    /// watched one) and the cgroup of the task that was switched out when
+    /// the waiter got the CPU (`culprit`; [`IDLE`] if the CPU was idle).
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Key {
+        /// Watched cgroup id.
+        pub victim: u64,
+        /// Cgroup id of the task that held the CPU.
+        pub culprit: u64,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: two `u64`, `repr(C)`, no padding.
+    unsafe impl aya::Pod for Key {}
+
+    /// `Key::culprit` when the waiter got the CPU from the idle task:
+    /// nothing else ran (a wait of a throttled cgroup, or wake-up latency).
+    pub const IDLE: u64 = 0;
+    /// Index 0 of `CULPRIT_CONF`: how many cgroups `WATCHED` holds (0: the
+    /// probes skip culprit bookkeeping).
+    pub const CONF_WATCHED: u32 = 0;
+}
 
 /// Indices into the per-CPU `COUNTERS` array map.
 ///
@@ -40,7 +85,9 @@ pub mod counter {
     pub const PORT_MAP_FULL: u32 = 5;
     /// A wakeup timestamp did not fit its map (the wait was not measured).
     pub const START_MAP_FULL: u32 = 6;
-    /// Number of slots in the `COUNTERS` map.
+    /// A (watched cgroup, culprit) pair did not fit its map.
+    pub const CULPRIT_MAP_FULL: u32 = 7;
+    /// Number of counters in [`super::CpuCounters`].
     pub const LEN: u32 = 8;
 }
 
@@ -65,7 +112,7 @@ pub mod names {
     /// `perf_event_open`, which Debian's `perf_event_paranoid=3` and a
     /// hardened unit's sandbox can refuse.
     pub const PROG_SOCK_STATE_RAW: &str = "inet_sock_set_state_raw";
-    /// Per-CPU array of `u64` event counters, indexed by [`super::counter`].
+    /// Per-CPU array of one [`super::CpuCounters`].
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// Per-CPU array with one host-wide run-queue [`super::hist::Hist`].
     pub const MAP_HOST_RUNQ: &str = "HOST_RUNQ";
@@ -75,6 +122,12 @@ pub mod names {
     pub const MAP_CGROUP_CONNECTS: &str = "CGROUP_CONNECTS";
     /// Per-CPU hash: local port (`u32`) → accepted connections (`u64`).
     pub const MAP_PORT_ACCEPTS: &str = "PORT_ACCEPTS";
+    /// Hash: watched cgroup id (`u64`) → 1 (`u8`): whose culprits are counted.
+    pub const MAP_WATCHED: &str = "WATCHED";
+    /// Array of one `u32`: [`super::culprits::CONF_WATCHED`].
+    pub const MAP_CULPRIT_CONF: &str = "CULPRIT_CONF";
+    /// Per-CPU hash: [`super::culprits::Key`] → wait (ns, `u64`).
+    pub const MAP_CULPRITS: &str = "CULPRITS";
 }
 
 /// Map sizes: bounded, with [`counter::CGROUP_MAP_FULL`] and friends counting
@@ -92,6 +145,10 @@ pub mod limits {
     pub const MAX_PORTS: u32 = 1_024;
     /// Tasks waiting to run at once (wakeup timestamps).
     pub const MAX_WAITING: u32 = 65_536;
+    /// Watched cgroups whose culprits are counted.
+    pub const MAX_WATCHED: u32 = 1_024;
+    /// (watched cgroup, culprit) pairs within one tick.
+    pub const MAX_CULPRITS: u32 = 4_096;
 }
 
 /// The key of `PORT_ACCEPTS`: a listener's network namespace (the inode
@@ -190,11 +247,29 @@ pub mod enforce {
         pub refused: u64,
         /// Refused in drop mode: the SYN was dropped (the client retries).
         pub dropped: u64,
+        /// Refused by the port's guard (its listener's accept queue was at
+        /// its bound), in either mode; not counted in `refused`/`dropped`.
+        pub guarded: u64,
     }
 
     #[cfg(feature = "user")]
-    // SAFETY: repr(C), two u64.
+    // SAFETY: repr(C), four u64.
     unsafe impl aya::Pod for Verdicts {}
+
+    /// A port's guard (value of `GUARDS`): new connections are refused
+    /// while its listener's accept queue holds `bound` or more.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct Guard {
+        /// Accept-queue depth at which SYNs are refused.
+        pub bound: u32,
+        /// [`MODE_RESET`] or [`MODE_DROP`].
+        pub mode: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), two u32, no padding.
+    unsafe impl aya::Pod for Guard {}
 
     /// Data of an exemption key in the `EXEMPT` LPM trie: an 8-byte scope
     /// (a port or a cgroup, see [`port_scope`] and [`cgroup_scope`]) then the
@@ -234,5 +309,13 @@ pub mod enforce {
         pub const MAP_EXEMPT: &str = "EXEMPT";
         /// Sock map holding the drop sink (a full listener).
         pub const MAP_DROP_SINK: &str = "DROP_SINK";
+        /// Hash: port (`u32`) → [`super::Guard`].
+        pub const MAP_GUARDS: &str = "GUARDS";
+        /// Sock hash: port (`u32`) → the guarded port's listener.
+        pub const MAP_LISTENERS: &str = "LISTENERS";
+        /// Read-only global: `struct sock.sk_ack_backlog` offset, from BTF.
+        pub const GLOBAL_SK_ACK_BACKLOG: &str = "OFF_SK_ACK_BACKLOG";
+        /// Read-only global: 1 enables the guard's code.
+        pub const GLOBAL_GUARD_READY: &str = "GUARD_READY";
     }
 }

@@ -12,17 +12,29 @@
 //!
 //! Rates are GCRA token buckets in hash maps; user space only writes the
 //! rate. Exempt peers (an LPM trie) always pass.
+//!
+//! - The guard, per local port: before the bucket, the listener's accept
+//!   queue (`sk_ack_backlog`, read from the listener the agent put in
+//!   `LISTENERS`, at an offset resolved from BTF and set as a read-only
+//!   global) is compared with the port's bound in `GUARDS`; at or above it
+//!   the SYN is refused (RST, or dropped through the sink) and counted as
+//!   `guarded`. With `GUARD_READY` 0 (the loader's default) the verifier
+//!   prunes the guard's code, so kernels that lack a piece still load the
+//!   rest.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+        bpf_map_lookup_elem, bpf_sk_release, bpf_skc_to_tcp_sock,
+    },
     macros::{cgroup_sock_addr, map, sk_lookup},
-    maps::{HashMap, LpmTrie, PerCpuHashMap, SockMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, PerCpuHashMap, SockHash, SockMap, lpm_trie::Key},
     programs::{SkLookupContext, SockAddrContext},
 };
 use governor_common::enforce::{
-    Bucket, ExemptData, FLAG_REJECT_ALL, MODE_DROP, Verdicts, cgroup_scope, port_scope,
+    Bucket, ExemptData, FLAG_REJECT_ALL, Guard, MODE_DROP, Verdicts, cgroup_scope, port_scope,
 };
 
 const SK_DROP: u32 = 0;
@@ -53,6 +65,57 @@ static EXEMPT: LpmTrie<ExemptData, u8> = LpmTrie::with_max_entries(4096, 1); // 
 #[map(name = "DROP_SINK")]
 static DROP_SINK: SockMap = SockMap::with_max_entries(2, 0);
 
+/// Guards by local port (`u32`): the accept-queue bound.
+#[map(name = "GUARDS")]
+static GUARDS: HashMap<u32, Guard> = HashMap::with_max_entries(1024, 0);
+
+/// The guarded ports' listeners, by local port (`u32`), put here by the agent.
+#[map(name = "LISTENERS")]
+static LISTENERS: SockHash<u32> = SockHash::with_max_entries(1024, 0);
+
+/// `struct sock.sk_ack_backlog` offset, from BTF (read-only: the verifier
+/// reads it as a constant, which a load through a BTF pointer needs).
+#[unsafe(no_mangle)]
+static OFF_SK_ACK_BACKLOG: u32 = 0;
+/// 1 once the offset above is set and the kernel has every piece.
+#[unsafe(no_mangle)]
+static GUARD_READY: u32 = 0;
+
+#[inline(always)]
+fn global(v: &u32) -> u32 {
+    // SAFETY: a read of a read-only global the loader patched in.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// The accept-queue depth of `port`'s listener, if the agent gave one.
+#[inline(always)]
+fn queue_depth(port: u32) -> Option<u32> {
+    let key = port;
+    // SAFETY: a sock-hash lookup returns a referenced socket or null; it is
+    // released on every path below. `bpf_skc_to_tcp_sock` gives a BTF
+    // pointer (or null) the verifier checks loads through, at a constant
+    // offset that BTF says is a `u32` of `struct sock` (the first member of
+    // `struct tcp_sock`).
+    unsafe {
+        let sk = bpf_map_lookup_elem(
+            core::ptr::from_ref(&LISTENERS).cast_mut().cast(),
+            core::ptr::from_ref(&key).cast(),
+        );
+        if sk.is_null() {
+            return None;
+        }
+        let tp = bpf_skc_to_tcp_sock(sk).cast::<u8>();
+        let depth = if tp.is_null() {
+            None
+        } else {
+            let off = global(&OFF_SK_ACK_BACKLOG) as usize;
+            Some(core::ptr::read_volatile(tp.add(off).cast::<u32>()))
+        };
+        bpf_sk_release(sk);
+        depth
+    }
+}
+
 /// GCRA admission; racing CPUs may admit a few extra at most.
 #[inline(always)]
 fn admit(b: *mut Bucket, now: u64) -> bool {
@@ -74,6 +137,7 @@ fn admit(b: *mut Bucket, now: u64) -> bool {
 const ADMITTED: u8 = 0;
 const REFUSED: u8 = 1;
 const DROPPED: u8 = 2;
+const GUARDED: u8 = 3;
 
 #[inline(always)]
 fn count<K>(map: &PerCpuHashMap<K, Verdicts>, key: &K, verdict: u8) {
@@ -83,7 +147,8 @@ fn count<K>(map: &PerCpuHashMap<K, Verdicts>, key: &K, verdict: u8) {
             match verdict {
                 ADMITTED => (*v).admitted += 1,
                 REFUSED => (*v).refused += 1,
-                _ => (*v).dropped += 1,
+                DROPPED => (*v).dropped += 1,
+                _ => (*v).guarded += 1,
             }
         }
     } else {
@@ -91,6 +156,7 @@ fn count<K>(map: &PerCpuHashMap<K, Verdicts>, key: &K, verdict: u8) {
             admitted: u64::from(verdict == ADMITTED),
             refused: u64::from(verdict == REFUSED),
             dropped: u64::from(verdict == DROPPED),
+            guarded: u64::from(verdict == GUARDED),
         };
         let _ = map.insert(key, v, 0);
     }
@@ -144,13 +210,37 @@ pub fn admit_inbound(ctx: SkLookupContext) -> u32 {
     if protocol != IPPROTO_TCP {
         return SK_PASS;
     }
-    let Some(b) = PORT_BUCKETS.get_ptr_mut(port) else {
-        return SK_PASS;
+    let guard = if global(&GUARD_READY) != 0 {
+        GUARDS.get_ptr(port)
+    } else {
+        None
     };
+    let bucket = PORT_BUCKETS.get_ptr_mut(port);
+    if guard.is_none() && bucket.is_none() {
+        return SK_PASS;
+    }
     if exempt(port_scope(port as u16), family, ip4, ip6) {
         count(&PORT_VERDICTS, &port, ADMITTED);
         return SK_PASS;
     }
+    let sink = if family == AF_INET6 { 1 } else { 0 };
+    if let Some(g) = guard {
+        // SAFETY: a value pointer from a hash lookup.
+        let (bound, mode) = unsafe { ((*g).bound, (*g).mode) };
+        // No listener (not yet acquired, or closed): the guard holds back.
+        if queue_depth(port).is_some_and(|depth| depth >= bound) {
+            if mode == MODE_DROP && DROP_SINK.redirect_sk_lookup(&ctx, sink, 0).is_ok() {
+                count(&PORT_VERDICTS, &port, GUARDED);
+                return SK_PASS;
+            }
+            count(&PORT_VERDICTS, &port, GUARDED);
+            return SK_DROP;
+        }
+    }
+    let Some(b) = bucket else {
+        count(&PORT_VERDICTS, &port, ADMITTED);
+        return SK_PASS;
+    };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if admit(b, now) {
@@ -158,7 +248,6 @@ pub fn admit_inbound(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     // SAFETY: as above.
-    let sink = if family == AF_INET6 { 1 } else { 0 };
     if unsafe { (*b).mode } == MODE_DROP && DROP_SINK.redirect_sk_lookup(&ctx, sink, 0).is_ok() {
         // Steered into the full sink: the SYN is dropped, the client retries.
         count(&PORT_VERDICTS, &port, DROPPED);

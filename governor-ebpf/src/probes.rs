@@ -4,12 +4,13 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::info;
 use governor_common::{
-    TaskWait, counter,
+    CpuCounters, TaskWait, counter,
+    culprits::{self, Key as CulpritKey},
     hist::{self, Hist},
     limits,
 };
@@ -64,13 +65,27 @@ fn global(v: &u32) -> u32 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// Per-CPU event counters, indexed by `governor_common::counter`.
+/// Per-CPU event counters (indexed by `governor_common::counter`) and the
+/// flag saying this CPU announced that its probes are live: one lookup.
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+static COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU flag: has this CPU announced that its probes are live?
-#[map(name = "ANNOUNCED")]
-static ANNOUNCED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// Watched cgroups (id → 1), set by the agent: whose waits are attributed
+/// to the cgroup that held the CPU (`CULPRITS`).
+#[map(name = "WATCHED")]
+static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(limits::MAX_WATCHED, 0);
+
+/// `[culprits::CONF_WATCHED]`: how many cgroups `WATCHED` holds; while 0 the
+/// probes skip culprit bookkeeping (an array lookup the verifier inlines).
+#[map(name = "CULPRIT_CONF")]
+static CULPRIT_CONF: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Run-queue wait (ns) of a watched cgroup by the cgroup that held the CPU
+/// when the waiter got it, emptied by the agent every tick. Preallocated in
+/// both objects (inserted from `sched_switch`).
+#[map(name = "CULPRITS")]
+static CULPRITS: PerCpuHashMap<CulpritKey, u64> =
+    PerCpuHashMap::with_max_entries(limits::MAX_CULPRITS, 0);
 
 /// Per task (pid): when its current wait started, and the last wait not yet
 /// attributed to a cgroup. One entry per task, updated in place, so a
@@ -110,12 +125,27 @@ static CGROUP_CONNECTS: PerCpuHashMap<u64, u64> =
 static PORT_ACCEPTS: PerCpuHashMap<u64, u64> =
     PerCpuHashMap::with_max_entries(limits::MAX_PORTS, 0);
 
+/// This CPU's counters.
+#[inline(always)]
+fn cpu() -> Option<*mut CpuCounters> {
+    COUNTERS.get_ptr_mut(0)
+}
+
+#[inline(always)]
+fn bump_in(c: Option<*mut CpuCounters>, index: u32) {
+    if let Some(c) = c {
+        // SAFETY: this CPU's value of a per-CPU array; programs do not nest on a CPU.
+        unsafe {
+            if let Some(slot) = (*c).counts.get_mut(index as usize) {
+                *slot += 1;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU.
-        unsafe { *slot += 1 };
-    }
+    bump_in(cpu(), index);
 }
 
 /// Adds one to a per-CPU hash counter, inserting it if absent; counts a full map.
@@ -138,19 +168,21 @@ fn hist_add(h: *mut Hist, ns: u64) {
     }
 }
 
-/// Logs once per CPU that the probes run there: shows the kernel side is
-/// alive and that aya-log reaches the agent.
+/// Counts a `sched_switch` and logs once per CPU that the probes run
+/// there: shows the kernel side is alive and that aya-log reaches the
+/// agent. Returns this CPU's counters.
 #[inline(always)]
-fn announce<C: aya_ebpf::EbpfContext>(ctx: &C) {
-    if let Some(flag) = ANNOUNCED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe {
-            if *flag == 0 {
-                *flag = 1;
-                info!(ctx, "governor probes live on this cpu (sched_switch)");
-            }
+fn switch_seen<C: aya_ebpf::EbpfContext>(ctx: &C) -> Option<*mut CpuCounters> {
+    let c = cpu()?;
+    // SAFETY: this CPU's value of a per-CPU array.
+    unsafe {
+        (*c).counts[counter::SCHED_SWITCH as usize] += 1;
+        if (*c).announced == 0 {
+            (*c).announced = 1;
+            info!(ctx, "governor probes live on this cpu (sched_switch)");
         }
     }
+    Some(c)
 }
 
 #[inline(always)]
@@ -168,41 +200,82 @@ fn wait_starts(pid: u32, now: u64) {
     if let Some(t) = TASKS.get_ptr_mut(pid) {
         // SAFETY: a value pointer from a lookup; a task runs on one CPU at a time.
         unsafe { (*t).start_ns = now };
-    } else if TASKS
-        .insert(
-            pid,
-            TaskWait {
-                start_ns: now,
-                pending_ns: 0,
-            },
-            0,
-        )
-        .is_err()
-    {
+    } else {
+        insert_wait(pid, now);
+    }
+}
+
+/// A new `TASKS` entry whose wait starts now (the lookup missed).
+#[inline(always)]
+fn insert_wait(pid: u32, now: u64) {
+    let t = TaskWait {
+        start_ns: now,
+        pending_ns: 0,
+        culprit_cg: 0,
+    };
+    if TASKS.insert(pid, t, 0).is_err() {
         bump(counter::START_MAP_FULL);
+    }
+}
+
+/// Is culprit bookkeeping on (some cgroup watched)?
+#[inline(always)]
+fn culprits_on() -> bool {
+    CULPRIT_CONF
+        .get(culprits::CONF_WATCHED)
+        .is_some_and(|n| *n != 0)
+}
+
+/// Adds `waited` ns of watched cgroup `victim` to `culprit`'s share.
+#[inline(always)]
+fn add_culprit_wait(c: Option<*mut CpuCounters>, victim: u64, culprit: u64, waited: u64) {
+    // SAFETY: a lookup; no preconditions.
+    if unsafe { WATCHED.get(&victim) }.is_none() {
+        return;
+    }
+    let key = CulpritKey { victim, culprit };
+    if let Some(v) = CULPRITS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe { *v += waited };
+    } else if CULPRITS.insert(&key, waited, 0).is_err() {
+        bump_in(c, counter::CULPRIT_MAP_FULL);
     }
 }
 
 /// A context switch: `prev` goes out (it is `current`, so its cgroup is
 /// known), `next` comes in.
+///
+/// Culprits: the task going out is the one that held the CPU while `next`
+/// waited for it, so its cgroup (`current`'s) is stored in `next`'s entry,
+/// and charged when `next`'s wait is attributed to `next`'s own cgroup (at
+/// its own switch-out), if that cgroup is watched. The idle task (pid 0)
+/// holding the CPU is culprit [`culprits::IDLE`].
 #[inline(always)]
-fn on_switch(prev: u32, prev_runnable: bool, next: u32, now: u64) {
-    if prev != 0
-        && let Some(t) = TASKS.get_ptr_mut(prev)
-    {
-        // SAFETY: as in `wait_starts`.
-        unsafe {
-            if (*t).pending_ns != 0 {
-                let waited = (*t).pending_ns - 1;
-                (*t).pending_ns = 0;
-                add_cgroup_wait(bpf_get_current_cgroup_id(), waited);
+fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: u32, now: u64) {
+    let on = culprits_on();
+    // `current`'s cgroup: looked up at most once.
+    let mut cg: Option<u64> = None;
+    if prev != 0 {
+        if let Some(t) = TASKS.get_ptr_mut(prev) {
+            // SAFETY: as in `wait_starts`.
+            unsafe {
+                if (*t).pending_ns != 0 {
+                    let waited = (*t).pending_ns - 1;
+                    (*t).pending_ns = 0;
+                    let id = bpf_get_current_cgroup_id();
+                    cg = Some(id);
+                    add_cgroup_wait(c, id, waited);
+                    if on {
+                        add_culprit_wait(c, id, (*t).culprit_cg, waited);
+                    }
+                }
+                if prev_runnable {
+                    (*t).start_ns = now;
+                }
             }
-            if prev_runnable {
-                (*t).start_ns = now;
-            }
+        } else if prev_runnable {
+            insert_wait(prev, now);
         }
-    } else if prev_runnable {
-        wait_starts(prev, now);
     }
     if next != 0
         && let Some(t) = TASKS.get_ptr_mut(next)
@@ -214,7 +287,14 @@ fn on_switch(prev: u32, prev_runnable: bool, next: u32, now: u64) {
                 (*t).start_ns = 0;
                 // +1 so that a zero wait is still "pending".
                 (*t).pending_ns = waited + 1;
-                bump(counter::RUNQ_SAMPLES);
+                if on {
+                    (*t).culprit_cg = if prev == 0 {
+                        culprits::IDLE
+                    } else {
+                        cg.unwrap_or_else(|| bpf_get_current_cgroup_id())
+                    };
+                }
+                bump_in(c, counter::RUNQ_SAMPLES);
                 if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
                     hist_add(h, waited);
                 }
@@ -253,8 +333,7 @@ const SLEEP_STATE_MASK: u64 = 0xff;
 /// Classic-tracepoint variant (kernels without BTF): fields from the record.
 #[tracepoint(category = "sched", name = "sched_switch")]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
-    bump(counter::SCHED_SWITCH);
-    announce(&ctx);
+    let c = switch_seen(&ctx);
     if global(&CONFIGURED) == 0 {
         return 0;
     }
@@ -265,7 +344,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     // SAFETY: tracepoint record read at a parsed offset.
     let state = unsafe { ctx.read_at::<u64>(global(&OFF_SWITCH_PREV_STATE) as usize) };
     let runnable = matches!(state, Ok(s) if s & SLEEP_STATE_MASK == 0);
-    on_switch(prev, runnable, next, now);
+    on_switch(c, prev, runnable, next, now);
     0
 }
 
@@ -286,8 +365,7 @@ fn task_u32(task: u64, off: &u32) -> Option<u32> {
 /// what makes it cheaper than the classic tracepoint.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
-    bump(counter::SCHED_SWITCH);
-    announce(&ctx);
+    let c = switch_seen(&ctx);
     if global(&CONFIGURED) == 0 {
         return 0;
     }
@@ -300,7 +378,7 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let next = task_u32(next_task, &OFF_TASK_PID).unwrap_or(0);
     // TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
     let runnable = preempt & 1 == 1 || task_u32(prev_task, &OFF_TASK_STATE) == Some(0);
-    on_switch(prev, runnable, next, now);
+    on_switch(c, prev, runnable, next, now);
     0
 }
 
@@ -331,7 +409,7 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn add_cgroup_wait(cg: u64, waited: u64) {
+fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) {
     if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
         hist_add(h, waited);
         return;
@@ -340,7 +418,7 @@ fn add_cgroup_wait(cg: u64, waited: u64) {
         return;
     };
     if CGROUP_RUNQ.insert(cg, zero, 0).is_err() {
-        bump(counter::CGROUP_MAP_FULL);
+        bump_in(c, counter::CGROUP_MAP_FULL);
         return;
     }
     if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {

@@ -163,6 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 conn_out_per_s: 0.0,
                 psi: None,
                 throttling: None,
+                culprits: Vec::new(),
             });
         }
         let input = Input::Step {

@@ -36,8 +36,17 @@ use crate::{
 pub const MAGIC: &[u8; 8] = b"GOVREC\x00\x01";
 
 /// The version of the frame encoding. A reader refuses other versions,
-/// naming both.
-pub const FORMAT_VERSION: u16 = 1;
+/// naming both, except [`FORMAT_V1`], which it still reads.
+/// Version 2 added each cgroup's run-queue culprits.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The first version (no culprits), still read: its cgroups have none.
+pub const FORMAT_V1: u16 = 1;
+
+std::thread_local! {
+    /// The version of the frames being decoded on this thread.
+    static DECODING: std::cell::Cell<u16> = const { std::cell::Cell::new(FORMAT_VERSION) };
+}
 
 /// One call into the engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -470,9 +479,20 @@ pub fn decode_each(bytes: &[u8], mut f: impl FnMut(Frame)) -> Result<bool, Decod
         return Ok(true);
     };
     let found = u16::from_le_bytes([v[0], v[1]]);
-    if found != FORMAT_VERSION {
+    if found != FORMAT_VERSION && found != FORMAT_V1 {
         return Err(DecodeError::Version { found });
     }
+    let before = DECODING.with(|d| d.replace(found));
+    let r = decode_frames(bytes, head, &mut f);
+    DECODING.with(|d| d.set(before));
+    r
+}
+
+fn decode_frames(
+    bytes: &[u8],
+    head: usize,
+    f: &mut impl FnMut(Frame),
+) -> Result<bool, DecodeError> {
     let mut at = head;
     let mut index = 0;
     while at < bytes.len() {
@@ -531,6 +551,47 @@ mod wire {
         conn_out_per_s: f64,
         psi: Option<Psi>,
         throttling: Option<Throttling>,
+        culprits: Vec<(String, u64, f64)>,
+    }
+
+    /// A cgroup of format version 1 (no culprits).
+    #[derive(Deserialize)]
+    struct CgroupV1 {
+        path: CgroupPath,
+        id: u64,
+        runq: RunqStats,
+        runq_hist: Option<RunqHist>,
+        conn_out: u64,
+        conn_out_per_s: f64,
+        psi: Option<Psi>,
+        throttling: Option<Throttling>,
+    }
+
+    /// A snapshot of format version 1.
+    #[derive(Deserialize)]
+    struct SnapshotV1 {
+        ts_ms: u64,
+        interval_ms: u64,
+        host: Host,
+        cgroups: Vec<CgroupV1>,
+        ports: Vec<Port>,
+        missing: Vec<String>,
+    }
+
+    impl From<CgroupV1> for Cgroup {
+        fn from(c: CgroupV1) -> Self {
+            Cgroup {
+                path: c.path,
+                id: c.id,
+                runq: c.runq,
+                runq_hist: c.runq_hist,
+                conn_out: c.conn_out,
+                conn_out_per_s: c.conn_out_per_s,
+                psi: c.psi,
+                throttling: c.throttling,
+                culprits: Vec::new(),
+            }
+        }
     }
 
     #[derive(Serialize, Deserialize)]
@@ -600,6 +661,9 @@ mod wire {
                     conn_out_per_s: c.conn_out_per_s,
                     psi: c.psi.as_ref().map(psi_out),
                     throttling: c.throttling,
+                    culprits: (c.culprits.iter())
+                        .map(|k| (k.cgroup.clone(), k.wait_us, k.share))
+                        .collect(),
                 })
                 .collect(),
             ports: v
@@ -620,7 +684,19 @@ mod wire {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<s::Snapshot, D::Error> {
-        let w = Snapshot::deserialize(de)?;
+        let w = if super::DECODING.with(|d| d.get()) == super::FORMAT_V1 {
+            let v = SnapshotV1::deserialize(de)?;
+            Snapshot {
+                ts_ms: v.ts_ms,
+                interval_ms: v.interval_ms,
+                host: v.host,
+                cgroups: v.cgroups.into_iter().map(Cgroup::from).collect(),
+                ports: v.ports,
+                missing: v.missing,
+            }
+        } else {
+            Snapshot::deserialize(de)?
+        };
         Ok(s::Snapshot {
             ts_ms: w.ts_ms,
             interval_ms: w.interval_ms,
@@ -641,6 +717,13 @@ mod wire {
                     conn_out_per_s: c.conn_out_per_s,
                     psi: c.psi.map(psi_in),
                     throttling: c.throttling,
+                    culprits: (c.culprits.into_iter())
+                        .map(|(cgroup, wait_us, share)| s::Culprit {
+                            cgroup,
+                            wait_us,
+                            share,
+                        })
+                        .collect(),
                 })
                 .collect(),
             ports: w
@@ -682,6 +765,7 @@ mod tests {
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         };
         Snapshot {
             ts_ms: at_ms,
@@ -761,6 +845,49 @@ ladder = [{ action = "cpu_weight", cgroup = "/workload/batch", weight = "idle" }
             "{:?}",
             decode(&bad)
         );
+    }
+
+    #[test]
+    fn culprits_round_trip_and_version_1_recordings_still_decode() {
+        let cfg = config::from_str(CONFIG, "test").unwrap();
+        let mut snap = Watch::of(&cfg).filter(&snapshot(100));
+        snap.ports.clear();
+        snap.cgroups.truncate(1);
+        snap.missing.clear();
+        let step = |snapshot| Frame {
+            input: Input::Step {
+                now: Duration::from_millis(100),
+                snapshot,
+            },
+            decisions: vec![],
+        };
+        // Version 2: a cgroup's culprits are kept.
+        let mut with = snap.clone();
+        with.cgroups[0].culprits = vec![crate::snapshot::Culprit {
+            cgroup: "/batch".into(),
+            wait_us: 820,
+            share: 0.82,
+        }];
+        let mut bytes = header();
+        encode(&step(with.clone()), &mut bytes);
+        assert_eq!(decode(&bytes).unwrap(), (vec![step(with)], false));
+        // Version 1 had no culprits field: its last cgroup ends one byte
+        // (the empty list's length) earlier; ports, missing, decisions
+        // follow as the three empty lists.
+        let frame = step(snap.clone());
+        let mut v2 = header();
+        encode(&frame, &mut v2);
+        assert_eq!(&v2[v2.len() - 4..], &[0, 0, 0, 0]);
+        let mut v1 = v2[..v2.len() - 1].to_vec();
+        v1[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&FORMAT_V1.to_le_bytes());
+        let at = MAGIC.len() + 2;
+        let len = u32::from_le_bytes(v1[at..at + 4].try_into().unwrap()) - 1;
+        v1[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(decode(&v1).unwrap(), (vec![frame], false));
+        // The same bytes read as version 2 are not that frame.
+        let mut as_v2 = v1.clone();
+        as_v2[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        assert!(decode(&as_v2).is_err());
     }
 
     #[test]

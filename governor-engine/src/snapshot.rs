@@ -474,6 +474,53 @@ pub struct CgroupStats {
     /// a second), if the cgroup has a quota controller.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub throttling: Option<Throttling>,
+    /// Who held the CPU while its tasks waited for it (watched cgroups
+    /// only; empty if none waited): the top [`Culprit::TOP`] by wait in
+    /// the interval, longest first.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub culprits: Vec<Culprit>,
+}
+
+/// One cgroup that held the CPU while a watched cgroup waited for it: the
+/// task switched out when the waiter got the CPU belongs to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Culprit {
+    /// The culprit's path; the victim's own path: its own other tasks (or
+    /// a quota: see `Culprit::IDLE`); `Culprit::IDLE`: nothing ran (the CPU
+    /// was idle: a cgroup throttled by its quota waits this way); an id
+    /// that no longer resolves: `/#<id>`.
+    pub cgroup: String,
+    /// Wait behind it in the interval, microseconds.
+    pub wait_us: u64,
+    /// Its part of all the victim's attributed wait in the interval (0–1).
+    pub share: f64,
+}
+
+impl Culprit {
+    /// Culprits kept per cgroup and interval.
+    pub const TOP: usize = 5;
+    /// The name of "the CPU was idle" (no task held it).
+    pub const IDLE: &'static str = "(idle)";
+
+    /// The top [`Culprit::TOP`] of `waits` (culprit name, ns), longest
+    /// first (ties by name), each with its share of the sum of all of
+    /// `waits` (not only the top's).
+    pub fn top(waits: impl IntoIterator<Item = (String, u64)>) -> Vec<Culprit> {
+        let mut all: Vec<(String, u64)> = waits.into_iter().filter(|(_, ns)| *ns > 0).collect();
+        let total: u64 = all.iter().map(|(_, ns)| *ns).sum();
+        if total == 0 {
+            return Vec::new();
+        }
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(Self::TOP);
+        all.into_iter()
+            .map(|(cgroup, ns)| Culprit {
+                cgroup,
+                wait_us: ns / 1000,
+                share: ns as f64 / total as f64,
+            })
+            .collect()
+    }
 }
 
 /// Figures of one local TCP port.
@@ -599,6 +646,7 @@ mod tests {
                     conn_out_per_s: 0.0,
                     psi: None,
                     throttling: None,
+                    culprits: Vec::new(),
                 })
                 .collect(),
             ports: Vec::new(),

@@ -554,6 +554,7 @@ fn herd_of_hosts_recovers_spread_out() {
             conn_out_per_s: rate,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         });
         s
     };

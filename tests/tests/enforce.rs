@@ -410,6 +410,7 @@ fn decision_of(
             watermark: None,
             held_for: Duration::ZERO,
             cause: Cause::Over,
+            blame: None,
         },
     }
 }

@@ -162,6 +162,11 @@ pub struct PolicyConfig {
     pub backoff: Backoff,
     /// `ladder`: the actions, mildest first. Required, at least one rung.
     pub ladder: Ladder,
+    /// `guard`: an accept-queue guard on a port, armed from the start; the
+    /// kernel refuses SYNs while the listener's queue is at the bound,
+    /// which the agent sets from the server's drain rate and `max_delay`.
+    /// Optional.
+    pub guard: Option<crate::decide::guard::GuardSpec>,
 }
 
 impl PolicyConfig {

@@ -57,6 +57,15 @@ const POLICY_KEYS: &[&str] = &[
     "retrip_within",
     "backoff_reset",
     "ladder",
+    "guard",
+];
+const GUARD_KEYS: &[&str] = &[
+    "port",
+    "max_queue",
+    "max_delay",
+    "min",
+    "relax_after",
+    "mode",
 ];
 const SIGNAL_KEYS: &[&str] = &["kind", "cgroup", "port"];
 
@@ -841,6 +850,21 @@ fn policy(cx: &mut Cx<'_>, t: &Table<'_>, protected: &Protected) -> Option<Polic
         (Err(()), _) => None,
     };
 
+    let guard = match t.get("guard") {
+        None => Some(None),
+        Some((item, span)) => match Table::from_item(item, format!("the guard of {}", t.what)) {
+            Some(gt) => guard_spec(cx, &gt).map(Some),
+            None => {
+                cx.error(
+                    &span,
+                    format!("`guard` must be a table, found {}", found(item)),
+                    "write e.g. guard = { port = 8080, max_queue = \"50%\", max_delay = \"100ms\" }",
+                );
+                None
+            }
+        },
+    };
+
     let ladder = match t.get("ladder") {
         None => {
             cx.error(&t.span, format!("{} has no `ladder`", t.what), "add one, e.g. ladder = [{ action = \"cpu_weight\", cgroup = \"/workload/batch\", weight = \"idle\" }]");
@@ -870,6 +894,60 @@ fn policy(cx: &mut Cx<'_>, t: &Table<'_>, protected: &Protected) -> Option<Polic
             forget_after: forget_after?,
         },
         ladder: ladder?,
+        guard: guard?,
+    })
+}
+
+/// `guard = { port = 8080, max_queue = "50%" | 64, max_delay = "100ms", mode = "reset" }`.
+fn guard_spec(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<crate::decide::guard::GuardSpec> {
+    use crate::decide::guard::{GuardSpec, MaxQueue};
+    t.unknown_keys(cx, GUARD_KEYS);
+    let port = t.req(cx, "port", "8080", port).map(|(p, _)| p);
+    let max_queue = t.or(cx, "max_queue", MaxQueue::Share(Ratio::new(0.5).unwrap_or_default()), |item| {
+        if let Some(n) = item.as_integer() {
+            return u32::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(MaxQueue::Count)
+                .ok_or_else(|| UnitError::new(format!("max_queue must be a positive count, found {n}"), "write e.g. max_queue = 64 or max_queue = \"50%\" (of the listener's backlog)"));
+        }
+        number_or_str::<Ratio>("a count or a share of the backlog", "64 or \"50%\"")(item).map(MaxQueue::Share)
+    });
+    let max_delay = t.or(cx, "max_delay", None, |i| positive_duration(i).map(Some));
+    let min = t.or(cx, "min", 4, |item| {
+        item.as_integer()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                UnitError::new(
+                    format!("min must be a count, found {}", item.to_string().trim()),
+                    "write e.g. min = 4",
+                )
+            })
+    });
+    let relax_after = t.or(
+        cx,
+        "relax_after",
+        std::time::Duration::from_secs(5),
+        positive_duration,
+    );
+    let mode = t.or(cx, "mode", RejectMode::Reset, |item| match item.as_str() {
+        Some("reset") => Ok(RejectMode::Reset),
+        Some("drop") => Ok(RejectMode::Drop),
+        _ => Err(UnitError::new(
+            format!(
+                "mode must be \"reset\" or \"drop\", found {}",
+                item.to_string().trim()
+            ),
+            "write mode = \"reset\" (RST at once) or mode = \"drop\" (the client retries)",
+        )),
+    });
+    Some(GuardSpec {
+        port: port?,
+        max_queue: max_queue?,
+        max_delay: max_delay?,
+        min: min?,
+        relax_after: relax_after?,
+        mode: mode?,
     })
 }
 

@@ -446,3 +446,61 @@ ladder = [{ action = "throttle_connections", port = 8080, rate = "500/s" }]
         "watermarks are durations: {text}"
     );
 }
+
+#[test]
+fn a_guard_parses_with_defaults_and_its_errors_are_located() {
+    use crate::decide::guard::{GuardSpec, MaxQueue};
+    let base = r#"
+[[policy]]
+name = "p"
+signal = { kind = "accept_queue_delay", port = 8080 }
+high = "50ms"
+low = "5ms"
+ladder = [{ action = "throttle_connections", port = 8080, rate = "95%" }]
+"#;
+    let c = from_str(
+        &format!("{base}guard = {{ port = 8080, max_queue = 64, max_delay = \"20ms\", mode = \"drop\" }}\n"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        c.policies[0].guard,
+        Some(GuardSpec {
+            port: 8080,
+            max_queue: MaxQueue::Count(64),
+            max_delay: Some(Duration::from_millis(20)),
+            min: 4,
+            relax_after: Duration::from_secs(5),
+            mode: RejectMode::Drop,
+        })
+    );
+    let c = from_str(
+        &format!("{base}guard = {{ port = 8080, max_queue = \"25%\" }}\n"),
+        "t",
+    )
+    .unwrap();
+    let g = c.policies[0].guard.as_ref().unwrap();
+    assert_eq!(g.max_queue, MaxQueue::Share(Ratio::new(0.25).unwrap()));
+    assert_eq!(g.max_delay, None);
+    assert_eq!(from_str(base, "t").unwrap().policies[0].guard, None);
+
+    let text = errors_of(&format!(
+        "{base}guard = {{ prot = 8080, mode = \"rst\" }}\n"
+    ))
+    .to_string();
+    assert!(
+        text.contains("test.toml:8:"),
+        "located on the guard's line: {text}"
+    );
+    assert!(
+        text.contains("unknown key `prot`") && text.contains("did you mean `port`"),
+        "{text}"
+    );
+    assert!(text.contains("has no `port`"), "{text}");
+    assert!(
+        text.contains("mode must be \"reset\" or \"drop\""),
+        "{text}"
+    );
+    let text = errors_of(&format!("{base}guard = 8080\n")).to_string();
+    assert!(text.contains("`guard` must be a table"), "{text}");
+}

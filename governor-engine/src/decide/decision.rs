@@ -131,6 +131,59 @@ pub struct Reason {
     pub held_for: Duration,
     /// What led to the decision.
     pub cause: Cause,
+    /// For a run-queue signal of a cgroup: who held the CPU while it
+    /// waited, in the last interval (absent if nothing is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blame: Option<Blame>,
+}
+
+/// The top culprit of a cgroup's run-queue wait, and its own throttling:
+/// what tells a cgroup starved by a neighbour (the neighbour is the top
+/// culprit) from one throttled by its own quota (its wait is spent with the
+/// CPU idle, `throttled_us` grows) or crowded by its own tasks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Blame {
+    /// The top culprit's path, `(idle)`, or the cgroup's own path.
+    pub culprit: String,
+    /// Its share of the cgroup's attributed wait (0–1).
+    pub share: f64,
+    /// The culprit is the cgroup itself (its own other tasks).
+    pub own: bool,
+    /// Time the cgroup was throttled by its own quota over the last
+    /// second (`cpu.stat`), if read.
+    pub throttled_us: Option<u64>,
+}
+
+impl fmt::Display for Blame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = (self.share * 100.0).round();
+        let throttled = self.throttled_us.filter(|t| *t > 0);
+        match (self.culprit.as_str(), throttled) {
+            (crate::snapshot::Culprit::IDLE, Some(t)) => write!(
+                f,
+                "{pct}% of its wait with the CPU idle: throttled by its own quota ({} in the last second), not starved by a neighbour",
+                format_duration(Duration::from_micros(t))
+            ),
+            (crate::snapshot::Culprit::IDLE, None) => {
+                write!(
+                    f,
+                    "{pct}% of its wait with the CPU idle (no neighbour held it)"
+                )
+            }
+            _ if self.own => write!(f, "{pct}% of its wait behind its own tasks"),
+            (c, _) => {
+                write!(f, "{pct}% of its wait behind {c}")?;
+                if let Some(t) = throttled {
+                    write!(
+                        f,
+                        " (and throttled by its own quota {} in the last second)",
+                        format_duration(Duration::from_micros(t))
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// One decision of one policy at one instant.
@@ -212,7 +265,11 @@ impl fmt::Display for Decision {
                     "{} is {value}, {side} {w} for {}",
                     r.signal,
                     format_duration(r.held_for)
-                )
+                )?;
+                match &r.blame {
+                    Some(b) => write!(f, "; {b}"),
+                    None => Ok(()),
+                }
             }
             (Cause::Over | Cause::Clear, None) => write!(f, "{} is {value}", r.signal),
             (Cause::Protected(why), _) => write!(f, "the target is protected: {why}"),

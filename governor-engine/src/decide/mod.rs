@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod decision;
+pub mod guard;
 pub mod signal;
 
 use std::{collections::VecDeque, time::Duration};
@@ -35,7 +36,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-pub use self::decision::{Cause, Change, Decision, DecisionKind, Direction, Edge, Reason};
+pub use self::decision::{Blame, Cause, Change, Decision, DecisionKind, Direction, Edge, Reason};
 use crate::{
     config::{Action, AgentConfig, Config, Level, PolicyConfig, Protected},
     snapshot::{RunqWindow, Snapshot},
@@ -78,6 +79,8 @@ struct Memory {
     /// Since when the signal has been under `low` (continuously, with data).
     clear_since: Option<Duration>,
     last_value: Option<f64>,
+    /// Who held the CPU while the signal's cgroup waited, last interval.
+    blame: Option<Blame>,
     last_up: Option<Duration>,
     last_down: Option<Duration>,
     /// When the next step down is due, once recovery has started.
@@ -287,6 +290,7 @@ impl State {
                 now,
             );
             p.memory.at = Some(now);
+            p.memory.blame = signal::blame(&p.config.signal, snapshot, &p.seen_at);
             p.memory.short = short.then(|| snapshot.interval());
             if short {
                 continue;
@@ -679,6 +683,7 @@ impl Policy {
             watermark: Some((Edge::High, self.config.watermarks.high)),
             held_for,
             cause,
+            blame: self.memory.blame.clone(),
         };
         let decision = |kind, reason| Decision {
             at: now,
@@ -742,6 +747,7 @@ impl Policy {
             watermark: Some((Edge::Low, self.config.watermarks.low)),
             held_for,
             cause,
+            blame: None,
         };
         let decision = |kind, reason| Decision {
             at: now,
@@ -854,6 +860,7 @@ impl Policy {
                     capacity,
                     queued: depth,
                 },
+                blame: None,
             },
         });
         // A re-set is an action taken: give it `settle` before another step.
@@ -898,6 +905,7 @@ impl Policy {
                     watermark: None,
                     held_for: Duration::ZERO,
                     cause: cause.clone(),
+                    blame: None,
                 },
             });
         }

@@ -130,6 +130,28 @@ pub fn read_hinted(spec: &SignalSpec, snapshot: &Snapshot, hint: &Cell<usize>) -
     value.is_finite().then_some(value)
 }
 
+/// Who held the CPU while the cgroup of a run-queue signal waited, in
+/// `snapshot` (its top culprit and its own throttling); `None` for other
+/// signals and when no culprit is known.
+pub fn blame(
+    spec: &SignalSpec,
+    snapshot: &Snapshot,
+    hint: &Cell<usize>,
+) -> Option<super::decision::Blame> {
+    let (SignalKind::RunqP99 | SignalKind::RunqP50, Scope::Cgroup(path)) = (spec.kind, &spec.scope)
+    else {
+        return None;
+    };
+    let c = snapshot.cgroup_hinted(path, hint)?;
+    let top = c.culprits.first()?;
+    Some(super::decision::Blame {
+        culprit: top.cgroup.clone(),
+        share: top.share,
+        own: top.cgroup == c.path.as_str(),
+        throttled_us: c.throttling.map(|t| t.throttled_us),
+    })
+}
+
 /// Little's law on a listener's accept queue: the mean wait of a connection
 /// in it is its depth over the rate connections entered it (the handshakes
 /// completed, `accepted`: one that overflows is not queued, so in a full
@@ -179,6 +201,7 @@ mod tests {
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         });
         assert_eq!(read(&runq, &s), Some(0.0), "seen, nothing waited");
         s.cgroups[0].runq = RunqStats {
@@ -251,6 +274,7 @@ mod tests {
                 conn_out_per_s: 0.0,
                 psi: None,
                 throttling: None,
+                culprits: Vec::new(),
             });
             s
         };

@@ -61,6 +61,7 @@ fn snap(p99_us: Option<u64>) -> Snapshot {
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         });
     }
     s
@@ -117,6 +118,51 @@ fn trips_after_for_then_settles_between_rungs() {
     // Top of the ladder: nothing more.
     assert!(run(&mut s, &mut t, 50, Some(3000)).is_empty());
     assert_eq!(rung(&s), 2);
+}
+
+#[test]
+fn a_run_queue_reason_names_the_top_culprit_or_the_own_quota() {
+    use crate::snapshot::{Culprit, Throttling};
+    let trip = |culprits: Vec<Culprit>, throttled_us: Option<u64>| {
+        let mut s = State::new(&config(""), Protected::builtin(None), 1);
+        let mut t = Duration::ZERO;
+        let mut out = Vec::new();
+        for _ in 0..11 {
+            let mut sn = snap(Some(3100));
+            sn.cgroups[0].culprits = culprits.clone();
+            sn.cgroups[0].throttling = throttled_us.map(|t| Throttling {
+                nr_throttled: 3,
+                throttled_us: t,
+            });
+            out.extend(s.step(&sn, t));
+            t += TICK;
+        }
+        assert_eq!(out.len(), 1);
+        out[0].to_string()
+    };
+    let k = |c: &str, share: f64| Culprit {
+        cgroup: c.into(),
+        wait_us: (share * 1000.0) as u64,
+        share,
+    };
+    let line = trip(vec![k("/batch", 0.82), k("/api", 0.18)], None);
+    assert!(
+        line.ends_with("runq_p99 of cgroup /api is 3.1ms, at or over high 2ms for 1s; 82% of its wait behind /batch"),
+        "{line}"
+    );
+    let line = trip(vec![k(Culprit::IDLE, 0.7), k("/batch", 0.3)], Some(300_000));
+    assert!(
+        line.ends_with("; 70% of its wait with the CPU idle: throttled by its own quota (300ms in the last second), not starved by a neighbour"),
+        "{line}"
+    );
+    let line = trip(vec![k("/api", 0.9)], Some(0));
+    assert!(
+        line.ends_with("; 90% of its wait behind its own tasks"),
+        "{line}"
+    );
+    // Nothing known: the reason is as before.
+    let line = trip(Vec::new(), None);
+    assert!(line.ends_with("at or over high 2ms for 1s"), "{line}");
 }
 
 #[test]

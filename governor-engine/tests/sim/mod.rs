@@ -211,6 +211,7 @@ pub fn snapshot(tick: u64, p99_us: Option<f64>) -> Snapshot {
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         });
     }
     s
@@ -233,6 +234,7 @@ pub fn runq_snapshot(tick: u64, waits_ns: &[u64]) -> Snapshot {
         conn_out_per_s: 0.0,
         psi: None,
         throttling: None,
+        culprits: Vec::new(),
     });
     s
 }

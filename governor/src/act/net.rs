@@ -17,7 +17,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        HashMap as BpfHashMap, MapData, PerCpuHashMap, SockMap,
+        HashMap as BpfHashMap, MapData, PerCpuHashMap, SockHash, SockMap,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -26,8 +26,8 @@ use aya::{
     },
 };
 use governor_common::enforce::{
-    Bucket, ExemptData, FLAG_REJECT_ALL, MODE_DROP, MODE_RESET, Verdicts, cgroup_scope, names,
-    port_scope,
+    Bucket, ExemptData, FLAG_REJECT_ALL, Guard, MODE_DROP, MODE_RESET, Verdicts, cgroup_scope,
+    names, port_scope,
 };
 use ipnet::IpNet;
 
@@ -70,6 +70,9 @@ pub enum EnforceError {
         #[source]
         source: std::io::Error,
     },
+    /// The guard cannot run on this kernel (why, and what it needs).
+    #[error("the accept-queue guard is unavailable: {0}")]
+    Unavailable(String),
     /// The object lacks a program or map (build mismatch).
     #[error("{0} is missing from the enforcement object")]
     Missing(&'static str),
@@ -145,19 +148,187 @@ pub struct NetEnforcer {
     /// The drop sinks (IPv4, and IPv6 where the namespace has it): a
     /// listener with a full accept queue each, and the connection that fills it.
     sinks: Vec<(socket2::Socket, TcpStream)>,
+    /// Why this kernel cannot run the accept-queue guard; `None` if it can.
+    guard_unavailable: Option<String>,
 }
+
+/// The oldest kernel on which the guard's pieces are all there: sk_lookup
+/// (5.9), a sock hash holding listeners (5.7), `bpf_skc_to_tcp_sock` in
+/// sk_lookup programs (5.9) and BTF; the VM matrix starts at 5.10.
+pub const GUARD_MIN_KERNEL: &str = "5.10";
 
 impl NetEnforcer {
     /// Loads the enforcement object; nothing is attached yet.
+    ///
+    /// The guard is feature-probed here: the object is loaded with the
+    /// guard's code enabled and its `sk_lookup` program verified; if BTF
+    /// lacks the offset or the kernel refuses the program, the object is
+    /// loaded again with the guard's code disabled (the verifier prunes it),
+    /// and [`Self::guard_unavailable`] says why.
     pub fn load() -> Result<Self, EnforceError> {
-        let ebpf = EbpfLoader::new().load(OBJECT)?;
-        Ok(Self {
+        let offset = crate::probes::btf::KernelBtf::open(Path::new(crate::probes::btf::VMLINUX))
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.ack_backlog_offset().map_err(|e| e.to_string()));
+        let why = match offset {
+            Ok(off) => match Self::load_with(Some(off)) {
+                Ok(me) => return Ok(me),
+                Err(e) => format!("the kernel refused the guard's program: {e}"),
+            },
+            Err(e) => format!("no accept-queue offset from BTF: {e}"),
+        };
+        let mut me = Self::load_with(None)?;
+        me.guard_unavailable = Some(format!(
+            "{why} (the guard needs Linux >= {GUARD_MIN_KERNEL} with BTF)"
+        ));
+        Ok(me)
+    }
+
+    fn load_with(ack_backlog: Option<u32>) -> Result<Self, EnforceError> {
+        let ready = u32::from(ack_backlog.is_some());
+        let off = ack_backlog.unwrap_or(0);
+        let ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_SK_ACK_BACKLOG, &off, true)
+            .override_global(names::GLOBAL_GUARD_READY, &ready, true)
+            .load(OBJECT)?;
+        let mut me = Self {
             ebpf,
             netns: None,
             cgroups: HashMap::new(),
             exempt_of: HashMap::new(),
             sinks: Vec::new(),
-        })
+            guard_unavailable: None,
+        };
+        if ready != 0 {
+            // Verified now, so that a refusal falls back to no guard.
+            me.admit_program()?;
+        }
+        Ok(me)
+    }
+
+    /// Why the guard cannot run on this kernel (`None`: it can).
+    pub fn guard_unavailable(&self) -> Option<&str> {
+        self.guard_unavailable.as_deref()
+    }
+
+    /// The sk_lookup program, loaded into the kernel.
+    fn admit_program(&mut self) -> Result<&mut SkLookup, EnforceError> {
+        let prog: &mut SkLookup = self
+            .ebpf
+            .program_mut(names::PROG_ADMIT)
+            .ok_or(EnforceError::Missing(names::PROG_ADMIT))?
+            .try_into()
+            .map_err(|source| EnforceError::Program {
+                what: "sk_lookup program".into(),
+                source,
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| EnforceError::Program {
+                what: "loading sk_lookup".into(),
+                source,
+            })?;
+        }
+        Ok(prog)
+    }
+
+    /// Arms the guard of local `port`: new connections are refused while
+    /// the accept queue of `listener` (the port's listening socket, any fd
+    /// of it: the kernel holds its own reference) holds `bound` or more.
+    /// Replaces an earlier guard and listener of the port.
+    pub fn set_guard(
+        &mut self,
+        port: u16,
+        bound: u32,
+        mode: RejectMode,
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> Result<(), EnforceError> {
+        if let Some(why) = &self.guard_unavailable {
+            return Err(EnforceError::Unavailable(why.clone()));
+        }
+        self.set_listener(port, listener)?;
+        self.set_guard_bound(port, bound, mode)
+    }
+
+    /// Puts `listener` in `LISTENERS` for `port` (after a server restart,
+    /// its new listening socket).
+    pub fn set_listener(
+        &mut self,
+        port: u16,
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> Result<(), EnforceError> {
+        let map = self.buckets(names::MAP_LISTENERS)?;
+        let mut hash: SockHash<&mut MapData, u32> =
+            SockHash::try_from(map).map_err(|source| EnforceError::Map {
+                what: names::MAP_LISTENERS.into(),
+                source,
+            })?;
+        hash.insert(u32::from(port), listener.as_raw_fd(), 0)
+            .map_err(|source| EnforceError::Map {
+                what: format!("putting the listener of port {port} in LISTENERS"),
+                source,
+            })
+    }
+
+    /// Moves the bound of `port`'s guard (arming it if it was not).
+    pub fn set_guard_bound(
+        &mut self,
+        port: u16,
+        bound: u32,
+        mode: RejectMode,
+    ) -> Result<(), EnforceError> {
+        if let Some(why) = &self.guard_unavailable {
+            return Err(EnforceError::Unavailable(why.clone()));
+        }
+        let mode = match mode {
+            RejectMode::Reset => MODE_RESET,
+            RejectMode::Drop => MODE_DROP,
+        };
+        let map = self.buckets(names::MAP_GUARDS)?;
+        let mut guards: BpfHashMap<&mut MapData, u32, Guard> =
+            BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
+                what: names::MAP_GUARDS.into(),
+                source,
+            })?;
+        guards
+            .insert(u32::from(port), Guard { bound, mode }, 0)
+            .map_err(|source| EnforceError::Map {
+                what: format!("setting the guard of port {port}"),
+                source,
+            })
+    }
+
+    /// Disarms `port`'s guard and lets its listener go.
+    pub fn clear_guard(&mut self, port: u16) -> Result<(), EnforceError> {
+        let key = u32::from(port);
+        let map = self.buckets(names::MAP_GUARDS)?;
+        let mut guards: BpfHashMap<&mut MapData, u32, Guard> =
+            BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
+                what: names::MAP_GUARDS.into(),
+                source,
+            })?;
+        match guards.remove(&key) {
+            Ok(()) => {}
+            Err(e) if not_found(&e) => {}
+            Err(source) => {
+                return Err(EnforceError::Map {
+                    what: format!("clearing the guard of port {port}"),
+                    source,
+                });
+            }
+        }
+        let map = self.buckets(names::MAP_LISTENERS)?;
+        let mut hash: SockHash<&mut MapData, u32> =
+            SockHash::try_from(map).map_err(|source| EnforceError::Map {
+                what: names::MAP_LISTENERS.into(),
+                source,
+            })?;
+        match hash.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(source) => Err(EnforceError::Map {
+                what: format!("removing the listener of port {port}"),
+                source,
+            }),
+        }
     }
 
     /// Attaches inbound admission to the network namespace at `netns`
@@ -178,19 +349,7 @@ impl NetEnforcer {
                 netns.display()
             );
         }
-        let prog: &mut SkLookup = self
-            .ebpf
-            .program_mut(names::PROG_ADMIT)
-            .ok_or(EnforceError::Missing(names::PROG_ADMIT))?
-            .try_into()
-            .map_err(|source| EnforceError::Program {
-                what: "sk_lookup program".into(),
-                source,
-            })?;
-        prog.load().map_err(|source| EnforceError::Program {
-            what: "loading sk_lookup".into(),
-            source,
-        })?;
+        let prog = self.admit_program()?;
         let link = prog
             .attach(file.as_fd())
             .map_err(|source| EnforceError::Program {
@@ -530,6 +689,69 @@ impl NetEnforcer {
     }
 }
 
+/// Whether a map delete failed only because the key was not there.
+fn not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// A duplicate of the listening socket with inode `inode` (as sock_diag
+/// and `/proc/PID/fd` show it), taken from the process that holds it:
+/// `/proc/*/fd` under `proc_root` is scanned for `socket:[inode]`, then the
+/// fd is copied with `pidfd_open` + `pidfd_getfd` (Linux 5.6; needs
+/// ptrace access to the owner, which root has). The duplicate shares the
+/// socket: the guard sees the server's own accept queue.
+pub fn listener_fd(proc_root: &Path, inode: u64) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let want = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir(proc_root)?.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let hit = std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == want.as_str());
+            let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if !hit {
+                continue;
+            }
+            // SAFETY: plain syscalls; each fd returned is new and owned here.
+            unsafe {
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+                if pidfd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+                let got = libc::syscall(
+                    libc::SYS_pidfd_getfd,
+                    std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                    num,
+                    0,
+                );
+                if got < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                return Ok(OwnedFd::from_raw_fd(got as i32));
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("no process holds {want}"),
+    ))
+}
+
 // `enum bpf_attach_type` values of the kernel's UAPI (stable ABI numbers,
 // not struct layouts).
 const ATTACH_CGROUP_INET4_CONNECT: u32 = 10;
@@ -653,6 +875,7 @@ fn sum<'a>(values: impl Iterator<Item = &'a Verdicts>) -> Verdicts {
         admitted: a.admitted + v.admitted,
         refused: a.refused + v.refused,
         dropped: a.dropped + v.dropped,
+        guarded: a.guarded + v.guarded,
     })
 }
 

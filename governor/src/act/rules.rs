@@ -356,8 +356,9 @@ impl Actuators {
 
     /// The kernel's admission verdicts of every target a rule was set for,
     /// cumulative since the enforcement programs were loaded: (target,
-    /// admitted, refused, dropped). Empty before the first connection rule.
-    pub fn verdicts(&self) -> Vec<(Target, u64, u64, u64)> {
+    /// admitted, refused, dropped, guarded). Empty before the first
+    /// connection rule or guard.
+    pub fn verdicts(&self) -> Vec<(Target, u64, u64, u64, u64)> {
         let Some(net) = self.net.as_ref() else {
             return Vec::new();
         };
@@ -366,18 +367,86 @@ impl Actuators {
             Ok(ports) => out.extend(
                 ports
                     .into_iter()
-                    .map(|(p, v)| (Target::Port(p), v.admitted, v.refused, v.dropped)),
+                    .map(|(p, v)| (Target::Port(p), v.admitted, v.refused, v.dropped, v.guarded)),
             ),
             Err(e) => tracing::debug!("port verdicts: {e}"),
         }
         match net.cgroup_verdicts() {
             Ok(cgroups) => out.extend(cgroups.into_iter().filter_map(|(id, v)| {
                 let c = self.named.get(&id)?;
-                Some((Target::Cgroup(c.clone()), v.admitted, v.refused, v.dropped))
+                Some((
+                    Target::Cgroup(c.clone()),
+                    v.admitted,
+                    v.refused,
+                    v.dropped,
+                    v.guarded,
+                ))
             })),
             Err(e) => tracing::debug!("cgroup verdicts: {e}"),
         }
         out
+    }
+
+    /// Why this kernel cannot run the accept-queue guard (`None`: it can);
+    /// loads the enforcement programs if they are not yet.
+    pub fn guard_unavailable(&mut self) -> anyhow::Result<Option<String>> {
+        Ok(self.enforcer()?.guard_unavailable().map(str::to_owned))
+    }
+
+    /// Arms (or re-arms, with a new listener) the guard of `port` at
+    /// `bound`: inbound admission is attached to the namespace first. The
+    /// kernel keeps its own reference to the listener: `listener` may be
+    /// closed at once (and must be, so that the server's close still closes
+    /// it).
+    pub fn arm_guard(
+        &mut self,
+        port: u16,
+        bound: u32,
+        mode: governor_engine::config::RejectMode,
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> anyhow::Result<()> {
+        self.attach_inbound()?;
+        self.dirty = true;
+        self.enforcer()?.set_guard(port, bound, mode, listener)?;
+        Ok(())
+    }
+
+    /// Moves the bound of an armed guard.
+    pub fn move_guard(
+        &mut self,
+        port: u16,
+        bound: u32,
+        mode: governor_engine::config::RejectMode,
+    ) -> anyhow::Result<()> {
+        self.enforcer()?.set_guard_bound(port, bound, mode)?;
+        Ok(())
+    }
+
+    /// Disarms the guard of `port` (nothing if it was not armed).
+    pub fn disarm_guard(&mut self, port: u16) -> anyhow::Result<()> {
+        if let Some(net) = self.net.as_mut() {
+            net.clear_guard(port)?;
+        }
+        Ok(())
+    }
+
+    /// SYNs each port's guard refused, cumulative since the programs were
+    /// loaded. Empty before they are.
+    pub fn guarded(&self) -> BTreeMap<u16, u64> {
+        let Some(net) = self.net.as_ref() else {
+            return BTreeMap::new();
+        };
+        match net.port_verdicts() {
+            Ok(ports) => ports
+                .into_iter()
+                .filter(|(_, v)| v.guarded > 0)
+                .map(|(p, v)| (p, v.guarded))
+                .collect(),
+            Err(e) => {
+                tracing::debug!("port verdicts: {e}");
+                BTreeMap::new()
+            }
+        }
     }
 
     /// Retries failed reverts (each tick).
@@ -532,6 +601,7 @@ mod tests {
                 watermark: None,
                 held_for: Duration::ZERO,
                 cause: Cause::Over,
+                blame: None,
             },
         }
     }

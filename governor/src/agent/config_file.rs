@@ -140,8 +140,38 @@ fn write_summary(config: &Config, name: &str, out: &mut dyn Write) -> std::io::R
             p.ladder.len(),
             if p.ladder.len() == 1 { "" } else { "s" },
         )?;
+        if let Some(g) = &p.guard {
+            writeln!(out, "    {}", explain_guard(g))?;
+        }
     }
     Ok(())
+}
+
+/// What a policy's accept-queue guard does, in one line.
+fn explain_guard(g: &governor_engine::decide::guard::GuardSpec) -> String {
+    use governor_engine::decide::guard::MaxQueue;
+    let ceiling = match g.max_queue {
+        MaxQueue::Count(n) => format!("{n} connections"),
+        MaxQueue::Share(r) => format!("{:.0}% of the listener's backlog", r.get() * 100.0),
+    };
+    let bound = match g.max_delay {
+        Some(d) => format!(
+            "bound = drain rate x {} (Little's law), between {} and {ceiling}",
+            units::format_duration(d),
+            g.min
+        ),
+        None => format!("bound = {ceiling}"),
+    };
+    let answer = match g.mode {
+        governor_engine::config::RejectMode::Reset => "RST",
+        governor_engine::config::RejectMode::Drop => "dropped SYN",
+    };
+    format!(
+        "guard on :{}, armed from the start: new connections get {answer} while the accept queue holds the bound or more; {bound}; relaxed to the ceiling after {} empty (needs Linux >= {} with BTF)",
+        g.port,
+        units::format_duration(g.relax_after),
+        crate::act::net::GUARD_MIN_KERNEL,
+    )
 }
 
 /// The `[agent]` keys whose new value a reload cannot put in force (they

@@ -8,6 +8,7 @@
 
 pub mod config_file;
 pub mod driver;
+pub mod guard;
 
 use driver::Driver;
 
@@ -440,6 +441,10 @@ async fn agent(
         }
     }
 
+    // Guards are armed from the start, not on a trip.
+    let mut guards = guard::Guards::new(&netns, Path::new(crate::sense::procfs::DEFAULT_ROOT));
+    guards.configure(&cfg, &mut actuators);
+
     let (probes, forwarder) = Probes::start()?;
     let missing = probes.missing().to_vec();
     let program_ids = probes.program_ids();
@@ -535,6 +540,7 @@ async fn agent(
                             let snapshot = driver.watch.filter(&snap);
                             let decisions = driver.feed(Input::Step { now, snapshot });
                             handle(&decisions, &mut driver, now, &mut actuators, &metrics, &mut recent);
+                            guards.tick(&snap, now, &mut actuators);
                             metrics.observe(Arc::clone(&snap), Arc::clone(&watched));
                             if let Ok(mut r) = report.lock() {
                                 if !decisions.is_empty() {
@@ -562,6 +568,7 @@ async fn agent(
                 if last_verdicts.elapsed() >= Duration::from_secs(1) {
                     last_verdicts = Instant::now();
                     metrics.admission_verdicts(actuators.verdicts());
+                    metrics.guard_bounds(guards.bounds());
                 }
                 // Drift (held values someone else changed): act/ logs each
                 // episode once; metrics and status show it.
@@ -614,6 +621,7 @@ async fn agent(
                         });
                         driver.reconfigure();
                         handle(&decisions, &mut driver, now, &mut actuators, &metrics, &mut recent);
+                        guards.configure(&new_cfg, &mut actuators);
                         // After the releases were counted: series of removed
                         // policies and of targets no policy names go.
                         metrics.configure(&new_cfg);

@@ -269,6 +269,12 @@ impl KernelBtf {
         let protocol = self.nested_offset("sock", "sk_protocol", &[2])?;
         Ok((common + num, protocol))
     }
+
+    /// Offset of a listener's accept-queue depth, `struct sock.sk_ack_backlog`
+    /// (a `u32` since 5.5), which the enforcement object's guard reads.
+    pub fn ack_backlog_offset(&self) -> Result<u32, BtfError> {
+        self.sized_member_offset("sock", &["sk_ack_backlog"], &[4])
+    }
 }
 
 #[cfg(test)]

@@ -249,6 +249,10 @@ pub struct MapReadings {
     pub cgroup_connects: HashMap<u64, u64>,
     /// Completed handshakes per local port.
     pub port_accepts: HashMap<u16, u64>,
+    /// Run-queue wait (ns) of each watched cgroup id (`victim`) by the
+    /// cgroup id that held the CPU when its tasks got it (`culprit`;
+    /// `governor_common::culprits::IDLE`: nothing ran).
+    pub culprits: HashMap<governor_common::culprits::Key, u64>,
 }
 
 /// How [`Probes::read_maps_with`] reads the per-cgroup and per-port maps.
@@ -422,6 +426,48 @@ impl Probes {
     /// the namespace whose ports the policies name and sock_diag reads.
     pub fn count_ports_in(&mut self, inum: u32) {
         self.netns = Some(inum);
+    }
+
+    /// Watches `ids`: the probes attribute these cgroups' run-queue waits
+    /// to the cgroup that held the CPU ([`MapReadings::culprits`]); others
+    /// cost nothing. At most `limits::MAX_WATCHED` (the rest are not
+    /// watched, said once in the log).
+    pub fn set_watched(&mut self, ids: &[u64]) -> Result<(), ProbeError> {
+        let max = governor_common::limits::MAX_WATCHED as usize;
+        if ids.len() > max {
+            tracing::warn!(
+                "{} cgroups watched: run-queue culprits are counted for the first {max}",
+                ids.len()
+            );
+        }
+        let want: std::collections::BTreeSet<u64> = ids.iter().copied().take(max).collect();
+        let name = names::MAP_WATCHED;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        let mut watched = aya::maps::HashMap::<_, u64, u8>::try_from(map)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        let had: Vec<u64> = watched.keys().filter_map(Result::ok).collect();
+        for id in had.iter().filter(|id| !want.contains(id)) {
+            let _ = watched.remove(id);
+        }
+        for id in &want {
+            watched
+                .insert(id, 1, 0)
+                .map_err(|source| ProbeError::Map { name, source })?;
+        }
+        let name = names::MAP_CULPRIT_CONF;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        let mut conf = aya::maps::Array::<_, u32>::try_from(map)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        let n = u32::try_from(want.len()).unwrap_or(u32::MAX);
+        conf.set(governor_common::culprits::CONF_WATCHED, n, 0)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        Ok(())
     }
 
     /// True while the maps are read in batches (the kernel has batch
@@ -621,13 +667,16 @@ impl Probes {
     /// The event counters summed over CPUs, by name.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, ProbeError> {
         let name = names::MAP_COUNTERS;
-        let array = PerCpuArray::<_, u64>::try_from(self.map(name)?)
+        let array = PerCpuArray::<_, governor_common::CpuCounters>::try_from(self.map(name)?)
             .map_err(|source| ProbeError::Map { name, source })?;
-        let read = |index| -> Result<u64, ProbeError> {
-            let values = array
-                .get(&index, 0)
-                .map_err(|source| ProbeError::Map { name, source })?;
-            Ok(values.iter().sum())
+        let values = array
+            .get(&0, 0)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        let read = |index: u32| -> u64 {
+            values
+                .iter()
+                .map(|c| c.counts.get(index as usize).copied().unwrap_or(0))
+                .sum()
         };
         let mut out = BTreeMap::new();
         for (label, index) in [
@@ -638,8 +687,9 @@ impl Probes {
             ("cgroup_map_full", counter::CGROUP_MAP_FULL),
             ("port_map_full", counter::PORT_MAP_FULL),
             ("start_map_full", counter::START_MAP_FULL),
+            ("culprit_map_full", counter::CULPRIT_MAP_FULL),
         ] {
-            out.insert(label, read(index)?);
+            out.insert(label, read(index));
         }
         Ok(out)
     }
@@ -692,10 +742,11 @@ impl Probes {
             Some(aya::maps::Map::PerCpuHashMap(m)) => Some(m.fd().as_fd()),
             _ => None,
         };
-        let (Some(runq), Some(conns), Some(ports)) = (
+        let (Some(runq), Some(conns), Some(ports), Some(culprits)) = (
             fd_of(names::MAP_CGROUP_RUNQ),
             fd_of(names::MAP_CGROUP_CONNECTS),
             fd_of(names::MAP_PORT_ACCEPTS),
+            fd_of(names::MAP_CULPRITS),
         ) else {
             return false;
         };
@@ -723,6 +774,15 @@ impl Probes {
                     if let Some(port) = counted_in(netns, u64_at(k, 0)) {
                         *out.port_accepts.entry(port).or_default() += counter_sum(v);
                     }
+                })
+            })
+            .and_then(|()| {
+                batch.for_each(culprits, 16, 8 * cpus, drain, |k, v| {
+                    let key = governor_common::culprits::Key {
+                        victim: u64_at(k, 0),
+                        culprit: u64_at(k, 8),
+                    };
+                    *out.culprits.entry(key).or_default() += counter_sum(v);
                 })
             });
         match result {
@@ -753,7 +813,15 @@ impl Probes {
             if let Some(port) = counted_in(netns, key) {
                 *out.port_accepts.entry(port).or_default() += v.iter().sum::<u64>();
             }
-        })
+        })?;
+        take_entries::<governor_common::culprits::Key, u64>(
+            &mut self.ebpf,
+            names::MAP_CULPRITS,
+            drain,
+            |key, v| {
+                *out.culprits.entry(key).or_default() += v.iter().sum::<u64>();
+            },
+        )
     }
 
     /// Cgroup ids that have a run-queue histogram or connect counter now.

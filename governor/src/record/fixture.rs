@@ -48,6 +48,7 @@ pub fn snap(tick: u64, wait_us: u64) -> Snapshot {
         conn_out_per_s: 0.0,
         psi: None,
         throttling: None,
+        culprits: Vec::new(),
     });
     s
 }

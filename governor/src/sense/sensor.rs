@@ -11,7 +11,8 @@ use std::{
 };
 
 use governor_engine::snapshot::{
-    CgroupPath, CgroupStats, HostStats, PortStats, Psi, RunqHist, RunqStats, Snapshot, Throttling,
+    CgroupPath, CgroupStats, Culprit, HostStats, PortStats, Psi, RunqHist, RunqStats, Snapshot,
+    Throttling,
 };
 
 use crate::{
@@ -153,6 +154,8 @@ struct WatchedIds {
     /// Seen in the maps since the last check (so known to exist).
     seen: Vec<bool>,
     checked: Option<Instant>,
+    /// The ids last handed to the probes' `WATCHED` map.
+    in_kernel: Option<Vec<u64>>,
 }
 
 /// The last accept-queue listing.
@@ -349,6 +352,57 @@ impl Sensor {
         w.index = None;
     }
 
+    /// Hands the watched cgroups' ids to the probes when they changed:
+    /// only their waits are attributed to culprits.
+    fn push_watched(&mut self, missing: &mut Vec<String>) {
+        let ids: Vec<u64> = self.watched.ids.iter().flatten().copied().collect();
+        if self.watched.in_kernel.as_ref() == Some(&ids) {
+            return;
+        }
+        match self.probes.set_watched(&ids) {
+            Ok(()) => self.watched.in_kernel = Some(ids),
+            Err(e) => missing.push(format!("run-queue culprits: {e}")),
+        }
+    }
+
+    /// Each watched cgroup's top culprits (by id) from the interval's
+    /// `CULPRITS` readings, culprit ids resolved to paths (the watched
+    /// cgroups' and `others`' known ones, the rest through the index).
+    fn culprits_by_victim(
+        &mut self,
+        read: &HashMap<governor_common::culprits::Key, u64>,
+        watched: &HashMap<u64, usize>,
+        others: &[(CgroupPath, u64)],
+        missing: &mut Vec<String>,
+    ) -> HashMap<u64, Vec<Culprit>> {
+        if read.is_empty() {
+            return HashMap::new();
+        }
+        let mut names: HashMap<u64, String> = HashMap::new();
+        names.insert(governor_common::culprits::IDLE, Culprit::IDLE.to_owned());
+        for (id, w) in watched {
+            names.insert(*id, self.scope.watched[*w].to_string());
+        }
+        for (p, id) in others {
+            names.entry(*id).or_insert_with(|| p.to_string());
+        }
+        let unknown: Vec<u64> = (read.keys())
+            .map(|k| k.culprit)
+            .filter(|id| !names.contains_key(id))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            match self.cgroups.resolve_all(unknown) {
+                Ok(paths) => names.extend(paths.into_iter().map(|(id, p)| (id, p.to_string()))),
+                Err(e) => missing.push(format!("run-queue culprits' paths: {e}")),
+            }
+        }
+        culprit_tops(read, |id| {
+            names.get(&id).cloned().unwrap_or_else(|| format!("/#{id}"))
+        })
+    }
+
     /// Brings `self.queues` (accept queues by port) up to date: the listing
     /// (a sock_diag dump) is taken again unless nothing can have changed it:
     /// every queue was empty at the last listing, less than [`SLOW_EVERY`]
@@ -472,6 +526,7 @@ impl Sensor {
             }
         };
         others.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let culprits = self.culprits_by_victim(&maps.culprits, &index, &others, &mut missing);
 
         let files = !self.slow.psi.is_empty() || !self.slow.throttled.is_empty();
         let slow = &self.slow;
@@ -504,6 +559,11 @@ impl Sensor {
                 conn_out_per_s: conn_out as f64 / secs,
                 psi,
                 throttling,
+                culprits: if events {
+                    culprits.get(&id).cloned().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
             }
         };
         // Both lists are in path order: one merge walk. Every watched
@@ -547,6 +607,7 @@ impl Sensor {
         if !learnt {
             self.watched.index = Some(index);
         }
+        self.push_watched(&mut missing);
 
         // Ports: handshakes from the probe, queues from sock_diag.
         let queues = &self.queues.by_port;
@@ -586,9 +647,74 @@ impl Sensor {
     }
 }
 
+/// Per victim id, its top culprits (named by `name`) from the interval's
+/// waits by (victim, culprit).
+pub fn culprit_tops(
+    read: &HashMap<governor_common::culprits::Key, u64>,
+    mut name: impl FnMut(u64) -> String,
+) -> HashMap<u64, Vec<Culprit>> {
+    let mut by_victim: HashMap<u64, Vec<(String, u64)>> = HashMap::new();
+    for (k, ns) in read {
+        let n = name(k.culprit);
+        by_victim.entry(k.victim).or_default().push((n, *ns));
+    }
+    by_victim
+        .into_iter()
+        .map(|(v, waits)| (v, Culprit::top(waits)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn culprits_are_the_top_five_per_victim_with_shares_of_all_its_wait() {
+        use governor_common::culprits::{IDLE, Key};
+        let mut read = HashMap::new();
+        // Victim 10: seven culprits (ids 1..=7 waiting 1..=7 ms) and idle.
+        for c in 1..=7u64 {
+            read.insert(
+                Key {
+                    victim: 10,
+                    culprit: c,
+                },
+                c * 1_000_000,
+            );
+        }
+        read.insert(
+            Key {
+                victim: 10,
+                culprit: IDLE,
+            },
+            2_000_000,
+        );
+        read.insert(
+            Key {
+                victim: 11,
+                culprit: 11,
+            },
+            500_000,
+        );
+        let tops = culprit_tops(&read, |id| match id {
+            IDLE => Culprit::IDLE.into(),
+            id => format!("/c{id}"),
+        });
+        let v = &tops[&10];
+        assert_eq!(v.len(), 5);
+        let names: Vec<&str> = v.iter().map(|c| c.cgroup.as_str()).collect();
+        assert_eq!(names, ["/c7", "/c6", "/c5", "/c4", "/c3"]);
+        // Shares are of all 30 ms, not of the top five's 25.
+        assert_eq!(v[0].wait_us, 7_000);
+        assert!((v[0].share - 7.0 / 30.0).abs() < 1e-9, "{v:?}");
+        assert!((v[4].share - 3.0 / 30.0).abs() < 1e-9, "{v:?}");
+        // Itself (its own other tasks): one culprit, all of it.
+        assert_eq!(tops[&11].len(), 1);
+        assert_eq!(
+            (tops[&11][0].cgroup.as_str(), tops[&11][0].share),
+            ("/c11", 1.0)
+        );
+    }
 
     #[test]
     fn without_the_scheduler_probes_run_queue_figures_are_no_data() {
@@ -611,6 +737,7 @@ mod tests {
                 conn_out_per_s: 0.0,
                 psi: None,
                 throttling: None,
+                culprits: Vec::new(),
             }],
             ..Default::default()
         };

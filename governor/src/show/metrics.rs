@@ -35,7 +35,7 @@ use prometheus::{
 use governor_engine::{
     config::{Config, Level, SignalUnit, Target},
     decide::{Cause, Decision, DecisionKind, PolicyStatus},
-    snapshot::{CgroupPath, PsiTotal, RunqHist, Snapshot, buckets},
+    snapshot::{CgroupPath, Culprit, PsiTotal, RunqHist, Snapshot, buckets},
 };
 
 /// Cgroups exported besides the watched ones: the busiest this many by
@@ -134,7 +134,15 @@ struct CgroupCounts {
     recent_connects: u64,
     /// `Snapshot::ts_ms` of the last snapshot that had it.
     seen_ms: u64,
+    /// Run-queue wait behind each culprit since start (µs), and until when
+    /// its series is kept (ms): [`TOP_KEEP`] after it was last in the
+    /// cgroup's top [`Culprit::TOP`], at most [`MAX_CULPRITS`] of them.
+    culprits: HashMap<String, (u64, u64)>,
 }
+
+/// Culprit series of one cgroup at most: its top and those kept after they
+/// left it (the earliest to leave go first).
+pub const MAX_CULPRITS: usize = 2 * Culprit::TOP;
 
 /// What a port did since start, and its queue at the last snapshot.
 #[derive(Debug, Default)]
@@ -161,8 +169,11 @@ struct Exposed {
     /// in the signal's base unit; `None` before [`Metrics::configure`]
     /// (`governor observe`).
     configured: Option<BTreeMap<String, (f64, f64)>>,
-    /// Cumulative admission verdicts by target: (admitted, refused, dropped).
-    verdicts: BTreeMap<String, (u64, u64, u64)>,
+    /// Cumulative admission verdicts by target: (admitted, refused,
+    /// dropped, guarded).
+    verdicts: BTreeMap<String, (u64, u64, u64, u64)>,
+    /// The bound of each armed accept-queue guard, by port.
+    guard_bounds: BTreeMap<u16, u32>,
 }
 
 impl Exposed {
@@ -182,6 +193,24 @@ impl Exposed {
             counts.connects += c.conn_out;
             counts.recent_connects += c.conn_out;
             counts.seen_ms = now;
+            let until = now + TOP_KEEP.as_millis() as u64;
+            for k in &c.culprits {
+                let e = counts.culprits.entry(k.cgroup.clone()).or_default();
+                *e = (e.0 + k.wait_us, until);
+            }
+            if !counts.culprits.is_empty() {
+                counts.culprits.retain(|_, (_, u)| *u > now);
+                if counts.culprits.len() > MAX_CULPRITS {
+                    let mut by_until: Vec<(u64, String)> = (counts.culprits.iter())
+                        .map(|(n, (_, u))| (*u, n.clone()))
+                        .collect();
+                    by_until.sort_unstable();
+                    let extra = counts.culprits.len() - MAX_CULPRITS;
+                    for (_, n) in by_until.into_iter().take(extra) {
+                        counts.culprits.remove(&n);
+                    }
+                }
+            }
         }
         for p in &s.ports {
             let counts = self.ports.entry(p.port).or_default();
@@ -260,17 +289,31 @@ impl Exposed {
             let labels = vec![("cgroup", path.to_string())];
             f.histogram(&CGROUP_RUNQ, labels.clone(), c.runq.histogram());
             f.counter(&CGROUP_CONNECTS, labels, c.connects as f64);
+            let mut culprits: Vec<_> = c.culprits.iter().collect();
+            culprits.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (culprit, (us, _)) in culprits {
+                let labels = vec![("cgroup", path.to_string()), ("culprit", culprit.clone())];
+                f.counter(&CGROUP_CULPRIT, labels, *us as f64 / 1e6);
+            }
         }
         for (port, c) in &self.ports {
             let labels = vec![("port", port.to_string())];
             f.counter(&PORT_ACCEPTED, labels.clone(), c.accepted as f64);
             f.counter(&PORT_OVERFLOWS, labels, c.overflows as f64);
         }
-        for (target, (admitted, refused, dropped)) in &self.verdicts {
+        for (port, bound) in &self.guard_bounds {
+            f.gauge(
+                &GUARD_BOUND,
+                vec![("port", port.to_string())],
+                f64::from(*bound),
+            );
+        }
+        for (target, (admitted, refused, dropped, guarded)) in &self.verdicts {
             for (verdict, n) in [
                 ("admitted", admitted),
                 ("refused", refused),
                 ("dropped", dropped),
+                ("guarded", guarded),
             ] {
                 let labels = vec![("target", target.clone()), ("verdict", verdict.into())];
                 f.counter(&VERDICTS, labels, *n as f64);
@@ -373,6 +416,12 @@ const CGROUP_CONNECTS: Family = Family {
     kind: MetricType::COUNTER,
     labels: &["cgroup"],
 };
+const CGROUP_CULPRIT: Family = Family {
+    name: "governor_cgroup_runq_wait_culprit_seconds_total",
+    help: "Run-queue wait of a watched cgroup's tasks since the agent started, by the cgroup of the task that held the CPU when the waiter got it (culprit=\"(idle)\": nothing ran, as for a cgroup throttled by its own quota; culprit = the cgroup itself: its own other tasks). The top 5 culprits of each tick per watched cgroup, kept 5 minutes after they leave it, at most 10 per cgroup.",
+    kind: MetricType::COUNTER,
+    labels: &["cgroup", "culprit"],
+};
 const PORT_ACCEPTED: Family = Family {
     name: "governor_port_accepted_connections_total",
     help: "TCP handshakes completed (SYN_RECV to ESTABLISHED) on a local port since the agent started.",
@@ -403,9 +452,15 @@ const PORT_QUEUE_DELAY: Family = Family {
     kind: MetricType::GAUGE,
     labels: &["port"],
 };
+const GUARD_BOUND: Family = Family {
+    name: "governor_port_guard_bound",
+    help: "The bound of a port's accept-queue guard: the kernel refuses a new connection at SYN time while the listener's accept queue holds this many or more (set by the agent from the drain rate it sees and the guard's max_delay).",
+    kind: MetricType::GAUGE,
+    labels: &["port"],
+};
 const VERDICTS: Family = Family {
     name: "governor_admission_verdicts_total",
-    help: "Connections the kernel's admission programs judged on a target a policy throttles or rejects (target=\"port N\" or \"cgroup PATH\"), counted in the kernel since the enforcement programs were loaded: verdict=admitted (exempt peers included) or refused (reset or dropped).",
+    help: "Connections the kernel's admission programs judged on a target a policy throttles, rejects or guards (target=\"port N\" or \"cgroup PATH\"), counted in the kernel since the enforcement programs were loaded: verdict=admitted (exempt peers included), refused (reset by a throttle or reject), dropped (dropped by one) or guarded (refused at SYN time by the port's accept-queue guard, reset or dropped as its mode says).",
     kind: MetricType::COUNTER,
     labels: &["target", "verdict"],
 };
@@ -451,10 +506,11 @@ const HELD: Family = Family {
     kind: MetricType::GAUGE,
     labels: &["policy", "reason"],
 };
-const FAMILIES: [&Family; 15] = [
+const FAMILIES: [&Family; 16] = [
     &HOST_RUNQ,
     &CGROUP_RUNQ,
     &CGROUP_CONNECTS,
+    &CGROUP_CULPRIT,
     &PORT_ACCEPTED,
     &PORT_OVERFLOWS,
     &PORT_QUEUE,
@@ -790,7 +846,10 @@ impl Metrics {
             })
             .collect();
         let targets: HashSet<Target> = (cfg.policies.iter())
-            .flat_map(|p| p.ladder.rungs.iter().map(|a| a.target()))
+            .flat_map(|p| {
+                let guard = p.guard.as_ref().map(|g| Target::Port(g.port));
+                p.ladder.rungs.iter().map(|a| a.target()).chain(guard)
+            })
             .collect();
         let cgroup_targets: HashSet<String> = (targets.iter())
             .filter_map(|t| match t {
@@ -814,6 +873,8 @@ impl Metrics {
         }
         if let Some(mut e) = self.exposed() {
             e.verdicts.retain(|t, _| named.contains(t));
+            e.guard_bounds
+                .retain(|port, _| named.contains(&Target::Port(*port).to_string()));
             e.configured = Some(policies);
         }
     }
@@ -835,12 +896,22 @@ impl Metrics {
     /// target is written: `port 8080`, `cgroup /workload/batch`):
     /// (admitted, refused at once, dropped in drop mode). Targets no
     /// policy names are not shown.
-    pub fn admission_verdicts(&self, by_target: impl IntoIterator<Item = (Target, u64, u64, u64)>) {
+    pub fn admission_verdicts(
+        &self,
+        by_target: impl IntoIterator<Item = (Target, u64, u64, u64, u64)>,
+    ) {
         if let Some(mut e) = self.exposed() {
-            for (target, admitted, refused, dropped) in by_target {
+            for (target, admitted, refused, dropped, guarded) in by_target {
                 e.verdicts
-                    .insert(target.to_string(), (admitted, refused, dropped));
+                    .insert(target.to_string(), (admitted, refused, dropped, guarded));
             }
+        }
+    }
+
+    /// The bounds of the armed accept-queue guards, by port.
+    pub fn guard_bounds(&self, bounds: BTreeMap<u16, u32>) {
+        if let Some(mut e) = self.exposed() {
+            e.guard_bounds = bounds;
         }
     }
 
@@ -1015,6 +1086,7 @@ mod tests {
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         }
     }
 
@@ -1038,6 +1110,60 @@ mod tests {
 
     fn none() -> Arc<[CgroupPath]> {
         Arc::from([])
+    }
+
+    #[test]
+    fn culprit_counters_add_up_and_leave_after_they_left_the_top() {
+        let m = Metrics::new();
+        let watched: Arc<[CgroupPath]> = Arc::from([path("/api")]);
+        let with = |ts, culprits: &[(&str, u64)]| {
+            let mut c = cgroup("/api", &[1_000_000], 0);
+            c.culprits = culprits
+                .iter()
+                .map(|(n, us)| Culprit {
+                    cgroup: (*n).into(),
+                    wait_us: *us,
+                    share: 0.5,
+                })
+                .collect();
+            snapshot(ts, &[], vec![c])
+        };
+        let series = |text: &str, culprit: &str| {
+            let name = format!(
+                "governor_cgroup_runq_wait_culprit_seconds_total{{cgroup=\"/api\",culprit=\"{culprit}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str()))
+                .map(|v| v.parse::<f64>().unwrap())
+        };
+        m.observe(
+            with(0, &[("/batch", 300_000), ("(idle)", 100_000)]),
+            Arc::clone(&watched),
+        );
+        m.observe(with(100, &[("/batch", 200_000)]), Arc::clone(&watched));
+        let text = m.render();
+        assert_eq!(series(&text, "/batch"), Some(0.5), "{text}");
+        assert_eq!(series(&text, "(idle)"), Some(0.1), "{text}");
+        // Past the keep time without being in the top, a series goes.
+        let later = TOP_KEEP.as_millis() as u64 + 200;
+        m.observe(with(later, &[("/batch", 1_000)]), Arc::clone(&watched));
+        let text = m.render();
+        assert_eq!(series(&text, "/batch"), Some(0.501), "{text}");
+        assert_eq!(series(&text, "(idle)"), None, "{text}");
+        // At most MAX_CULPRITS per cgroup, however many come.
+        for i in 0..30u64 {
+            let n = format!("/c{i}");
+            m.observe(
+                with(later + 100 * (i + 1), &[(n.as_str(), 10)]),
+                Arc::clone(&watched),
+            );
+        }
+        let text = m.render();
+        let n = text
+            .lines()
+            .filter(|l| l.starts_with("governor_cgroup_runq_wait_culprit_seconds_total{"))
+            .count();
+        assert_eq!(n, MAX_CULPRITS, "{text}");
     }
 
     /// The value of the sample whose line starts with `prefix` (name and labels).
@@ -1353,6 +1479,7 @@ ladder = [ {{ action = "reject_connections", port = 8080, mode = "reset" }} ]
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         });
         s.ports.push(PortStats {
             port: 8080,
@@ -1442,7 +1569,7 @@ ladder = [ {{ action = "reject_connections", port = 8080, mode = "reset" }} ]
         }
         m.policies(Arc::new(state.status()));
         m.drift([("api", "/batch", true)]);
-        m.admission_verdicts([(Target::Port(8080), 10, 4, 2)]);
+        m.admission_verdicts([(Target::Port(8080), 10, 4, 2, 3)]);
         let text = m.render();
         for series in [
             "governor_policy_rung{policy=\"api\"}",
@@ -1451,6 +1578,7 @@ ladder = [ {{ action = "reject_connections", port = 8080, mode = "reset" }} ]
             "governor_drift_total{policy=\"api\",target=\"/batch\"}",
             "governor_admission_verdicts_total{target=\"port 8080\",verdict=\"refused\"} 4",
             "governor_admission_verdicts_total{target=\"port 8080\",verdict=\"dropped\"} 2",
+            "governor_admission_verdicts_total{target=\"port 8080\",verdict=\"guarded\"} 3",
         ] {
             assert!(text.contains(series), "{series} before the reload:\n{text}");
         }

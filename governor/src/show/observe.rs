@@ -45,6 +45,22 @@ pub fn by_accept_queue(ports: &[PortStats]) -> Vec<&PortStats> {
     rows
 }
 
+/// A cgroup's culprits in a line: `/batch 82% (3100µs), itself 10% (…)`.
+pub fn culprit_list(c: &CgroupStats) -> String {
+    c.culprits
+        .iter()
+        .map(|k| {
+            let who = if k.cgroup == c.path.as_str() {
+                "itself"
+            } else {
+                k.cgroup.as_str()
+            };
+            format!("{who} {:.0}% ({}µs)", k.share * 100.0, k.wait_us)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A table of one snapshot, for a terminal or a log.
 pub fn table(s: &Snapshot) -> String {
     let mut out = String::new();
@@ -89,6 +105,9 @@ pub fn table(s: &Snapshot) -> String {
             runq_cells(&c.runq),
             c.conn_out_per_s
         );
+        if !c.culprits.is_empty() {
+            let _ = writeln!(out, "  waited behind: {}", culprit_list(c));
+        }
     }
     if rows.len() > TABLE_CGROUPS {
         let _ = writeln!(
@@ -162,6 +181,18 @@ mod tests {
                 conn_out_per_s: 3.0,
                 psi: None,
                 throttling: None,
+                culprits: vec![
+                    governor_engine::snapshot::Culprit {
+                        cgroup: "/batch".into(),
+                        wait_us: 820,
+                        share: 0.82,
+                    },
+                    governor_engine::snapshot::Culprit {
+                        cgroup: "/a/b".into(),
+                        wait_us: 180,
+                        share: 0.18,
+                    },
+                ],
             }],
             ports: vec![PortStats {
                 port: 8080,
@@ -186,6 +217,11 @@ mod tests {
         assert_eq!(v["cgroups"][0]["runq"]["count"], 5);
         assert_eq!(v["cgroups"][0]["conn_out"], 3);
         assert_eq!(v["cgroups"][0]["conn_out_per_s"], 3.0);
+        let c = &v["cgroups"][0]["culprits"][0];
+        assert_eq!(
+            (&c["cgroup"], &c["wait_us"], &c["share"]),
+            (&"/batch".into(), &820.into(), &0.82.into())
+        );
         for key in [
             "port",
             "accepted",
@@ -204,6 +240,10 @@ mod tests {
         assert!(t.contains("/a/b"));
         assert!(t.contains("8080"));
         assert!(t.contains("missing: host PSI"));
+        assert!(
+            t.contains("waited behind: /batch 82% (820µs), itself 18% (180µs)"),
+            "{t}"
+        );
         assert!(t.lines().any(|l| l.starts_with("host") && l.contains("40")));
     }
 }

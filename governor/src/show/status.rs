@@ -144,6 +144,9 @@ pub struct CgroupView {
     pub p99_us: u64,
     /// Longest wait (histogram bucket bound), µs.
     pub max_us: u64,
+    /// Who held the CPU while it waited (watched cgroups; top 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub culprits: Vec<governor_engine::snapshot::Culprit>,
 }
 
 /// A listening port, as `status` shows it.
@@ -299,6 +302,7 @@ impl StatusReport {
                 p50_us: c.runq.p50_us,
                 p99_us: c.runq.p99_us,
                 max_us: c.runq.max_us,
+                culprits: c.culprits.clone(),
             })
             .collect();
         self.ports = crate::show::observe::by_accept_queue(&s.ports)
@@ -1131,6 +1135,7 @@ mod drift_tests {
             conn_out_per_s: 0.0,
             psi: None,
             throttling: None,
+            culprits: Vec::new(),
         };
         let port = |port: u16, accept_queue: u32| PortStats {
             port,
@@ -1145,6 +1150,11 @@ mod drift_tests {
             .collect();
         cgroups.push(cg("/busy", 100, 5));
         cgroups.push(cg("/busier", 100, 9));
+        cgroups.last_mut().unwrap().culprits = vec![governor_engine::snapshot::Culprit {
+            cgroup: "/batch".into(),
+            wait_us: 900,
+            share: 0.9,
+        }];
         let snap = Snapshot {
             cgroups,
             ports: vec![port(80, 1), port(8080, 30), port(22, 0)],
@@ -1168,6 +1178,10 @@ mod drift_tests {
         assert_eq!(r.more_cgroups, 5);
         // By p99, then by waits: what `observe` shows first.
         assert_eq!(r.top_cgroups[0].path, "/busier");
+        assert_eq!(r.top_cgroups[0].culprits[0].cgroup, "/batch");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["top_cgroups"][0]["culprits"][0]["share"], 0.9);
+        assert!(json["top_cgroups"][1].get("culprits").is_none());
         assert_eq!(r.top_cgroups[1].path, "/busy");
         assert_eq!(r.top_cgroups[2].path, "/c12");
         let ports: Vec<u16> = r.ports.iter().map(|p| p.port).collect();

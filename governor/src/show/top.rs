@@ -286,6 +286,19 @@ pub fn plain(r: &StatusReport) -> String {
                 "{:<48} {:>8} {:>8} {:>8} {:>9}",
                 c.path, c.waits, c.p50_us, c.p99_us, c.max_us
             );
+            if !c.culprits.is_empty() {
+                let who: Vec<String> = (c.culprits.iter())
+                    .map(|k| {
+                        let name = if k.cgroup == c.path {
+                            "itself"
+                        } else {
+                            &k.cgroup
+                        };
+                        format!("{name} {:.0}%", k.share * 100.0)
+                    })
+                    .collect();
+                let _ = writeln!(out, "  waited behind: {}", who.join(", "));
+            }
         }
         if r.more_cgroups > 0 {
             let _ = writeln!(out, "… {} more cgroups", r.more_cgroups);
@@ -952,6 +965,7 @@ mod tests {
             p50_us: 8,
             p99_us: 4096,
             max_us: 8192,
+            culprits: Vec::new(),
         }];
         r.more_cgroups = 3;
         r.ports = vec![PortView {
@@ -1000,6 +1014,7 @@ mod tests {
             p50_us: 8,
             p99_us: 4096,
             max_us: 8192,
+            culprits: Vec::new(),
         }];
         let mut v = View {
             socket: "/run/x.sock".into(),
