@@ -23,6 +23,7 @@ mod probes;
 mod reaction;
 mod replay;
 mod report;
+mod storm;
 
 use crate::{
     setup,
@@ -59,12 +60,16 @@ enum Which {
     /// Noisy neighbour: a phased latency-sensitive worker beside CPU hogs,
     /// under nothing, a static quota, static weights and governor.
     Noisy,
-    /// Overload: a fixed-capacity request/response server offered 3× its
-    /// capacity, under nothing, an nftables rate limit and governor; then
-    /// at half the capacity with both configs unchanged.
+    /// Overload: a fixed-capacity request/response server offered 3× and
+    /// 10× its capacity from a cold start, under nothing, an nftables rate
+    /// limit, governor's loop and governor's loop with its SYN-time guard;
+    /// then 3× at half the capacity with the configs unchanged, and 0.8×
+    /// with Poisson arrivals.
     Overload,
     /// Thundering herd: 200 clients held off by a reject, then released at
-    /// once or in jittered throttle steps.
+    /// once or in jittered throttle steps; and a reconnect storm of 500
+    /// clients at a server of fixed capacity, under nothing, nftables and
+    /// the guard.
     Herd,
     /// The agent's RSS and CPU with a 100 ms tick, 1,000 cgroups, 100 ports.
     Footprint,
@@ -96,7 +101,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         Some(Which::Reaction) => reaction::run(args)?,
         Some(Which::Noisy) => noisy::run(args)?,
         Some(Which::Overload) => overload::run(args)?,
-        Some(Which::Herd) => herd::run(args)?,
+        Some(Which::Herd) => {
+            herd::run(args)?;
+            storm::run(args)?;
+        }
         Some(Which::Footprint) => footprint::run(args)?,
         Some(Which::Replay) => replay::run(args)?,
         None => {
@@ -107,6 +115,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             noisy::run(args)?;
             overload::run(args)?;
             herd::run(args)?;
+            storm::run(args)?;
             footprint::run(args)?;
             replay::run(args)?;
             let md = std::fs::read_to_string(report::dir()?.join("results.md"))?;
