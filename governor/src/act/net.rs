@@ -255,12 +255,7 @@ impl NetEnforcer {
         port: u16,
         listener: &impl std::os::fd::AsRawFd,
     ) -> Result<(), EnforceError> {
-        let map = self.buckets(names::MAP_LISTENERS)?;
-        let mut hash: SockHash<&mut MapData, u32> =
-            SockHash::try_from(map).map_err(|source| EnforceError::Map {
-                what: names::MAP_LISTENERS.into(),
-                source,
-            })?;
+        let mut hash = self.listeners()?;
         hash.insert(u32::from(port), listener.as_raw_fd(), 0)
             .map_err(|source| EnforceError::Map {
                 what: format!("putting the listener of port {port} in LISTENERS"),
@@ -282,12 +277,7 @@ impl NetEnforcer {
             RejectMode::Reset => MODE_RESET,
             RejectMode::Drop => MODE_DROP,
         };
-        let map = self.buckets(names::MAP_GUARDS)?;
-        let mut guards: BpfHashMap<&mut MapData, u32, Guard> =
-            BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
-                what: names::MAP_GUARDS.into(),
-                source,
-            })?;
+        let mut guards = self.guards()?;
         guards
             .insert(u32::from(port), Guard { bound, mode }, 0)
             .map_err(|source| EnforceError::Map {
@@ -296,15 +286,28 @@ impl NetEnforcer {
             })
     }
 
+    /// The guards' map: port → bound and mode.
+    fn guards(&mut self) -> Result<BpfHashMap<&mut MapData, u32, Guard>, EnforceError> {
+        let map = self.buckets(names::MAP_GUARDS)?;
+        BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
+            what: names::MAP_GUARDS.into(),
+            source,
+        })
+    }
+
+    /// The guarded listeners' sock hash: port → listening socket.
+    fn listeners(&mut self) -> Result<SockHash<&mut MapData, u32>, EnforceError> {
+        let map = self.buckets(names::MAP_LISTENERS)?;
+        SockHash::try_from(map).map_err(|source| EnforceError::Map {
+            what: names::MAP_LISTENERS.into(),
+            source,
+        })
+    }
+
     /// Disarms `port`'s guard and lets its listener go.
     pub fn clear_guard(&mut self, port: u16) -> Result<(), EnforceError> {
         let key = u32::from(port);
-        let map = self.buckets(names::MAP_GUARDS)?;
-        let mut guards: BpfHashMap<&mut MapData, u32, Guard> =
-            BpfHashMap::try_from(map).map_err(|source| EnforceError::Map {
-                what: names::MAP_GUARDS.into(),
-                source,
-            })?;
+        let mut guards = self.guards()?;
         match guards.remove(&key) {
             Ok(()) => {}
             Err(e) if not_found(&e) => {}
@@ -315,12 +318,7 @@ impl NetEnforcer {
                 });
             }
         }
-        let map = self.buckets(names::MAP_LISTENERS)?;
-        let mut hash: SockHash<&mut MapData, u32> =
-            SockHash::try_from(map).map_err(|source| EnforceError::Map {
-                what: names::MAP_LISTENERS.into(),
-                source,
-            })?;
+        let mut hash = self.listeners()?;
         match hash.remove(&key) {
             Ok(()) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
