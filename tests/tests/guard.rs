@@ -272,7 +272,7 @@ name = "guarded"
 signal = {{ kind = "accept_queue_fill", port = {port} }}
 high = 0.99
 low = 0.1
-guard = {{ port = {port}, max_queue = 3, min = 1, mode = "reset" }}
+guard = {{ port = {port}, max_queue = 3, min = 3, mode = "reset" }}
 ladder = [{{ action = "throttle_connections", port = {port}, rate = "10/s", burst = 1, mode = "reset" }}]
 "#
         ));

@@ -5,8 +5,9 @@
 //! to drain. By Little's law a queue of `drain × max_delay` connections
 //! waits about `max_delay`, so that is the bound, clamped to
 //! `[min, ceiling]` (the ceiling: `max_queue`, a count or a share of the
-//! listener's backlog). While the drain is unknown the bound stays where it
-//! is (no data is not zero); while the queue stays empty for `relax_after`
+//! listener's backlog). It is armed at `min` (until a drain is measured, a
+//! cold start under overload is refused from the first SYN); while the
+//! drain is unknown the bound stays where it is (no data is not zero); while the queue stays empty for `relax_after`
 //! the bound goes back to the ceiling. Every move and every tick with
 //! refusals is a [`GuardEvent`] with its reason. Pure: no I/O, no clock.
 
@@ -131,10 +132,12 @@ impl GuardState {
             .empty_since
             .is_some_and(|since| now.saturating_sub(since) >= spec.relax_after);
         let target = match (self.bound, input.drain_per_s) {
-            // Arming: the ceiling until the drain is known.
+            // Arming: fail fast from the first SYN, at `min`, until the
+            // drain is known (a cold start under overload fills a queue
+            // long before a tick has measured anything).
             (None, None) => Some((
-                ceiling,
-                "armed at the ceiling until the drain is measured".to_owned(),
+                spec.min.min(ceiling),
+                "armed at min until the drain is measured".to_owned(),
             )),
             (Some(b), _) if relaxed && b != ceiling => Some((
                 ceiling,
@@ -233,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn arms_at_the_ceiling_then_follows_the_drain_with_reasons() {
+    fn arms_at_min_then_follows_the_drain_with_reasons() {
         let s = spec();
         let mut st = GuardState::default();
         let ev = st.step(&s, &input(None, 3, 0), Duration::from_secs(0));
@@ -242,7 +245,7 @@ mod tests {
                 ev[..],
                 [GuardEvent::Bound {
                     from: None,
-                    to: 64,
+                    to: 4,
                     ..
                 }]
             ),
@@ -252,7 +255,7 @@ mod tests {
         match &ev[..] {
             [
                 GuardEvent::Bound {
-                    from: Some(64),
+                    from: Some(4),
                     to: 40,
                     reason,
                     ..

@@ -167,7 +167,7 @@ fn explain_guard(g: &governor_engine::decide::guard::GuardSpec) -> String {
         governor_engine::config::RejectMode::Drop => "dropped SYN",
     };
     format!(
-        "guard on :{}, armed from the start: new connections get {answer} while the accept queue holds the bound or more; {bound}; relaxed to the ceiling after {} empty (needs Linux >= {} with BTF)",
+        "guard on :{}, armed from the start (at min until a drain is measured): new connections get {answer} while the accept queue holds the bound or more; {bound}; relaxed to the ceiling after {} empty (needs Linux >= {} with BTF)",
         g.port,
         units::format_duration(g.relax_after),
         crate::act::net::GUARD_MIN_KERNEL,

@@ -131,7 +131,11 @@ impl Guards {
                 return;
             }
         }
+        let mut new = Vec::new();
         for (port, (policy, spec)) in wanted {
+            if !self.armed.contains_key(&port) {
+                new.push(port);
+            }
             self.armed.entry(port).or_insert_with(|| Armed {
                 policy,
                 spec,
@@ -142,6 +146,14 @@ impl Guards {
                 logged: None,
                 failed: None,
             });
+        }
+        // Armed now, not at the first tick: a cold start under load fills
+        // the queue within a tick.
+        if !new.is_empty() {
+            let found = self.listeners();
+            for port in new {
+                self.relook(port, found.as_ref(), actuators);
+            }
         }
     }
 
@@ -200,17 +212,26 @@ impl Guards {
                     }
                     GuardEvent::Refused { count, reason, .. } => {
                         a.unlogged += count;
-                        if a.logged
-                            .is_none_or(|t| t.elapsed() >= REFUSALS_LOGGED_EVERY)
-                        {
+                        let since = a.logged.map(|t| t.elapsed());
+                        if since.is_none_or(|t| t >= REFUSALS_LOGGED_EVERY) {
                             a.logged = Some(Instant::now());
                             let n = std::mem::take(&mut a.unlogged);
-                            tracing::info!(
-                                policy = %a.policy,
-                                "policy {}: {reason}{}",
-                                a.policy,
-                                if n == count { String::new() } else { format!(" ({n} since the last line)") }
-                            );
+                            if n == count {
+                                tracing::info!(policy = %a.policy, "policy {}: {reason}", a.policy);
+                            } else {
+                                // The tick's reason, with the sum since the last line.
+                                let verb = match a.spec.mode {
+                                    governor_engine::config::RejectMode::Reset => "reset",
+                                    governor_engine::config::RejectMode::Drop => "dropped",
+                                };
+                                tracing::info!(
+                                    policy = %a.policy,
+                                    "policy {}: guard on :{port} {verb} {n} SYNs in the last {:.1}s: accept queue at its bound {}",
+                                    a.policy,
+                                    since.unwrap_or_default().as_secs_f64(),
+                                    a.state.bound.unwrap_or(bound)
+                                );
+                            }
                         }
                     }
                 }
