@@ -58,11 +58,15 @@ impl Variant {
 
 /// The guard's delay target: a connection should not wait in the accept
 /// queue longer than this; the bound follows from what the server drains.
-pub(super) const GUARD_DELAY: &str = "15ms";
+pub(super) const GUARD_DELAY: &str = "5ms";
+/// The guard's smallest bound: one connection waiting.
+pub(super) const GUARD_MIN: u32 = 1;
 
 pub(super) fn policy(v: Variant) -> String {
     let guard = if v == Variant::Guard {
-        format!("guard = {{ port = {PORT}, max_delay = \"{GUARD_DELAY}\", mode = \"reset\" }}\n")
+        format!(
+            "guard = {{ port = {PORT}, max_delay = \"{GUARD_DELAY}\", min = {GUARD_MIN}, mode = \"reset\" }}\n"
+        )
     } else {
         String::new()
     };
@@ -335,7 +339,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.rounds
     ));
     sec.md(&format!(
-        "Server: one request at a time, paced to its capacity, backlog {BACKLOG}, in a test namespace. Client: open loop for {SECONDS} s from a cold start (the agent starts with the run), a connection per request, 1 s timeout; goodput = answered requests per second offered (also shown for requests started {STEADY_AFTER} s or later, after the loop's transient); latency = connect to answer, answered requests only. Unloaded: 0.3× capacity. nftables: `tcp flags syn limit rate over {TUNED}/second burst 5 packets reject with tcp reset`, tuned by hand to the full capacity. Governor: `accept_queue_fill` high {HIGH} low {LOW}, `for` 300 ms, settle 1 s, `recover_every` 10 s, ladder throttle `rate = \"{SHARE1}\"` → `\"{SHARE2}\"` of the port's accepted rate while over high (burst 5, reset) → reject; (d) adds `guard = {{ port = {PORT}, max_delay = \"{GUARD_DELAY}\", mode = \"reset\" }}` to the same policy: armed from the start, it resets a SYN while the listener's accept queue is deeper than the bound the agent sets from the drain rate it sees. The same configs at every capacity and load. Medians of {} rounds.\n",
+        "Server: one request at a time, paced to its capacity, backlog {BACKLOG}, in a test namespace. Client: open loop for {SECONDS} s from a cold start (the agent starts with the run), a connection per request, 1 s timeout; goodput = answered requests per second offered (also shown for requests started {STEADY_AFTER} s or later, after the loop's transient); latency = connect to answer, answered requests only. Unloaded: 0.3× capacity. nftables: `tcp flags syn limit rate over {TUNED}/second burst 5 packets reject with tcp reset`, tuned by hand to the full capacity. Governor: `accept_queue_fill` high {HIGH} low {LOW}, `for` 300 ms, settle 1 s, `recover_every` 10 s, ladder throttle `rate = \"{SHARE1}\"` → `\"{SHARE2}\"` of the port's accepted rate while over high (burst 5, reset) → reject; (d) adds `guard = {{ port = {PORT}, max_delay = \"{GUARD_DELAY}\", min = {GUARD_MIN}, mode = \"reset\" }}` to the same policy: armed from the start, it resets a SYN while the listener's accept queue is deeper than the bound the agent sets from the drain rate it sees. The same configs at every capacity and load. Medians of {} rounds.\n",
         args.rounds
     ));
     sec.md(&format!("| capacity | offered | variant | goodput /s | % of capacity | p99 ms | p99 / unloaded p99 | after {STEADY_AFTER} s: goodput % | after {STEADY_AFTER} s: p99 ms | refused | refused % of sent | timed out |"));
