@@ -898,6 +898,22 @@ fn policy(cx: &mut Cx<'_>, t: &Table<'_>, protected: &Protected) -> Option<Polic
     })
 }
 
+/// `mode = "reset" | "drop"` of a connection rung or a guard; `hint` says
+/// what to write where it is neither.
+fn reject_mode(item: &Item, hint: &str) -> Result<RejectMode, UnitError> {
+    match item.as_str() {
+        Some("reset") => Ok(RejectMode::Reset),
+        Some("drop") => Ok(RejectMode::Drop),
+        _ => Err(UnitError::new(
+            format!(
+                "mode must be \"reset\" or \"drop\", found {}",
+                item.to_string().trim()
+            ),
+            hint,
+        )),
+    }
+}
+
 /// `guard = { port = 8080, max_queue = "50%" | 64, max_delay = "100ms", mode = "reset" }`.
 fn guard_spec(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<crate::decide::guard::GuardSpec> {
     use crate::decide::guard::{GuardSpec, MaxQueue};
@@ -930,16 +946,11 @@ fn guard_spec(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<crate::decide::guard::Gu
         std::time::Duration::from_secs(5),
         positive_duration,
     );
-    let mode = t.or(cx, "mode", RejectMode::Reset, |item| match item.as_str() {
-        Some("reset") => Ok(RejectMode::Reset),
-        Some("drop") => Ok(RejectMode::Drop),
-        _ => Err(UnitError::new(
-            format!(
-                "mode must be \"reset\" or \"drop\", found {}",
-                item.to_string().trim()
-            ),
+    let mode = t.or(cx, "mode", RejectMode::Reset, |item| {
+        reject_mode(
+            item,
             "write mode = \"reset\" (RST at once) or mode = \"drop\" (the client retries)",
-        )),
+        )
     });
     Some(GuardSpec {
         port: port?,
@@ -1169,16 +1180,11 @@ fn rung(cx: &mut Cx<'_>, t: &Table<'_>) -> Option<(Action, Span)> {
         _ => {
             let pt = t.opt(cx, "port", port);
             let cg = t.opt(cx, "cgroup", cgroup);
-            let mode = t.or(cx, "mode", RejectMode::Reset, |item| match item.as_str() {
-                Some("reset") => Ok(RejectMode::Reset),
-                Some("drop") => Ok(RejectMode::Drop),
-                _ => Err(UnitError::new(
-                    format!(
-                        "mode must be \"reset\" or \"drop\", found {}",
-                        item.to_string().trim()
-                    ),
+            let mode = t.or(cx, "mode", RejectMode::Reset, |item| {
+                reject_mode(
+                    item,
                     "write mode = \"reset\" (fail fast) or mode = \"drop\"",
-                )),
+                )
             });
             let exempt = exempt(cx, t);
             let target = match (pt.ok()?, cg.ok()?) {
