@@ -230,14 +230,14 @@ fn culprits_on() -> bool {
 #[inline(always)]
 fn add_culprit_wait(c: Option<*mut CpuCounters>, victim: u64, culprit: u64, waited: u64) {
     // SAFETY: a lookup; no preconditions.
-    if unsafe { WATCHED.get(&victim) }.is_none() {
+    if unsafe { WATCHED.get(victim) }.is_none() {
         return;
     }
     let key = CulpritKey { victim, culprit };
-    if let Some(v) = CULPRITS.get_ptr_mut(&key) {
+    if let Some(v) = CULPRITS.get_ptr_mut(key) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe { *v += waited };
-    } else if CULPRITS.insert(&key, waited, 0).is_err() {
+    } else if CULPRITS.insert(key, waited, 0).is_err() {
         bump_in(c, counter::CULPRIT_MAP_FULL);
     }
 }
