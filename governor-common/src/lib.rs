@@ -15,14 +15,15 @@ pub struct TaskWait {
     pub start_ns: u64,
     /// Its last wait + 1, not yet attributed to a cgroup; 0 if none.
     pub pending_ns: u64,
-    /// The cgroup of the task that held the CPU when this task got it at
-    /// the end of its pending wait (the culprit, 0: the CPU was idle);
-    /// stored only while some cgroup is watched ([`culprits`]).
-    pub culprit_cg: u64,
+    /// Who held the CPU during its pending wait, by cgroup (the culprits),
+    /// split at its switch-in and charged at its switch-out, where its own
+    /// cgroup is known; filled only while some cgroup is watched
+    /// ([`culprits`]).
+    pub culprits: culprits::Split,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: three `u64`, `repr(C)`, no padding.
+// SAFETY: `u64`s only, `repr(C)`, no padding.
 unsafe impl aya::Pod for TaskWait {}
 
 /// Per-CPU state of the probes (the one value of the `COUNTERS` map): the
@@ -34,6 +35,8 @@ pub struct CpuCounters {
     pub counts: [u64; counter::LEN as usize],
     /// Non-zero once the probes said they run on this CPU.
     pub announced: u64,
+    /// The last runs on this CPU, kept while some cgroup is watched.
+    pub runs: culprits::RunLog,
 }
 
 #[cfg(feature = "user")]
@@ -43,8 +46,9 @@ unsafe impl aya::Pod for CpuCounters {}
 /// Who held the CPU while a watched cgroup waited for it.
 pub mod culprits {
     /// Key of the `CULPRITS` map: the cgroup that waited (`victim`, a
-    /// watched one) and the cgroup of the task that was switched out when
-    /// the waiter got the CPU (`culprit`; [`IDLE`] if the CPU was idle).
+    /// watched one) and a cgroup that ran on the CPU during the wait
+    /// (`culprit`; [`IDLE`]: the CPU was idle), charged the part of the
+    /// wait it ran ([`RunLog::split`]).
     #[repr(C)]
     #[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct Key {
@@ -64,6 +68,136 @@ pub mod culprits {
     /// Index 0 of `CULPRIT_CONF`: how many cgroups `WATCHED` holds (0: the
     /// probes skip culprit bookkeeping).
     pub const CONF_WATCHED: u32 = 0;
+
+    /// Runs a CPU remembers ([`RunLog`]); a power of two.
+    pub const RUNS: usize = 8;
+    /// Culprits one wait is split among ([`Split`]).
+    pub const SLOTS: usize = 4;
+
+    /// One run in a [`RunLog`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct Run {
+        /// The cgroup that ran ([`IDLE`] for the idle task).
+        pub cg: u64,
+        /// When the run ended (ns); 0: never written.
+        pub end_ns: u64,
+    }
+
+    /// The last [`RUNS`] runs on one CPU, as a ring; a run began where the
+    /// one before it ended. Written at every context switch while some
+    /// cgroup is watched (the task going out is `current`, so its cgroup is
+    /// known there).
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct RunLog {
+        /// The runs, oldest overwritten first.
+        pub runs: [Run; RUNS],
+        /// Index of the newest run.
+        pub head: u64,
+    }
+
+    impl RunLog {
+        /// A run of `cg` ended at `now`: it replaces the oldest.
+        #[inline(always)]
+        pub fn close(&mut self, cg: u64, now: u64) {
+            let h = (self.head as usize).wrapping_add(1) & (RUNS - 1);
+            self.runs[h] = Run { cg, end_ns: now };
+            self.head = h as u64;
+        }
+
+        /// Splits the wait `[start, now]` among the runs that overlap it,
+        /// newest first, each charged its overlap; `out` is overwritten.
+        ///
+        /// The oldest run is taken to have begun before any wait: a wait
+        /// that began before the ring's oldest remembered run is charged,
+        /// for that part, to the oldest run's cgroup. Runs that ended at or
+        /// before `start` end the walk. Where the log was off while the CPU
+        /// switched (no cgroup watched then), the newest run is taken to
+        /// have begun where the last remembered one ended.
+        #[inline(always)]
+        pub fn split(&self, start: u64, now: u64, out: &mut Split) {
+            let head = self.head as usize;
+            let mut used = 0;
+            let mut i = 0;
+            while i < RUNS {
+                let at = head.wrapping_sub(i) & (RUNS - 1);
+                let run = self.runs[at];
+                let end = run.end_ns.min(now);
+                if end <= start {
+                    break;
+                }
+                let began = if i == RUNS - 1 {
+                    0
+                } else {
+                    self.runs[at.wrapping_sub(1) & (RUNS - 1)].end_ns
+                };
+                used = out.put(used, run.cg, end - began.max(start).min(end));
+                i += 1;
+            }
+            if used < SLOTS {
+                out.ns[used] = 0;
+            }
+        }
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: `u64`s only, `repr(C)`, no padding.
+    unsafe impl aya::Pod for RunLog {}
+
+    /// One wait split among the cgroups that held the CPU during it: up to
+    /// [`SLOTS`] cgroups, each with its part (ns). The slots in use are
+    /// those before the first with 0 ns (or all). A run of a cgroup already
+    /// in a slot adds to it; once all are taken, the rest is added to the
+    /// last slot (charged to its cgroup: the oldest of the culprits, as
+    /// [`RunLog::split`] goes newest first).
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct Split {
+        /// Culprit cgroup of each slot.
+        pub cg: [u64; SLOTS],
+        /// Its part of the wait (ns).
+        pub ns: [u64; SLOTS],
+    }
+
+    impl Split {
+        /// Charges `ns` to `cg`, with the first `used` slots in use;
+        /// returns how many are in use after.
+        #[inline(always)]
+        fn put(&mut self, used: usize, cg: u64, ns: u64) -> usize {
+            if ns == 0 {
+                return used;
+            }
+            let mut j = 0;
+            while j < used && j < SLOTS {
+                if self.cg[j] == cg {
+                    self.ns[j] += ns;
+                    return used;
+                }
+                j += 1;
+            }
+            if used < SLOTS {
+                self.cg[used] = cg;
+                self.ns[used] = ns;
+                used + 1
+            } else {
+                self.ns[SLOTS - 1] += ns;
+                used
+            }
+        }
+
+        /// The parts in use, as (cgroup, ns).
+        pub fn parts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+            (0..SLOTS)
+                .take_while(|&j| self.ns[j] != 0)
+                .map(|j| (self.cg[j], self.ns[j]))
+        }
+
+        /// The whole wait (the sum of the parts).
+        pub fn total(&self) -> u64 {
+            self.parts().map(|p| p.1).sum()
+        }
+    }
 }
 
 /// Indices into the per-CPU `COUNTERS` array map.
@@ -317,5 +451,110 @@ pub mod enforce {
         pub const GLOBAL_SK_ACK_BACKLOG: &str = "OFF_SK_ACK_BACKLOG";
         /// Read-only global: 1 enables the guard's code.
         pub const GLOBAL_GUARD_READY: &str = "GUARD_READY";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::culprits::{IDLE, RUNS, RunLog, Split};
+
+    fn log(runs: &[(u64, u64)]) -> RunLog {
+        let mut l = RunLog::default();
+        for &(cg, end) in runs {
+            l.close(cg, end);
+        }
+        l
+    }
+
+    fn parts(s: &Split) -> Vec<(u64, u64)> {
+        s.parts().collect()
+    }
+
+    #[test]
+    fn a_wait_is_split_by_the_overlap_of_each_run() {
+        // Runs: A until 100, B 100..250, A 250..300, idle 300..400 (now).
+        let l = log(&[(1, 100), (2, 250), (1, 300), (IDLE, 400)]);
+        let mut s = Split::default();
+        l.split(150, 400, &mut s);
+        // Newest first: idle 100, A 50, B 100; A's two runs merge.
+        assert_eq!(parts(&s), vec![(IDLE, 100), (1, 50), (2, 100)]);
+        assert_eq!(s.total(), 400 - 150);
+    }
+
+    #[test]
+    fn the_parts_sum_to_the_wait_and_runs_before_it_are_not_charged() {
+        let l = log(&[(7, 10), (8, 20), (9, 30), (10, 40)]);
+        let mut s = Split::default();
+        l.split(25, 40, &mut s);
+        assert_eq!(parts(&s), vec![(10, 10), (9, 5)]);
+        // A wait inside one run: that run only.
+        let mut s = Split::default();
+        l.split(32, 40, &mut s);
+        assert_eq!(parts(&s), vec![(10, 8)]);
+        // A wait that started exactly at a run's end is not charged to it.
+        let mut s = Split::default();
+        l.split(30, 40, &mut s);
+        assert_eq!(parts(&s), vec![(10, 10)]);
+    }
+
+    #[test]
+    fn a_wait_older_than_the_ring_goes_to_the_oldest_run() {
+        // RUNS + 2 runs of 10 ns each, cgroups 100 + i.
+        let runs: Vec<(u64, u64)> = (0..RUNS as u64 + 2)
+            .map(|i| (100 + (i % 2), 1_000 + 10 * (i + 1)))
+            .collect();
+        let l = log(&runs);
+        let now = runs.last().unwrap().1;
+        let mut s = Split::default();
+        l.split(5, now, &mut s);
+        assert_eq!(s.total(), now - 5, "{s:?}");
+        // The oldest remembered run (index 2, cgroup 100) takes everything
+        // since the wait began up to its end.
+        let oldest_end = runs[2].1;
+        let of = |cg| parts(&s).iter().find(|p| p.0 == cg).map_or(0, |p| p.1);
+        let runs_of_100_after = (3..runs.len()).filter(|&i| runs[i].0 == 100).count() as u64;
+        assert_eq!(of(100), (oldest_end - 5) + 10 * runs_of_100_after);
+    }
+
+    #[test]
+    fn past_the_slots_the_rest_goes_to_the_last() {
+        let l = log(&[(1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 60)]);
+        let mut s = Split::default();
+        l.split(15, 60, &mut s);
+        // Newest first: 6, 5, 4 take a slot each; 3 the last; 2 (5 ns) folds into it.
+        assert_eq!(parts(&s), vec![(6, 10), (5, 10), (4, 10), (3, 15)]);
+        assert_eq!(s.total(), 45);
+    }
+
+    #[test]
+    fn an_empty_log_charges_nothing_and_one_run_takes_all() {
+        let mut s = Split::default();
+        RunLog::default().split(5, 50, &mut s);
+        assert_eq!(s.total(), 0);
+        let l = log(&[(3, 50)]);
+        l.split(5, 50, &mut s);
+        assert_eq!(parts(&s), vec![(3, 45)]);
+    }
+
+    #[test]
+    fn a_split_overwrites_the_last_one() {
+        let mut s = Split::default();
+        log(&[(1, 10), (2, 20), (3, 30), (4, 40), (5, 50)]).split(0, 50, &mut s);
+        assert_eq!(parts(&s).len(), 4);
+        // A shorter split leaves no slot of the longer one in use.
+        log(&[(9, 50)]).split(20, 50, &mut s);
+        assert_eq!(parts(&s), vec![(9, 30)]);
+        assert_eq!(s.total(), 30);
+    }
+
+    #[test]
+    fn a_zero_wait_charges_nothing() {
+        let l = log(&[(3, 50)]);
+        let mut s = Split::default();
+        l.split(50, 50, &mut s);
+        assert_eq!(s.total(), 0);
     }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use governor_common::{
     CpuCounters, TaskWait, counter,
-    culprits::{self, Key as CulpritKey},
+    culprits::{self, Key as CulpritKey, Split},
     hist::{self, Hist},
     limits,
 };
@@ -80,8 +80,8 @@ static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(limits::MAX_WATCHED
 #[map(name = "CULPRIT_CONF")]
 static CULPRIT_CONF: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Run-queue wait (ns) of a watched cgroup by the cgroup that held the CPU
-/// when the waiter got it, emptied by the agent every tick. Preallocated in
+/// Run-queue wait (ns) of a watched cgroup by each cgroup that held the CPU
+/// during it (the part it ran), emptied by the agent every tick. Preallocated in
 /// both objects (inserted from `sched_switch`).
 #[map(name = "CULPRITS")]
 static CULPRITS: PerCpuHashMap<CulpritKey, u64> =
@@ -211,7 +211,7 @@ fn insert_wait(pid: u32, now: u64) {
     let t = TaskWait {
         start_ns: now,
         pending_ns: 0,
-        culprit_cg: 0,
+        culprits: Split::default(),
     };
     if TASKS.insert(pid, t, 0).is_err() {
         bump(counter::START_MAP_FULL);
@@ -226,30 +226,51 @@ fn culprits_on() -> bool {
         .is_some_and(|n| *n != 0)
 }
 
-/// Adds `waited` ns of watched cgroup `victim` to `culprit`'s share.
+/// Charges watched cgroup `victim`'s wait to the cgroups that held the
+/// CPU during it, each its part.
 #[inline(always)]
-fn add_culprit_wait(c: Option<*mut CpuCounters>, victim: u64, culprit: u64, waited: u64) {
+fn add_culprit_waits(c: Option<*mut CpuCounters>, victim: u64, split: &Split) {
     // SAFETY: a lookup; no preconditions.
     if unsafe { WATCHED.get(victim) }.is_none() {
         return;
     }
-    let key = CulpritKey { victim, culprit };
-    if let Some(v) = CULPRITS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value of a per-CPU hash entry.
-        unsafe { *v += waited };
-    } else if CULPRITS.insert(key, waited, 0).is_err() {
-        bump_in(c, counter::CULPRIT_MAP_FULL);
+    // The slots in use: up to the first with 0 ns.
+    let mut j = 0;
+    while j < culprits::SLOTS {
+        let waited = split.ns[j];
+        if waited == 0 {
+            break;
+        }
+        let key = CulpritKey {
+            victim,
+            culprit: split.cg[j],
+        };
+        if let Some(v) = CULPRITS.get_ptr_mut(key) {
+            // SAFETY: this CPU's value of a per-CPU hash entry.
+            unsafe { *v += waited };
+        } else if CULPRITS.insert(key, waited, 0).is_err() {
+            bump_in(c, counter::CULPRIT_MAP_FULL);
+        }
+        j += 1;
     }
 }
 
 /// A context switch: `prev` goes out (it is `current`, so its cgroup is
 /// known), `next` comes in.
 ///
-/// Culprits: the task going out is the one that held the CPU while `next`
-/// waited for it, so its cgroup (`current`'s) is stored in `next`'s entry,
-/// and charged when `next`'s wait is attributed to `next`'s own cgroup (at
-/// its own switch-out), if that cgroup is watched. The idle task (pid 0)
-/// holding the CPU is culprit [`culprits::IDLE`].
+/// Culprits (while some cgroup is watched): the run of `prev` that ends
+/// now is logged in this CPU's ring of runs (`CpuCounters::runs`; the idle
+/// task's as [`culprits::IDLE`]), and `next`'s wait is split among the
+/// logged runs it overlaps, each cgroup charged its overlap
+/// (`RunLog::split`); the split is stored in `next`'s entry and charged
+/// when `next`'s wait is attributed to its own cgroup (at its own
+/// switch-out), if that cgroup is watched. A run of `next`'s own cgroup is
+/// charged to itself.
+///
+/// Approximations: a waiter that migrated is charged for the runs of the CPU
+/// it got, though it waited on that CPU only if it was enqueued there; and
+/// right after the first cgroup is watched, a split may be missing or
+/// stale (the log and the split are kept only while some cgroup is).
 #[inline(always)]
 fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: u32, now: u64) {
     let on = culprits_on();
@@ -266,7 +287,7 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
                     cg = Some(id);
                     add_cgroup_wait(c, id, waited);
                     if on {
-                        add_culprit_wait(c, id, (*t).culprit_cg, waited);
+                        add_culprit_waits(c, id, &(*t).culprits);
                     }
                 }
                 if prev_runnable {
@@ -277,6 +298,23 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
             insert_wait(prev, now);
         }
     }
+    let runs = if on {
+        c.map(|c| {
+            let held = if prev == 0 {
+                culprits::IDLE
+            } else {
+                // SAFETY: no preconditions.
+                cg.unwrap_or_else(|| unsafe { bpf_get_current_cgroup_id() })
+            };
+            // SAFETY: this CPU's value of a per-CPU array; programs do not nest on a CPU.
+            unsafe {
+                (*c).runs.close(held, now);
+                core::ptr::addr_of!((*c).runs)
+            }
+        })
+    } else {
+        None
+    };
     if next != 0
         && let Some(t) = TASKS.get_ptr_mut(next)
     {
@@ -284,16 +322,12 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
         unsafe {
             if (*t).start_ns != 0 {
                 let waited = now.saturating_sub((*t).start_ns);
-                (*t).start_ns = 0;
                 // +1 so that a zero wait is still "pending".
                 (*t).pending_ns = waited + 1;
-                if on {
-                    (*t).culprit_cg = if prev == 0 {
-                        culprits::IDLE
-                    } else {
-                        cg.unwrap_or_else(|| bpf_get_current_cgroup_id())
-                    };
+                if let Some(runs) = runs {
+                    (*runs).split((*t).start_ns, now, &mut (*t).culprits);
                 }
+                (*t).start_ns = 0;
                 bump_in(c, counter::RUNQ_SAMPLES);
                 if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
                     hist_add(h, waited);

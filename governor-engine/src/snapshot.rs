@@ -481,8 +481,8 @@ pub struct CgroupStats {
     pub culprits: Vec<Culprit>,
 }
 
-/// One cgroup that held the CPU while a watched cgroup waited for it: the
-/// task switched out when the waiter got the CPU belongs to it.
+/// One cgroup that held the CPU while a watched cgroup waited for it: each
+/// wait is split among the cgroups that ran on the waiter's CPU during it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Culprit {
     /// The culprit's path; the victim's own path: its own other tasks (or

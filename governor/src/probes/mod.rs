@@ -250,8 +250,8 @@ pub struct MapReadings {
     /// Completed handshakes per local port.
     pub port_accepts: HashMap<u16, u64>,
     /// Run-queue wait (ns) of each watched cgroup id (`victim`) by the
-    /// cgroup id that held the CPU when its tasks got it (`culprit`;
-    /// `governor_common::culprits::IDLE`: nothing ran).
+    /// cgroup id that held the CPU during it, each the part it ran
+    /// (`culprit`; `governor_common::culprits::IDLE`: nothing ran).
     pub culprits: HashMap<governor_common::culprits::Key, u64>,
 }
 

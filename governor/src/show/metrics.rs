@@ -418,7 +418,7 @@ const CGROUP_CONNECTS: Family = Family {
 };
 const CGROUP_CULPRIT: Family = Family {
     name: "governor_cgroup_runq_wait_culprit_seconds_total",
-    help: "Run-queue wait of a watched cgroup's tasks since the agent started, by the cgroup of the task that held the CPU when the waiter got it (culprit=\"(idle)\": nothing ran, as for a cgroup throttled by its own quota; culprit = the cgroup itself: its own other tasks). The top 5 culprits of each tick per watched cgroup, kept 5 minutes after they leave it, at most 10 per cgroup.",
+    help: "Run-queue wait of a watched cgroup's tasks since the agent started, by the cgroup that ran on its CPU while it waited, each charged its overlap (culprit=\"(idle)\": nothing ran, as for a cgroup throttled by its own quota; culprit = the cgroup itself: its own other tasks). The top 5 culprits of each tick per watched cgroup, kept 5 minutes after they leave it, at most 10 per cgroup.",
     kind: MetricType::COUNTER,
     labels: &["cgroup", "culprit"],
 };

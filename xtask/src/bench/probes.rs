@@ -2,6 +2,9 @@
 //! nothing, bpftrace's runqlat.bt, BCC's runqlat and governor, alternating,
 //! medians; and for each tracer the kernel's own accounting of its programs
 //! (bpf_stats: run_time_ns / run_cnt, the delta over the pipe run).
+//! governor runs twice: watching no cgroup (culprit bookkeeping off), and
+//! watching the bench's own cgroup, in which the pipe runs (culprits on:
+//! every wait of the pipe is split among the cgroups that ran during it).
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +24,7 @@ enum Variant {
     Runqlat,
     Bcc,
     Governor,
+    GovernorWatched,
 }
 
 impl Variant {
@@ -30,6 +34,7 @@ impl Variant {
             Variant::Runqlat => "bpftrace runqlat.bt",
             Variant::Bcc => "BCC runqlat (bpfcc-tools)",
             Variant::Governor => "governor (all probes + observe)",
+            Variant::GovernorWatched => "governor, pipe's cgroup watched",
         }
     }
 
@@ -39,6 +44,7 @@ impl Variant {
             Variant::Runqlat => "runqlat.bt",
             Variant::Bcc => "BCC",
             Variant::Governor => "governor",
+            Variant::GovernorWatched => "governor watched",
         }
     }
 }
@@ -87,6 +93,60 @@ impl Drop for StatsOn {
                 let _ = fs::write(SYSCTL, old.as_bytes());
             }
         }
+    }
+}
+
+/// A cgroup2 directory the bench owns, that this process enters for the
+/// pipe run of [`Variant::GovernorWatched`] (so `perf`, its child, runs in
+/// it) and leaves afterwards; removed on drop, after leaving it.
+struct BenchCgroup {
+    /// Its path below the cgroup2 mount (`/governor-bench-probes-<pid>`).
+    path: String,
+    dir: PathBuf,
+    /// `cgroup.procs` of the cgroup2 group this process came from.
+    home: PathBuf,
+}
+
+impl BenchCgroup {
+    fn new() -> anyhow::Result<Self> {
+        let mounts =
+            fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+        let mnt = mounts
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (_, at, ty) = (f.next()?, f.next()?, f.next()?);
+                (ty == "cgroup2").then(|| PathBuf::from(at))
+            })
+            .context("no cgroup2 mount (needed to watch the pipe's cgroup)")?;
+        let own = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("/proc/self/cgroup names no cgroup2 group")?;
+        let home = mnt.join(rel.trim_start_matches('/')).join("cgroup.procs");
+        let path = format!("/governor-bench-probes-{}", std::process::id());
+        let dir = mnt.join(&path[1..]);
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(BenchCgroup { path, dir, home })
+    }
+
+    fn enter(&self) -> anyhow::Result<()> {
+        let procs = self.dir.join("cgroup.procs");
+        fs::write(&procs, std::process::id().to_string())
+            .with_context(|| format!("writing {}", procs.display()))
+    }
+
+    fn leave(&self) -> anyhow::Result<()> {
+        fs::write(&self.home, std::process::id().to_string())
+            .with_context(|| format!("writing {}", self.home.display()))
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let _ = self.leave();
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 
@@ -331,7 +391,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let _stats = StatsOn::new()?;
     say(format!(
-        "bench probes: `taskset -c 0 perf bench sched pipe -l {}` under nothing, runqlat.bt, BCC runqlat and governor; {} rounds, rotating order; bpf_stats on",
+        "bench probes: `taskset -c 0 perf bench sched pipe -l {}` under nothing, runqlat.bt, BCC runqlat, governor and governor watching the pipe's cgroup; {} rounds, rotating order; bpf_stats on",
         args.loops, args.rounds
     ));
     let variants = [
@@ -339,7 +399,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Variant::Runqlat,
         Variant::Bcc,
         Variant::Governor,
+        Variant::GovernorWatched,
     ];
+    let cgroup = BenchCgroup::new()?;
     let mut results: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
     let mut costs: Costs = BTreeMap::new();
     for round in 0..args.rounds {
@@ -366,6 +428,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         .env("GOVERNOR_LOG", "info");
                     Some(start_tracer(c, "metrics on", true)?)
                 }
+                Variant::GovernorWatched => {
+                    let mut c = Command::new(&governor);
+                    c.args(["observe", "--interval", "1s", "--format", "json"])
+                        .args(["--cgroup", &cgroup.path])
+                        .env("GOVERNOR_LOG", "info");
+                    Some(start_tracer(c, "metrics on", true)?)
+                }
             };
             let pid = tracer.as_ref().map(|t| t.0.id());
             let before = match pid {
@@ -375,7 +444,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             if pid.is_some() && before.is_empty() {
                 bail!("{} holds no eBPF program open", v.name());
             }
-            let us = sched_pipe(args.loops)?;
+            let watched = v == Variant::GovernorWatched;
+            if watched {
+                // The first sample (1 s) hands the watched id to the probes.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                cgroup.enter()?;
+            }
+            let us = sched_pipe(args.loops);
+            if watched {
+                cgroup.leave()?;
+            }
+            let us = us?;
             let after = match pid {
                 Some(p) => held_programs(p)?,
                 None => BTreeMap::new(),
@@ -481,8 +560,8 @@ fn report_results(
     sec.md("");
     sec.md("Kernel accounting (bpf_stats, delta over each pipe run), median ns per program run:");
     sec.md("");
-    sec.md("| program | runqlat.bt | BCC runqlat | governor | governor / runqlat.bt | governor / BCC |");
-    sec.md("|---|---|---|---|---|---|");
+    sec.md("| program | runqlat.bt | BCC runqlat | governor | governor / runqlat.bt | governor / BCC | governor, 1 cgroup watched |");
+    sec.md("|---|---|---|---|---|---|---|");
     let cell = |x: f64| {
         if x.is_finite() {
             format!("{x:.0}")
@@ -499,23 +578,26 @@ fn report_results(
     };
     let mut ns_json = serde_json::Map::new();
     for e in &events {
-        let (bt, bc, gv) = (
+        let (bt, bc, gv, gw) = (
             ns(Variant::Runqlat, e),
             ns(Variant::Bcc, e),
             ns(Variant::Governor, e),
+            ns(Variant::GovernorWatched, e),
         );
         sec.md(&format!(
-            "| {e} | {} | {} | {} | {} | {} |",
+            "| {e} | {} | {} | {} | {} | {} | {} |",
             cell(bt),
             cell(bc),
             cell(gv),
             ratio_cell(gv / bt),
-            ratio_cell(gv / bc)
+            ratio_cell(gv / bc),
+            cell(gw)
         ));
         for (tool, x) in [
             (Variant::Runqlat, bt),
             (Variant::Bcc, bc),
             (Variant::Governor, gv),
+            (Variant::GovernorWatched, gw),
         ] {
             sec.metric(&format!("{}: {e}: median_ns_per_run", tool.name()), x);
         }
@@ -525,6 +607,7 @@ fn report_results(
             e.clone(),
             serde_json::json!({
                 "bpftrace runqlat.bt": bt, "BCC runqlat": bc, "governor": gv,
+                "governor, 1 cgroup watched": gw,
                 "governor/runqlat.bt": gv / bt, "governor/BCC": gv / bc,
             }),
         );
