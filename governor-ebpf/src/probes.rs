@@ -274,8 +274,11 @@ fn add_culprit_waits(c: Option<*mut CpuCounters>, victim: u64, split: &Split) {
 #[inline(always)]
 fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: u32, now: u64) {
     let on = culprits_on();
-    // `current`'s cgroup: looked up at most once.
-    let mut cg: Option<u64> = None;
+    // `current`'s cgroup: looked up at most once (0: not yet; no cgroup
+    // has id 0). Not an `Option`: LLVM may load its payload before testing
+    // it, and older verifiers (6.1 here) reject that read of an unwritten
+    // stack slot.
+    let mut cg: u64 = 0;
     if prev != 0 {
         if let Some(t) = TASKS.get_ptr_mut(prev) {
             // SAFETY: as in `wait_starts`.
@@ -284,7 +287,7 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
                     let waited = (*t).pending_ns - 1;
                     (*t).pending_ns = 0;
                     let id = bpf_get_current_cgroup_id();
-                    cg = Some(id);
+                    cg = id;
                     add_cgroup_wait(c, id, waited);
                     if on {
                         add_culprit_waits(c, id, &(*t).culprits);
@@ -303,8 +306,11 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
             let held = if prev == 0 {
                 culprits::IDLE
             } else {
-                // SAFETY: no preconditions.
-                cg.unwrap_or_else(|| unsafe { bpf_get_current_cgroup_id() })
+                if cg == 0 {
+                    // SAFETY: no preconditions.
+                    cg = unsafe { bpf_get_current_cgroup_id() };
+                }
+                cg
             };
             // SAFETY: this CPU's value of a per-CPU array; programs do not nest on a CPU.
             unsafe {
