@@ -236,6 +236,12 @@ pub mod names {
     pub const PROG_SCHED_WAKEUP_RAW: &str = "sched_wakeup_raw";
     /// `sched_wakeup_new` raw-tracepoint program.
     pub const PROG_SCHED_WAKEUP_NEW_RAW: &str = "sched_wakeup_new_raw";
+    /// `sched_switch` BTF-tracepoint program (task storage: kernels ≥ 6.4).
+    pub const PROG_SCHED_SWITCH_BTF: &str = "sched_switch_btf";
+    /// `sched_wakeup` BTF-tracepoint program.
+    pub const PROG_SCHED_WAKEUP_BTF: &str = "sched_wakeup_btf";
+    /// `sched_wakeup_new` BTF-tracepoint program.
+    pub const PROG_SCHED_WAKEUP_NEW_BTF: &str = "sched_wakeup_new_btf";
     /// `sched:sched_wakeup` program.
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
     /// `sched:sched_wakeup_new` program.

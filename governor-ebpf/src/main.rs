@@ -4,9 +4,10 @@
 //! is sent to user space per event. Log lines (aya-log) are kept for rare
 //! events: a probe coming alive on a CPU.
 //!
-//! Portability: only tracepoint fields are read, at offsets the agent parses
-//! from tracefs `format` files on the running kernel and sets as read-only
-//! globals before loading (no kernel struct offsets are compiled in).
+//! Portability: fields are read at offsets the agent parses from tracefs
+//! `format` files or resolves from BTF on the running kernel and sets as
+//! read-only globals before loading (no kernel struct offsets are compiled
+//! in).
 //!
 //! Run-queue latency: a task's wait starts when it is woken
 //! (`sched_wakeup`, `sched_wakeup_new`) or preempted while still runnable
@@ -17,10 +18,13 @@
 //! cgroup when it next goes out, where `bpf_get_current_cgroup_id` names it
 //! exactly.
 //!
-//! The scheduler probes come in two variants: raw tracepoints (cheapest: no
-//! trace record is built), which read `task_struct.pid`/`__state` at offsets
-//! the agent resolves from the kernel's BTF at load time; and classic
-//! tracepoints reading record fields, for kernels without BTF.
+//! The scheduler probes come in three variants: BTF tracepoints with each
+//! task's wait in its task storage (`task_storage.rs`; cheapest: typed task
+//! pointers, plain loads, no hash), attached from Linux 6.4; raw
+//! tracepoints (no trace record is built), which read
+//! `task_struct.pid`/`__state` at offsets the agent resolves from the
+//! kernel's BTF at load time and keep waits in the `TASKS` LRU hash; and
+//! classic tracepoints reading record fields, for kernels without BTF.
 #![no_std]
 #![no_main]
 
@@ -28,3 +32,4 @@
 const CGROUP_RUNQ_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
 include!("probes.rs");
+include!("task_storage.rs");

@@ -191,30 +191,56 @@ fn read_u32(ctx: &TracePointContext, off: &u32) -> Option<u32> {
     unsafe { ctx.read_at::<u32>(global(off) as usize).ok() }
 }
 
-/// A wait starts now for `pid` (woken, or preempted while runnable).
-#[inline(always)]
-fn wait_starts(pid: u32, now: u64) {
-    if pid == 0 {
-        return;
+/// Where a task's [`TaskWait`] lives: `TASKS` by pid ([`Pid`]), or the
+/// task's own storage (`task_storage.rs`, kernels that have it).
+trait TaskSlot: Copy {
+    /// The idle task (pid 0): it never waits.
+    fn idle(self) -> bool;
+    /// The task's entry, if it has one.
+    fn get(self) -> Option<*mut TaskWait>;
+    /// Gives the task an entry whose wait starts at `now` (it had none).
+    fn start_new(self, now: u64);
+}
+
+/// A task by pid: its entry is in the `TASKS` LRU hash.
+#[derive(Clone, Copy)]
+struct Pid(u32);
+
+impl TaskSlot for Pid {
+    #[inline(always)]
+    fn idle(self) -> bool {
+        self.0 == 0
     }
-    if let Some(t) = TASKS.get_ptr_mut(pid) {
-        // SAFETY: a value pointer from a lookup; a task runs on one CPU at a time.
-        unsafe { (*t).start_ns = now };
-    } else {
-        insert_wait(pid, now);
+
+    #[inline(always)]
+    fn get(self) -> Option<*mut TaskWait> {
+        TASKS.get_ptr_mut(self.0)
+    }
+
+    #[inline(always)]
+    fn start_new(self, now: u64) {
+        let t = TaskWait {
+            start_ns: now,
+            pending_ns: 0,
+            culprits: Split::default(),
+        };
+        if TASKS.insert(self.0, t, 0).is_err() {
+            bump(counter::START_MAP_FULL);
+        }
     }
 }
 
-/// A new `TASKS` entry whose wait starts now (the lookup missed).
+/// A wait starts now for `task` (woken, or preempted while runnable).
 #[inline(always)]
-fn insert_wait(pid: u32, now: u64) {
-    let t = TaskWait {
-        start_ns: now,
-        pending_ns: 0,
-        culprits: Split::default(),
-    };
-    if TASKS.insert(pid, t, 0).is_err() {
-        bump(counter::START_MAP_FULL);
+fn wait_starts<T: TaskSlot>(task: T, now: u64) {
+    if task.idle() {
+        return;
+    }
+    if let Some(t) = task.get() {
+        // SAFETY: a value pointer from a lookup; a task runs on one CPU at a time.
+        unsafe { (*t).start_ns = now };
+    } else {
+        task.start_new(now);
     }
 }
 
@@ -272,15 +298,21 @@ fn add_culprit_waits(c: Option<*mut CpuCounters>, victim: u64, split: &Split) {
 /// right after the first cgroup is watched, a split may be missing or
 /// stale (the log and the split are kept only while some cgroup is).
 #[inline(always)]
-fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: u32, now: u64) {
+fn on_switch<T: TaskSlot>(
+    c: Option<*mut CpuCounters>,
+    prev: T,
+    prev_runnable: bool,
+    next: T,
+    now: u64,
+) {
     let on = culprits_on();
     // `current`'s cgroup: looked up at most once (0: not yet; no cgroup
     // has id 0). Not an `Option`: LLVM may load its payload before testing
     // it, and older verifiers (6.1 here) reject that read of an unwritten
     // stack slot.
     let mut cg: u64 = 0;
-    if prev != 0 {
-        if let Some(t) = TASKS.get_ptr_mut(prev) {
+    if !prev.idle() {
+        if let Some(t) = prev.get() {
             // SAFETY: as in `wait_starts`.
             unsafe {
                 if (*t).pending_ns != 0 {
@@ -298,31 +330,33 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
                 }
             }
         } else if prev_runnable {
-            insert_wait(prev, now);
+            prev.start_new(now);
         }
     }
-    let runs = if on {
-        c.map(|c| {
-            let held = if prev == 0 {
-                culprits::IDLE
-            } else {
-                if cg == 0 {
-                    // SAFETY: no preconditions.
-                    cg = unsafe { bpf_get_current_cgroup_id() };
-                }
-                cg
-            };
-            // SAFETY: this CPU's value of a per-CPU array; programs do not nest on a CPU.
-            unsafe {
-                (*c).runs.close(held, now);
-                core::ptr::addr_of!((*c).runs)
+    // This CPU's ring of runs. Its address is taken whether or not the log
+    // is on (and tested with `on` where used): an `Option` that is `None`
+    // while off let LLVM keep the pointer in a register left unset on that
+    // path and spill it, and the verifier refuses a spill of an unset
+    // register ("R4 !read_ok").
+    let runs = c.map(|c| {
+        // SAFETY: this CPU's value of a per-CPU array; no access yet.
+        unsafe { core::ptr::addr_of_mut!((*c).runs) }
+    });
+    if on && let Some(runs) = runs {
+        let held = if prev.idle() {
+            culprits::IDLE
+        } else {
+            if cg == 0 {
+                // SAFETY: no preconditions.
+                cg = unsafe { bpf_get_current_cgroup_id() };
             }
-        })
-    } else {
-        None
-    };
-    if next != 0
-        && let Some(t) = TASKS.get_ptr_mut(next)
+            cg
+        };
+        // SAFETY: this CPU's value; programs do not nest on a CPU.
+        unsafe { (*runs).close(held, now) };
+    }
+    if !next.idle()
+        && let Some(t) = next.get()
     {
         // SAFETY: as in `wait_starts`.
         unsafe {
@@ -330,7 +364,7 @@ fn on_switch(c: Option<*mut CpuCounters>, prev: u32, prev_runnable: bool, next: 
                 let waited = now.saturating_sub((*t).start_ns);
                 // +1 so that a zero wait is still "pending".
                 (*t).pending_ns = waited + 1;
-                if let Some(runs) = runs {
+                if on && let Some(runs) = runs {
                     (*runs).split((*t).start_ns, now, &mut (*t).culprits);
                 }
                 (*t).start_ns = 0;
@@ -350,7 +384,7 @@ fn on_wakeup(ctx: &TracePointContext, off: &u32) {
     }
     if let Some(pid) = read_u32(ctx, off) {
         // SAFETY: no preconditions.
-        wait_starts(pid, unsafe { bpf_ktime_get_ns() });
+        wait_starts(Pid(pid), unsafe { bpf_ktime_get_ns() });
     }
 }
 
@@ -384,7 +418,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     // SAFETY: tracepoint record read at a parsed offset.
     let state = unsafe { ctx.read_at::<u64>(global(&OFF_SWITCH_PREV_STATE) as usize) };
     let runnable = matches!(state, Ok(s) if s & SLEEP_STATE_MASK == 0);
-    on_switch(c, prev, runnable, next, now);
+    on_switch(c, Pid(prev), runnable, Pid(next), now);
     0
 }
 
@@ -418,7 +452,7 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let next = task_u32(next_task, &OFF_TASK_PID).unwrap_or(0);
     // TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
     let runnable = preempt & 1 == 1 || task_u32(prev_task, &OFF_TASK_STATE) == Some(0);
-    on_switch(c, prev, runnable, next, now);
+    on_switch(c, Pid(prev), runnable, Pid(next), now);
     0
 }
 
@@ -432,7 +466,7 @@ fn on_wakeup_raw(ctx: &RawTracePointContext) {
     let task: u64 = ctx.arg(0);
     if let Some(pid) = task_u32(task, &OFF_TASK_PID) {
         // SAFETY: no preconditions.
-        wait_starts(pid, unsafe { bpf_ktime_get_ns() });
+        wait_starts(Pid(pid), unsafe { bpf_ktime_get_ns() });
     }
 }
 

@@ -123,6 +123,32 @@ fn runq_p99_of_a_crowded_cpu_is_ten_times_a_quiet_ones_and_counts_match_wakeups(
     );
 }
 
+/// Where the kernel allocates task storage safely from a scheduler
+/// tracepoint (Linux 6.4 on, with BTF), the scheduler probes run on BTF
+/// tracepoints with each task's wait in its own storage, not on the raw
+/// tracepoints and the task hash: the run-queue test above then measures
+/// that path (on the 6.1 guest, the raw one).
+#[test]
+fn the_scheduler_probes_keep_waits_in_task_storage_from_linux_6_4() {
+    require_root();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let p = probes();
+    assert!(p.counts_runq(), "the scheduler probes are attached");
+    assert_eq!(
+        p.sched_btf(),
+        btf && version >= (6, 4),
+        "Linux {version:?}, BTF {btf}: BTF tracepoints with task storage {}",
+        p.sched_btf()
+    );
+    assert_eq!(p.sched_raw(), btf && version < (6, 4));
+}
+
 #[test]
 fn accepted_per_port_and_connects_per_cgroup_are_exact() {
     require_root();

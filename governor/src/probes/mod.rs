@@ -23,7 +23,7 @@ pub mod tracefs;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuArray, PerCpuHashMap},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
 };
 use governor_common::{
     counter, globals,
@@ -36,9 +36,21 @@ use tokio::{io::unix::AsyncFd, task::JoinHandle};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
 /// The same probes with the per-cgroup histogram map preallocated, for
-/// kernels before 6.1 and hosts with few CPUs (see `governor-ebpf/src/prealloc.rs`).
+/// hosts with few CPUs (see `governor-ebpf/src/prealloc.rs`).
 pub static OBJECT_PREALLOC: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor-prealloc"));
+
+/// The probes for kernels before 6.1: the histogram map preallocated, and
+/// no task-storage map or programs (see `governor-ebpf/src/legacy.rs`).
+pub static OBJECT_LEGACY: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor-legacy"));
+
+/// The first kernel whose task storage allocates from its own caches
+/// (`bpf_mem_alloc`), which is safe from a scheduler tracepoint; before it
+/// an entry's first use there could allocate through the page allocator
+/// with the run-queue lock held. The BTF-tracepoint probes are attached
+/// from this version on, the raw ones before.
+const TASK_STORAGE_SAFE: (u8, u8) = (6, 4);
 
 /// Memory the preallocated histogram map may take, all CPUs together.
 const PREALLOC_BUDGET: usize = 32 << 20;
@@ -52,13 +64,18 @@ const PREALLOC_ENOUGH: usize = 1024;
 /// The object for the running kernel on `cpus` CPUs, and the histogram
 /// map's size.
 fn object_for_kernel(cpus: usize) -> (&'static [u8], Option<u32>) {
-    let old = aya::util::KernelVersion::current()
-        .map(|v| v < aya::util::KernelVersion::new(6, 1, 0))
-        .unwrap_or(true);
+    let old = !kernel_at_least(6, 1);
     match prealloc_entries(cpus, old) {
+        Some(entries) if old => (OBJECT_LEGACY, Some(entries)),
         Some(entries) => (OBJECT_PREALLOC, Some(entries)),
         None => (OBJECT, None),
     }
+}
+
+/// Is the running kernel at least `major.minor` (false if it cannot say)?
+fn kernel_at_least(major: u8, minor: u8) -> bool {
+    aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(major, minor, 0))
 }
 
 /// How many cgroups a preallocated histogram map holds on a host of `cpus`
@@ -85,6 +102,9 @@ pub const PROGRAM_NAMES: &[&str] = &[
     names::PROG_SCHED_SWITCH_RAW,
     names::PROG_SCHED_WAKEUP_RAW,
     names::PROG_SCHED_WAKEUP_NEW_RAW,
+    names::PROG_SCHED_SWITCH_BTF,
+    names::PROG_SCHED_WAKEUP_BTF,
+    names::PROG_SCHED_WAKEUP_NEW_BTF,
     names::PROG_SCHED_WAKEUP,
     names::PROG_SCHED_WAKEUP_NEW,
     names::PROG_SOCK_STATE,
@@ -123,6 +143,9 @@ pub enum ProbeError {
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs: {0}")]
     Tracefs(#[from] crate::probes::tracefs::TracefsError),
+    /// The kernel's BTF (for BTF tracepoints) could not be read.
+    #[error("kernel BTF: {0}")]
+    Btf(String),
 }
 
 /// One tracepoint probe: its program, its event, and the record fields it
@@ -186,6 +209,9 @@ pub struct Probes {
     usable: Vec<&'static str>,
     /// The scheduler probes can use raw tracepoints (BTF offsets resolved).
     sched_raw: bool,
+    /// They can use BTF tracepoints and task storage: as `sched_raw`, on a
+    /// kernel from [`TASK_STORAGE_SAFE`] whose object has them.
+    sched_btf: bool,
     /// The socket-state probe can use its raw tracepoint (BTF offsets
     /// resolved); why not otherwise.
     sock_raw: Result<(), String>,
@@ -221,6 +247,20 @@ const SCHED_RAW: &[(&str, &str)] = &[
     (names::PROG_SCHED_SWITCH_RAW, "sched_switch"),
     (names::PROG_SCHED_WAKEUP_RAW, "sched_wakeup"),
     (names::PROG_SCHED_WAKEUP_NEW_RAW, "sched_wakeup_new"),
+];
+
+/// Forces the scheduler probes' variant: `raw` (raw tracepoints and the
+/// task hash) or `classic` (classic tracepoints); `auto` (the default)
+/// takes the cheapest the kernel has. For benchmarks and troubleshooting.
+pub const SCHED_PROBES_ENV: &str = "GOVERNOR_SCHED_PROBES";
+
+/// BTF-tracepoint scheduler probes (task storage): (program, tracepoint).
+/// The wake-ups first: a wait is never ended by a switch probe whose
+/// wake-up probe is not attached yet.
+const SCHED_BTF: &[(&str, &str)] = &[
+    (names::PROG_SCHED_WAKEUP_NEW_BTF, "sched_wakeup_new"),
+    (names::PROG_SCHED_WAKEUP_BTF, "sched_wakeup"),
+    (names::PROG_SCHED_SWITCH_BTF, "sched_switch"),
 ];
 
 /// Is `program` one of the classic scheduler tracepoint programs?
@@ -381,6 +421,9 @@ impl Probes {
             }
         };
         let mut loader = EbpfLoader::new();
+        // The task storage map (`TASK_WAITS`): aya has no type for it, and
+        // the agent never reads it.
+        loader.allow_unsupported_maps();
         for (name, off) in &offsets {
             loader.override_global(name, off, true);
         }
@@ -407,11 +450,36 @@ impl Probes {
             }
         );
         let ebpf = loader.load(object)?;
+        let (major, minor) = TASK_STORAGE_SAFE;
+        let forced = std::env::var(SCHED_PROBES_ENV).ok();
+        let (sched_raw, allow_btf) = match forced.as_deref() {
+            Some("classic") => (false, false),
+            Some("raw") => (sched_raw, false),
+            Some(other) if other != "auto" => {
+                tracing::warn!("{SCHED_PROBES_ENV}={other:?} ignored (auto, raw or classic)");
+                (sched_raw, true)
+            }
+            _ => (sched_raw, true),
+        };
+        if let Some(f) = forced.as_deref().filter(|f| *f != "auto") {
+            tracing::info!("{SCHED_PROBES_ENV}={f}: the scheduler probes' variant is forced");
+        }
+        let sched_btf = allow_btf
+            && sched_raw
+            && kernel_at_least(major, minor)
+            && ebpf.program(names::PROG_SCHED_SWITCH_BTF).is_some();
+        if allow_btf && sched_raw && !sched_btf {
+            tracing::info!(
+                "the scheduler probes use raw tracepoints and a task hash: BTF tracepoints \
+                 with task storage (cheaper) need Linux {major}.{minor}"
+            );
+        }
         Ok(Self {
             ebpf,
             missing,
             usable,
             sched_raw,
+            sched_btf,
             sock_raw,
             batch: batched.then(crate::probes::mapbatch::Batch::default),
             cpus,
@@ -507,9 +575,13 @@ impl Probes {
     /// attached (raw or classic tracepoints): without them the run-queue
     /// histograms stay empty, which is no data, not "nothing waited".
     pub fn counts_runq(&self) -> bool {
-        [names::PROG_SCHED_SWITCH_RAW, names::PROG_SCHED_SWITCH]
-            .iter()
-            .any(|p| self.attached.contains(p))
+        [
+            names::PROG_SCHED_SWITCH_BTF,
+            names::PROG_SCHED_SWITCH_RAW,
+            names::PROG_SCHED_SWITCH,
+        ]
+        .iter()
+        .any(|p| self.attached.contains(p))
     }
 
     /// True if the probe counting completed handshakes per port is attached.
@@ -554,7 +626,21 @@ impl Probes {
     pub fn attach_all(&mut self) -> Result<(), ProbeError> {
         let mut attached = 0;
         let mut last_err = None;
-        if self.sched_raw {
+        if self.sched_btf {
+            match self.attach_sched_btf() {
+                Ok(()) => {
+                    tracing::info!(
+                        "scheduler probes on BTF tracepoints, each task's wait in its task storage"
+                    );
+                    attached += SCHED_BTF.len();
+                }
+                Err(e) => {
+                    tracing::warn!("{e}: falling back to raw scheduler tracepoints");
+                    self.sched_btf = false;
+                }
+            }
+        }
+        if self.sched_raw && !self.sched_btf {
             for (program, event) in SCHED_RAW {
                 if let Err(e) = self.attach_raw(program, event) {
                     // Fall back to the classic scheduler tracepoints.
@@ -583,7 +669,7 @@ impl Probes {
             }
         }
         for tp in TRACEPOINTS {
-            if (self.sched_raw && is_classic_sched(tp.program))
+            if ((self.sched_raw || self.sched_btf) && is_classic_sched(tp.program))
                 || (sock_raw_attached && tp.program == names::PROG_SOCK_STATE)
             {
                 continue;
@@ -638,6 +724,50 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches the BTF-tracepoint scheduler probes, all or none (what was
+    /// attached is unloaded again if one fails).
+    fn attach_sched_btf(&mut self) -> Result<(), ProbeError> {
+        let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        for (i, (name, event)) in SCHED_BTF.iter().enumerate() {
+            if let Err(e) = self.attach_btf(name, event, &btf) {
+                for (done, _) in &SCHED_BTF[..i] {
+                    if let Some(p) = self.ebpf.program_mut(done) {
+                        let p: Result<&mut BtfTracePoint, _> = p.try_into();
+                        if let Ok(p) = p {
+                            let _ = p.unload();
+                        }
+                    }
+                    self.attached.retain(|a| a != done);
+                }
+                return Err(e);
+            }
+            self.attached.push(name);
+        }
+        Ok(())
+    }
+
+    fn attach_btf(
+        &mut self,
+        name: &'static str,
+        event: &str,
+        btf: &aya::Btf,
+    ) -> Result<(), ProbeError> {
+        let program: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program
+            .load(event, btf)
+            .map_err(|source| ProbeError::Program { name, source })?;
+        program
+            .attach()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        tracing::debug!(program = name, "attached to BTF tracepoint {event}");
+        Ok(())
+    }
+
     fn attach_raw(&mut self, name: &'static str, event: &str) -> Result<(), ProbeError> {
         let program: &mut RawTracePoint = self
             .ebpf
@@ -657,7 +787,12 @@ impl Probes {
 
     /// True if the scheduler probes run on raw tracepoints (BTF offsets).
     pub fn sched_raw(&self) -> bool {
-        self.sched_raw
+        self.sched_raw && !self.sched_btf
+    }
+
+    /// True if the scheduler probes run on BTF tracepoints with task storage.
+    pub fn sched_btf(&self) -> bool {
+        self.sched_btf
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {

@@ -2,9 +2,12 @@
 //! nothing, bpftrace's runqlat.bt, BCC's runqlat and governor, alternating,
 //! medians; and for each tracer the kernel's own accounting of its programs
 //! (bpf_stats: run_time_ns / run_cnt, the delta over the pipe run).
-//! governor runs twice: watching no cgroup (culprit bookkeeping off), and
+//! governor runs three times: watching no cgroup (culprit bookkeeping off),
 //! watching the bench's own cgroup, in which the pipe runs (culprits on:
-//! every wait of the pipe is split among the cgroups that ran during it).
+//! every wait of the pipe is split among the cgroups that ran during it),
+//! and forced onto the raw tracepoints and the task hash
+//! (`GOVERNOR_SCHED_PROBES=raw`: what kernels before 6.4 run), so that both
+//! variants are measured in the same run.
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +28,7 @@ enum Variant {
     Bcc,
     Governor,
     GovernorWatched,
+    GovernorRaw,
 }
 
 impl Variant {
@@ -35,6 +39,7 @@ impl Variant {
             Variant::Bcc => "BCC runqlat (bpfcc-tools)",
             Variant::Governor => "governor (all probes + observe)",
             Variant::GovernorWatched => "governor, pipe's cgroup watched",
+            Variant::GovernorRaw => "governor, raw tracepoints + task hash",
         }
     }
 
@@ -45,6 +50,7 @@ impl Variant {
             Variant::Bcc => "BCC",
             Variant::Governor => "governor",
             Variant::GovernorWatched => "governor watched",
+            Variant::GovernorRaw => "governor raw",
         }
     }
 }
@@ -222,11 +228,13 @@ fn program_names() -> BTreeMap<u32, String> {
 }
 
 /// The tracepoint a program serves, from its name as each tool spells it:
-/// BCC's `raw_tracepoint__sched_switch`, governor's `sched_switch_raw`,
+/// BCC's `raw_tracepoint__sched_switch`, governor's `sched_switch_btf`
+/// and `sched_switch_raw`,
 /// bpftrace's `sched_wakeup_ne` (cut to 15 bytes by the kernel).
 fn event_name(prog: &str) -> String {
     let n = prog.strip_prefix("raw_tracepoint__").unwrap_or(prog);
     let n = n.strip_suffix("_raw").unwrap_or(n);
+    let n = n.strip_suffix("_btf").unwrap_or(n);
     if n == "sched_wakeup_ne" {
         return "sched_wakeup_new".to_owned();
     }
@@ -400,6 +408,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Variant::Bcc,
         Variant::Governor,
         Variant::GovernorWatched,
+        Variant::GovernorRaw,
     ];
     let cgroup = BenchCgroup::new()?;
     let mut results: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
@@ -433,6 +442,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     c.args(["observe", "--interval", "1s", "--format", "json"])
                         .args(["--cgroup", &cgroup.path])
                         .env("GOVERNOR_LOG", "info");
+                    Some(start_tracer(c, "metrics on", true)?)
+                }
+                Variant::GovernorRaw => {
+                    let mut c = Command::new(&governor);
+                    c.args(["observe", "--interval", "1s", "--format", "json"])
+                        .env("GOVERNOR_LOG", "info")
+                        .env("GOVERNOR_SCHED_PROBES", "raw");
                     Some(start_tracer(c, "metrics on", true)?)
                 }
             };
@@ -560,8 +576,8 @@ fn report_results(
     sec.md("");
     sec.md("Kernel accounting (bpf_stats, delta over each pipe run), median ns per program run:");
     sec.md("");
-    sec.md("| program | runqlat.bt | BCC runqlat | governor | governor / runqlat.bt | governor / BCC | governor, 1 cgroup watched |");
-    sec.md("|---|---|---|---|---|---|---|");
+    sec.md("| program | runqlat.bt | BCC runqlat | governor | governor / runqlat.bt | governor / BCC | governor, 1 cgroup watched | governor, raw tracepoints + task hash |");
+    sec.md("|---|---|---|---|---|---|---|---|");
     let cell = |x: f64| {
         if x.is_finite() {
             format!("{x:.0}")
@@ -578,26 +594,29 @@ fn report_results(
     };
     let mut ns_json = serde_json::Map::new();
     for e in &events {
-        let (bt, bc, gv, gw) = (
+        let (bt, bc, gv, gw, gr) = (
             ns(Variant::Runqlat, e),
             ns(Variant::Bcc, e),
             ns(Variant::Governor, e),
             ns(Variant::GovernorWatched, e),
+            ns(Variant::GovernorRaw, e),
         );
         sec.md(&format!(
-            "| {e} | {} | {} | {} | {} | {} | {} |",
+            "| {e} | {} | {} | {} | {} | {} | {} | {} |",
             cell(bt),
             cell(bc),
             cell(gv),
             ratio_cell(gv / bt),
             ratio_cell(gv / bc),
-            cell(gw)
+            cell(gw),
+            cell(gr)
         ));
         for (tool, x) in [
             (Variant::Runqlat, bt),
             (Variant::Bcc, bc),
             (Variant::Governor, gv),
             (Variant::GovernorWatched, gw),
+            (Variant::GovernorRaw, gr),
         ] {
             sec.metric(&format!("{}: {e}: median_ns_per_run", tool.name()), x);
         }
@@ -608,6 +627,7 @@ fn report_results(
             serde_json::json!({
                 "bpftrace runqlat.bt": bt, "BCC runqlat": bc, "governor": gv,
                 "governor, 1 cgroup watched": gw,
+                "governor, raw tracepoints + task hash": gr,
                 "governor/runqlat.bt": gv / bt, "governor/BCC": gv / bc,
             }),
         );
@@ -685,6 +705,8 @@ mod tests {
     fn event_names() {
         assert_eq!(event_name("raw_tracepoint__sched_switch"), "sched_switch");
         assert_eq!(event_name("sched_wakeup_new_raw"), "sched_wakeup_new");
+        assert_eq!(event_name("sched_wakeup_new_btf"), "sched_wakeup_new");
+        assert_eq!(event_name("sched_switch_btf"), "sched_switch");
         assert_eq!(event_name("sched_wakeup_ne"), "sched_wakeup_new");
         assert_eq!(event_name("inet_sock_set_state"), "inet_sock_set_state");
     }

@@ -1,0 +1,160 @@
+// The scheduler probes on BTF tracepoints (`tp_btf`) with each task's
+// `TaskWait` in its own storage (`BPF_MAP_TYPE_TASK_STORAGE`), included by
+// the objects for kernels that have both (`main.rs`, `prealloc.rs`; not
+// `legacy.rs`, whose kernels cannot create the map). The agent attaches
+// them where the kernel allocates task storage safely from a scheduler
+// tracepoint (see `governor::probes`), else the raw-tracepoint variants.
+//
+// Cheaper than the raw path: the arguments are typed task pointers, so
+// `pid` and `__state` are plain loads (the verifier checks them against
+// BTF) instead of `bpf_probe_read_kernel` calls, and a task's entry hangs
+// off the task itself (a pointer chase and a small per-task cache)
+// instead of an LRU hash lookup by pid. An entry is created at the task's
+// first wait and freed with the task: nothing to evict, no table to fill.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, task_struct},
+    helpers::generated::bpf_task_storage_get,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+/// A BTF map definition of a task storage map of `V` (what libbpf's
+/// `__uint(type, BPF_MAP_TYPE_TASK_STORAGE)` … `SEC(".maps")` encodes:
+/// each field's array length is the value). aya-ebpf 0.2 defines such maps
+/// for cgroups, sockets and inodes, not for tasks.
+#[repr(C)]
+pub struct TaskStorage<V> {
+    r#type: *const [i32; aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholders the loader reads from BTF; never dereferenced.
+unsafe impl<V> Sync for TaskStorage<V> {}
+
+impl<V> TaskStorage<V> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// `task`'s value (zeroed when `create` makes it), or `None`.
+    #[inline(always)]
+    fn get(&self, task: *mut task_struct, create: bool) -> Option<*mut V> {
+        let flags = if create {
+            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        let map = core::ptr::from_ref(self).cast_mut().cast();
+        // SAFETY: `task` is a BTF task pointer the kernel gave the program.
+        let v = unsafe { bpf_task_storage_get(map, task, core::ptr::null_mut(), flags) };
+        (!v.is_null()).then_some(v.cast())
+    }
+}
+
+/// Each task's wait, in its own storage (the tp_btf programs' `TASKS`).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "TASK_WAITS")]
+static TASK_WAITS: TaskStorage<TaskWait> = TaskStorage::new();
+
+/// A task by its BTF pointer, with its pid (read once).
+#[derive(Clone, Copy)]
+struct Task {
+    ptr: *mut task_struct,
+    pid: u32,
+}
+
+impl Task {
+    #[inline(always)]
+    fn new(ptr: *mut task_struct) -> Self {
+        Self {
+            ptr,
+            pid: task_field(ptr, &OFF_TASK_PID),
+        }
+    }
+}
+
+/// A `u32` field of a BTF task pointer at an offset from BTF: a plain load,
+/// which the verifier checks against the kernel's BTF (the offset is a
+/// known constant to it: a read-only global).
+#[inline(always)]
+fn task_field(task: *mut task_struct, off: &u32) -> u32 {
+    // SAFETY: `task` is a BTF pointer to a live task (a tracepoint
+    // argument), and `off` the offset of a 4-byte field in it.
+    unsafe { core::ptr::read(task.cast::<u8>().add(global(off) as usize).cast::<u32>()) }
+}
+
+impl TaskSlot for Task {
+    #[inline(always)]
+    fn idle(self) -> bool {
+        self.pid == 0
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<*mut TaskWait> {
+        TASK_WAITS.get(self.ptr, false)
+    }
+
+    #[inline(always)]
+    fn start_new(self, now: u64) {
+        match TASK_WAITS.get(self.ptr, true) {
+            // SAFETY: this task's value; a task runs on one CPU at a time.
+            Some(t) => unsafe { (*t).start_ns = now },
+            // No memory, or the storage was busy on this CPU.
+            None => bump(counter::START_MAP_FULL),
+        }
+    }
+}
+
+/// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
+/// *next, ...)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    let c = switch_seen(&ctx);
+    if global(&CONFIGURED) == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let prev_ptr: *mut task_struct = ctx.arg(1);
+    let next_ptr: *mut task_struct = ctx.arg(2);
+    let prev = Task::new(prev_ptr);
+    // TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
+    let runnable = preempt & 1 == 1 || task_field(prev_ptr, &OFF_TASK_STATE) == 0;
+    on_switch(c, prev, runnable, Task::new(next_ptr), now);
+    0
+}
+
+/// `sched_wakeup` / `sched_wakeup_new`: `TP_PROTO(struct task_struct *p)`.
+#[inline(always)]
+fn on_wakeup_btf(ctx: &BtfTracePointContext) {
+    bump(counter::SCHED_WAKEUP);
+    if global(&CONFIGURED) == 0 {
+        return;
+    }
+    let task: *mut task_struct = ctx.arg(0);
+    // SAFETY: no preconditions.
+    wait_starts(Task::new(task), unsafe { bpf_ktime_get_ns() });
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
+    on_wakeup_btf(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
+    on_wakeup_btf(&ctx);
+    0
+}
