@@ -290,12 +290,13 @@ fn phase(last: Option<&str>) -> &'static str {
 
 /// True if `text` in `file` is the kernel's view of an idle group rather
 /// than a value written: while `cpu.idle` is 1, v1's `cpu.shares` reads 3
-/// and cgroup2's `cpu.weight` reads 0 (the idle weight, 3/1024, rounded;
-/// seen in the 6.1 guest), and each reads its own value again once
-/// `cpu.idle` is 0.
+/// and cgroup2's `cpu.weight` reads the idle weight (3/1024) rounded: 0 in
+/// the 6.1 guest, 1 in the 6.12 guest (clamped to the lowest weight); each
+/// reads its own value again once `cpu.idle` is 0.
 fn idle_view(file: &Path, text: &str) -> bool {
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    ((name == "cpu.shares" && text.trim() == "3") || (name == "cpu.weight" && text.trim() == "0"))
+    ((name == "cpu.shares" && text.trim() == "3")
+        || (name == "cpu.weight" && ["0", "1"].contains(&text.trim())))
         && file
             .parent()
             .and_then(|d| std::fs::read_to_string(d.join("cpu.idle")).ok())

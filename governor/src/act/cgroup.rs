@@ -1472,16 +1472,17 @@ fn file_agrees(file: &Path, written: &str, found: &str) -> bool {
 
 /// Whether `found` in a weight file is the kernel's view of a cgroup made
 /// idle: with `cpu.idle` 1 (held by another policy, or set by anyone: that
-/// file has its own drift check), cgroup2's `cpu.weight` reads 0 and v1's
-/// `cpu.shares` reads 3, whatever was written, and the written weight comes
-/// back when `cpu.idle` goes to 0.
+/// file has its own drift check), cgroup2's `cpu.weight` reads the idle
+/// weight (3/1024 of the default) rounded, 0 (6.1) or, clamped to the
+/// lowest weight, 1 (6.12), and v1's `cpu.shares` reads 3, whatever was
+/// written; the written weight comes back when `cpu.idle` goes to 0.
 fn idle_explains(file: &Path, found: &str) -> bool {
-    let idle_view = match file.file_name().and_then(|n| n.to_str()) {
-        Some("cpu.weight") => "0",
-        Some("cpu.shares") => "3",
+    let idle_views: &[&str] = match file.file_name().and_then(|n| n.to_str()) {
+        Some("cpu.weight") => &["0", "1"],
+        Some("cpu.shares") => &["3"],
         _ => return false,
     };
-    found.trim() == idle_view
+    idle_views.contains(&found.trim())
         && file
             .parent()
             .and_then(|d| fs::read_to_string(d.join("cpu.idle")).ok())
@@ -1894,6 +1895,20 @@ mod tests {
         // Durable too: a new owner finds nothing.
         drop(act);
         assert!(host.actuator().journal().is_empty());
+    }
+
+    #[test]
+    fn an_idle_groups_weight_is_the_kernels_view_not_a_drift() {
+        let dir = TempDir::new().unwrap();
+        let w = dir.path().join("cpu.weight");
+        fs::write(dir.path().join("cpu.idle"), "1\n").unwrap();
+        // 6.1 reads 0, 6.12 reads 1 (the idle weight rounded, then clamped).
+        assert!(idle_explains(&w, "0"));
+        assert!(idle_explains(&w, "1"));
+        assert!(!idle_explains(&w, "50"));
+        assert!(idle_explains(&dir.path().join("cpu.shares"), "3"));
+        fs::write(dir.path().join("cpu.idle"), "0\n").unwrap();
+        assert!(!idle_explains(&w, "1"));
     }
 
     #[test]
