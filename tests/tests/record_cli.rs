@@ -10,7 +10,9 @@ fn a_baseline_recorded_with_a_dry_run_policy_replays_identically() {
     require_root();
     let cg = TestCgroup::new("record-cli");
     let busy = TestCgroup::new("record-cli-busy");
-    // Two hogs on one CPU wait for each other: the policy trips.
+    // Two hogs on one CPU wait for each other: the policy trips. They
+    // outlive the recording however long the probes take to load under
+    // emulation (and are ended when the test is).
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
     let procs = busy.procs();
     for _ in 0..2 {
@@ -19,7 +21,7 @@ fn a_baseline_recorded_with_a_dry_run_policy_replays_identically() {
             "--cpu",
             "0",
             "--seconds",
-            "5",
+            "10",
             "--join",
             procs.to_str().expect("utf-8"),
         ]);

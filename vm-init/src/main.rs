@@ -63,6 +63,21 @@ fn init() -> io::Result<()> {
         .map(|e| e.path())
         .collect();
     tests.sort();
+    // `govtest.only=sensors,record_cli` on the kernel command line (`cargo
+    // xtask vm-test --append …`) runs only those test binaries.
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(only) = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("govtest.only="))
+    {
+        let only: Vec<&str> = only.split(',').collect();
+        tests.retain(|t| {
+            t.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| only.contains(&n))
+        });
+        println!("GOVTEST-INIT note only {only:?}");
+    }
     let mut failed = 0;
     for t in &tests {
         let name = t
