@@ -701,18 +701,25 @@ impl Probes {
         }
     }
 
+    /// Program `name` of the object, as its type `T`.
+    fn program_as<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, ProbeError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })
+    }
+
     fn attach_tracepoint(
         &mut self,
         name: &'static str,
         category: &str,
         event: &str,
     ) -> Result<(), ProbeError> {
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        let program: &mut TracePoint = self.program_as(name)?;
         program
             .load()
             .map_err(|source| ProbeError::Program { name, source })?;
@@ -731,11 +738,8 @@ impl Probes {
         for (i, (name, event)) in SCHED_BTF.iter().enumerate() {
             if let Err(e) = self.attach_btf(name, event, &btf) {
                 for (done, _) in &SCHED_BTF[..i] {
-                    if let Some(p) = self.ebpf.program_mut(done) {
-                        let p: Result<&mut BtfTracePoint, _> = p.try_into();
-                        if let Ok(p) = p {
-                            let _ = p.unload();
-                        }
+                    if let Ok(p) = self.program_as::<BtfTracePoint>(done) {
+                        let _ = p.unload();
                     }
                     self.attached.retain(|a| a != done);
                 }
@@ -752,12 +756,7 @@ impl Probes {
         event: &str,
         btf: &aya::Btf,
     ) -> Result<(), ProbeError> {
-        let program: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        let program: &mut BtfTracePoint = self.program_as(name)?;
         program
             .load(event, btf)
             .map_err(|source| ProbeError::Program { name, source })?;
@@ -769,12 +768,7 @@ impl Probes {
     }
 
     fn attach_raw(&mut self, name: &'static str, event: &str) -> Result<(), ProbeError> {
-        let program: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        let program: &mut RawTracePoint = self.program_as(name)?;
         program
             .load()
             .map_err(|source| ProbeError::Program { name, source })?;
