@@ -131,22 +131,19 @@ fn runq_p99_of_a_crowded_cpu_is_ten_times_a_quiet_ones_and_counts_match_wakeups(
 #[test]
 fn the_scheduler_probes_keep_waits_in_task_storage_from_linux_6_4() {
     require_root();
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    use aya::util::KernelVersion;
+    let version = KernelVersion::current().expect("the kernel's version");
+    let new = version >= KernelVersion::new(6, 4, 0);
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let p = probes();
     assert!(p.counts_runq(), "the scheduler probes are attached");
     assert_eq!(
         p.sched_btf(),
-        btf && version >= (6, 4),
+        btf && new,
         "Linux {version:?}, BTF {btf}: BTF tracepoints with task storage {}",
         p.sched_btf()
     );
-    assert_eq!(p.sched_raw(), btf && version < (6, 4));
+    assert_eq!(p.sched_raw(), btf && !new);
 }
 
 #[test]

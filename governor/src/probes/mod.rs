@@ -453,17 +453,16 @@ impl Probes {
         let (major, minor) = TASK_STORAGE_SAFE;
         let forced = std::env::var(SCHED_PROBES_ENV).ok();
         let (sched_raw, allow_btf) = match forced.as_deref() {
-            Some("classic") => (false, false),
-            Some("raw") => (sched_raw, false),
-            Some(other) if other != "auto" => {
+            None | Some("auto") => (sched_raw, true),
+            Some(f @ ("classic" | "raw")) => {
+                tracing::info!("{SCHED_PROBES_ENV}={f}: the scheduler probes' variant is forced");
+                (sched_raw && f == "raw", false)
+            }
+            Some(other) => {
                 tracing::warn!("{SCHED_PROBES_ENV}={other:?} ignored (auto, raw or classic)");
                 (sched_raw, true)
             }
-            _ => (sched_raw, true),
         };
-        if let Some(f) = forced.as_deref().filter(|f| *f != "auto") {
-            tracing::info!("{SCHED_PROBES_ENV}={f}: the scheduler probes' variant is forced");
-        }
         let sched_btf = allow_btf
             && sched_raw
             && kernel_at_least(major, minor)

@@ -431,24 +431,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     }
                     Some(start_tracer(c, "Tracing run queue latency", false)?)
                 }
-                Variant::Governor => {
+                Variant::Governor | Variant::GovernorWatched | Variant::GovernorRaw => {
                     let mut c = Command::new(&governor);
                     c.args(["observe", "--interval", "1s", "--format", "json"])
                         .env("GOVERNOR_LOG", "info");
-                    Some(start_tracer(c, "metrics on", true)?)
-                }
-                Variant::GovernorWatched => {
-                    let mut c = Command::new(&governor);
-                    c.args(["observe", "--interval", "1s", "--format", "json"])
-                        .args(["--cgroup", &cgroup.path])
-                        .env("GOVERNOR_LOG", "info");
-                    Some(start_tracer(c, "metrics on", true)?)
-                }
-                Variant::GovernorRaw => {
-                    let mut c = Command::new(&governor);
-                    c.args(["observe", "--interval", "1s", "--format", "json"])
-                        .env("GOVERNOR_LOG", "info")
-                        .env("GOVERNOR_SCHED_PROBES", "raw");
+                    if v == Variant::GovernorWatched {
+                        c.args(["--cgroup", &cgroup.path]);
+                    }
+                    if v == Variant::GovernorRaw {
+                        c.env("GOVERNOR_SCHED_PROBES", "raw");
+                    }
                     Some(start_tracer(c, "metrics on", true)?)
                 }
             };
