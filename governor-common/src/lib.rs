@@ -13,12 +13,15 @@ pub mod hist;
 pub struct TaskWait {
     /// When its current wait began (ns, `bpf_ktime_get_ns`); 0 if not waiting.
     pub start_ns: u64,
-    /// Its last wait + 1, not yet attributed to a cgroup; 0 if none.
+    /// Its last wait + 1, not yet attributed to a cgroup; 0 if none (the
+    /// raw and classic variants, which learn a task's cgroup only when it
+    /// is `current`, at its switch-out; the BTF variant reads it at the
+    /// switch-in and never parks a wait).
     pub pending_ns: u64,
-    /// Who held the CPU during its pending wait, by cgroup (the culprits),
-    /// split at its switch-in and charged at its switch-out, where its own
-    /// cgroup is known; filled only while some cgroup is watched
-    /// ([`culprits`]).
+    /// Who held the CPU during its last wait, by cgroup (the culprits),
+    /// split at its switch-in and charged once its own cgroup is known
+    /// (there, or at its switch-out); filled only while some cgroup is
+    /// watched ([`culprits`]).
     pub culprits: culprits::Split,
 }
 
@@ -341,6 +344,17 @@ pub mod globals {
     pub const TASK_PID: &str = "OFF_TASK_PID";
     /// `task_struct.__state` (`.state` before 5.14) offset, from BTF.
     pub const TASK_STATE: &str = "OFF_TASK_STATE";
+    /// `task_struct.cgroups` (a `struct css_set *`) offset, from BTF: the
+    /// first link of `task->cgroups->dfl_cgrp->kn->id`, a task's cgroup2
+    /// id, which the BTF-tracepoint `sched_switch` reads for the task it
+    /// switches in.
+    pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
+    /// `css_set.dfl_cgrp` (a `struct cgroup *`) offset, from BTF.
+    pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
+    /// `cgroup.kn` (a `struct kernfs_node *`) offset, from BTF.
+    pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
+    /// `kernfs_node.id` (a `u64`, the cgroup id) offset, from BTF.
+    pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
     /// Set to 1 by the agent once the offsets above are filled in; the
     /// programs do nothing while it is 0.
     pub const CONFIGURED: &str = "CONFIGURED";

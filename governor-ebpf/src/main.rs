@@ -33,3 +33,4 @@ const CGROUP_RUNQ_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
 include!("probes.rs");
 include!("task_storage.rs");
+include!("parts.rs");

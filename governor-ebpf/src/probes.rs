@@ -40,6 +40,17 @@ static OFF_TASK_PID: u32 = 0;
 /// `task_struct.__state` (or `.state` before 5.14) offset, from BTF.
 #[unsafe(no_mangle)]
 static OFF_TASK_STATE: u32 = 0;
+/// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and
+/// `kernfs_node.id` offsets, from BTF: the chain to a task's cgroup2 id
+/// (BTF tracepoints only, `task_storage.rs`).
+#[unsafe(no_mangle)]
+static OFF_TASK_CGROUPS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CSS_SET_DFL_CGRP: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CGROUP_KN: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_KERNFS_NODE_ID: u32 = 0;
 /// `struct sock`'s `__sk_common.skc_num` (local port, host order), from BTF.
 #[unsafe(no_mangle)]
 static OFF_SK_NUM: u32 = 0;
@@ -194,6 +205,13 @@ fn read_u32(ctx: &TracePointContext, off: &u32) -> Option<u32> {
 /// Where a task's [`TaskWait`] lives: `TASKS` by pid ([`Pid`]), or the
 /// task's own storage (`task_storage.rs`, kernels that have it).
 trait TaskSlot: Copy {
+    /// Can [`TaskSlot::cgroup`] name the task's cgroup at its switch-in?
+    /// Then a wait is attributed there and a task going to sleep needs no
+    /// lookup; else it is parked in the entry until the task's switch-out,
+    /// where `bpf_get_current_cgroup_id` names its cgroup.
+    const CGROUP_AT_SWITCH_IN: bool;
+    /// The task's cgroup2 id (0: unknown; only if `CGROUP_AT_SWITCH_IN`).
+    fn cgroup(self) -> u64;
     /// The idle task (pid 0): it never waits.
     fn idle(self) -> bool;
     /// The task's entry, if it has one.
@@ -207,6 +225,13 @@ trait TaskSlot: Copy {
 struct Pid(u32);
 
 impl TaskSlot for Pid {
+    const CGROUP_AT_SWITCH_IN: bool = false;
+
+    #[inline(always)]
+    fn cgroup(self) -> u64 {
+        0
+    }
+
     #[inline(always)]
     fn idle(self) -> bool {
         self.0 == 0
@@ -281,17 +306,22 @@ fn add_culprit_waits(c: Option<*mut CpuCounters>, victim: u64, split: &Split) {
     }
 }
 
-/// A context switch: `prev` goes out (it is `current`, so its cgroup is
-/// known), `next` comes in.
+/// A context switch: `prev` goes out (it is `current`), `next` comes in.
+///
+/// `next`'s wait ends now. Where its cgroup can be read from the task
+/// ([`TaskSlot::CGROUP_AT_SWITCH_IN`], the BTF variant) the wait is added
+/// to that cgroup's histogram here, and `prev` is looked up only if it
+/// stays runnable (its wait starts now). Otherwise the wait is parked in
+/// `next`'s entry and attributed when `next` goes out in turn, where
+/// `bpf_get_current_cgroup_id` names its cgroup exactly; so `prev` is
+/// always looked up.
 ///
 /// Culprits (while some cgroup is watched): the run of `prev` that ends
 /// now is logged in this CPU's ring of runs (`CpuCounters::runs`; the idle
 /// task's as [`culprits::IDLE`]), and `next`'s wait is split among the
 /// logged runs it overlaps, each cgroup charged its overlap
-/// (`RunLog::split`); the split is stored in `next`'s entry and charged
-/// when `next`'s wait is attributed to its own cgroup (at its own
-/// switch-out), if that cgroup is watched. A run of `next`'s own cgroup is
-/// charged to itself.
+/// (`RunLog::split`); the split is charged with the wait, if `next`'s
+/// cgroup is watched. A run of `next`'s own cgroup is charged to itself.
 ///
 /// Approximations: a waiter that migrated is charged for the runs of the CPU
 /// it got, though it waited on that CPU only if it was enqueued there; and
@@ -311,7 +341,12 @@ fn on_switch<T: TaskSlot>(
     // it, and older verifiers (6.1 here) reject that read of an unwritten
     // stack slot.
     let mut cg: u64 = 0;
-    if !prev.idle() {
+    if T::CGROUP_AT_SWITCH_IN {
+        if prev_runnable {
+            // (A no-op for the idle task.)
+            wait_starts(prev, now);
+        }
+    } else if !prev.idle() {
         if let Some(t) = prev.get() {
             // SAFETY: as in `wait_starts`.
             unsafe {
@@ -345,6 +380,8 @@ fn on_switch<T: TaskSlot>(
     if on && let Some(runs) = runs {
         let held = if prev.idle() {
             culprits::IDLE
+        } else if T::CGROUP_AT_SWITCH_IN {
+            prev.cgroup()
         } else {
             if cg == 0 {
                 // SAFETY: no preconditions.
@@ -362,12 +399,25 @@ fn on_switch<T: TaskSlot>(
         unsafe {
             if (*t).start_ns != 0 {
                 let waited = now.saturating_sub((*t).start_ns);
-                // +1 so that a zero wait is still "pending".
-                (*t).pending_ns = waited + 1;
                 if on && let Some(runs) = runs {
                     (*runs).split((*t).start_ns, now, &mut (*t).culprits);
                 }
                 (*t).start_ns = 0;
+                if T::CGROUP_AT_SWITCH_IN {
+                    // 0 only if a link of the chain was NULL, which a
+                    // live task's never is; the wait then counts on the
+                    // host only.
+                    let id = next.cgroup();
+                    if id != 0 {
+                        add_cgroup_wait(c, id, waited);
+                        if on {
+                            add_culprit_waits(c, id, &(*t).culprits);
+                        }
+                    }
+                } else {
+                    // +1 so that a zero wait is still "pending".
+                    (*t).pending_ns = waited + 1;
+                }
                 bump_in(c, counter::RUNQ_SAMPLES);
                 if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
                     hist_add(h, waited);

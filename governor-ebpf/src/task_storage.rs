@@ -93,7 +93,42 @@ fn task_field(task: *mut task_struct, off: &u32) -> u32 {
     unsafe { core::ptr::read(task.cast::<u8>().add(global(off) as usize).cast::<u32>()) }
 }
 
+/// A pointer field of a BTF pointer at an offset from BTF (0 if `p` is
+/// NULL); the verifier types the result from BTF, so that the next load
+/// through it is checked too.
+#[inline(always)]
+fn btf_ptr(p: *const u8, off: &u32) -> *const u8 {
+    if p.is_null() {
+        return core::ptr::null();
+    }
+    // SAFETY: `p` is a non-NULL BTF pointer and `off` the offset of a
+    // pointer field in its struct; a fault reads 0 (a BTF load).
+    unsafe { core::ptr::read(p.add(global(off) as usize).cast::<*const u8>()) }
+}
+
+/// A task's cgroup2 id, `task->cgroups->dfl_cgrp->kn->id` (what
+/// `bpf_get_current_cgroup_id` returns for `current`, for any task), by
+/// plain loads; 0 if a link is NULL.
+#[inline(always)]
+fn task_cgroup_id(task: *mut task_struct) -> u64 {
+    let css_set = btf_ptr(task.cast_const().cast(), &OFF_TASK_CGROUPS);
+    let cgroup = btf_ptr(css_set, &OFF_CSS_SET_DFL_CGRP);
+    let kn = btf_ptr(cgroup, &OFF_CGROUP_KN);
+    if kn.is_null() {
+        return 0;
+    }
+    // SAFETY: as in `btf_ptr`, for the `u64` id.
+    unsafe { core::ptr::read(kn.add(global(&OFF_KERNFS_NODE_ID) as usize).cast::<u64>()) }
+}
+
 impl TaskSlot for Task {
+    const CGROUP_AT_SWITCH_IN: bool = true;
+
+    #[inline(always)]
+    fn cgroup(self) -> u64 {
+        task_cgroup_id(self.ptr)
+    }
+
     #[inline(always)]
     fn idle(self) -> bool {
         self.pid == 0

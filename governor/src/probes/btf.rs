@@ -270,6 +270,19 @@ impl KernelBtf {
         Ok((common + num, protocol))
     }
 
+    /// Offsets of the chain from a task to its cgroup2 id,
+    /// `task->cgroups->dfl_cgrp->kn->id` (three pointers and the `u64` id),
+    /// which the BTF-tracepoint `sched_switch` follows for the task it
+    /// switches in.
+    pub fn cgroup_id_offsets(&self) -> Result<[u32; 4], BtfError> {
+        Ok([
+            self.sized_member_offset("task_struct", &["cgroups"], &[8])?,
+            self.sized_member_offset("css_set", &["dfl_cgrp"], &[8])?,
+            self.sized_member_offset("cgroup", &["kn"], &[8])?,
+            self.sized_member_offset("kernfs_node", &["id"], &[8])?,
+        ])
+    }
+
     /// Offset of a listener's accept-queue depth, `struct sock.sk_ack_backlog`
     /// (a `u32` since 5.5), which the enforcement object's guard reads.
     pub fn ack_backlog_offset(&self) -> Result<u32, BtfError> {
@@ -325,6 +338,29 @@ mod tests {
         assert!(matches!(
             btf.member_offset("task_struct", &["no_such_field"]),
             Err(BtfError::NoMember { .. })
+        ));
+    }
+
+    /// The cgroup-id chain on this kernel: every link is found, and each
+    /// offset lies inside its struct (`kn` and `id` are near the start of
+    /// theirs; `cgroups` is deep in `task_struct`).
+    #[test]
+    fn cgroup_id_chain_resolves_on_this_kernel() {
+        if !Path::new(VMLINUX).exists() {
+            eprintln!("skipped: no {VMLINUX}");
+            return;
+        }
+        let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
+        let [cgroups, dfl, kn, id] = btf.cgroup_id_offsets().unwrap();
+        let pid = btf.member_offset("task_struct", &["pid"]).unwrap();
+        assert!(
+            cgroups > pid,
+            "task_struct.cgroups at {cgroups}, pid at {pid}"
+        );
+        assert!(dfl < 4096 && kn < 4096 && id < 512, "{dfl} {kn} {id}");
+        assert!(matches!(
+            btf.sized_member_offset("cgroup", &["kn"], &[4]),
+            Err(BtfError::Size { .. })
         ));
     }
 

@@ -403,16 +403,32 @@ impl Probes {
         // The cheaper raw tracepoints need task_struct offsets from BTF.
         // pid_t is 4 bytes; `__state` is an unsigned int, `state` (before
         // 5.14) a long whose low half the program reads (little endian).
+        let chain = kernel_btf.as_ref().ok().map(|b| b.cgroup_id_offsets());
         let btf = kernel_btf.and_then(|b| {
             Ok((
                 b.sized_member_offset("task_struct", &["pid"], &[4])?,
                 b.sized_member_offset("task_struct", &["__state", "state"], &[4, 8])?,
             ))
         });
+        // The BTF tracepoints also read the switched-in task's cgroup id.
+        let mut cgroup_chain = false;
         let sched_raw = match btf {
             Ok((pid, state)) => {
                 offsets.push((globals::TASK_PID, pid));
                 offsets.push((globals::TASK_STATE, state));
+                match chain {
+                    Some(Ok([cgroups, dfl, kn, id])) => {
+                        offsets.push((globals::TASK_CGROUPS, cgroups));
+                        offsets.push((globals::CSS_SET_DFL_CGRP, dfl));
+                        offsets.push((globals::CGROUP_KN, kn));
+                        offsets.push((globals::KERNFS_NODE_ID, id));
+                        cgroup_chain = true;
+                    }
+                    Some(Err(e)) => tracing::info!(
+                        "{e}: no BTF-tracepoint scheduler probes (they read a task's cgroup id)"
+                    ),
+                    None => {}
+                }
                 true
             }
             Err(e) => {
@@ -465,6 +481,7 @@ impl Probes {
         };
         let sched_btf = allow_btf
             && sched_raw
+            && cgroup_chain
             && kernel_at_least(major, minor)
             && ebpf.program(names::PROG_SCHED_SWITCH_BTF).is_some();
         if allow_btf && sched_raw && !sched_btf {
