@@ -12,11 +12,13 @@
 //! Run-queue latency: a task's wait starts when it is woken
 //! (`sched_wakeup`, `sched_wakeup_new`) or preempted while still runnable
 //! (`sched_switch` with a runnable `prev_state`), and ends when it is
-//! switched in. The histogram is keyed by the task's cgroup, but a
-//! `sched_switch` runs in the context of the task going *out*, so the wait of
-//! the task coming in is parked in its `TASKS` entry and attributed to its
-//! cgroup when it next goes out, where `bpf_get_current_cgroup_id` names it
-//! exactly.
+//! switched in. The histogram is keyed by the task's cgroup. The BTF
+//! variant reads the cgroup of the task coming in from its typed pointer
+//! (`task->cgroups->dfl_cgrp->kn->id`) and adds the wait there; the raw
+//! and classic variants cannot, since a `sched_switch` runs in the context
+//! of the task going *out*: they park the wait in its `TASKS` entry and
+//! attribute it when the task next goes out, where
+//! `bpf_get_current_cgroup_id` names its cgroup exactly.
 //!
 //! The scheduler probes come in three variants: BTF tracepoints with each
 //! task's wait in its task storage (`task_storage.rs`; cheapest: typed task
