@@ -355,6 +355,22 @@ pub mod globals {
     pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
     /// `kernfs_node.id` (a `u64`, the cgroup id) offset, from BTF.
     pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
+    /// `task_struct.sched_info.run_delay` (a `u64`: the task's time on a
+    /// run queue so far, by the kernel's own accounting) offset, from BTF.
+    pub const TASK_RUN_DELAY: &str = "OFF_TASK_RUN_DELAY";
+    /// `task_struct.sched_info.last_queued` (a `u64`: when the task was
+    /// last enqueued, by its run queue's clock; 0 while not waiting).
+    pub const TASK_LAST_QUEUED: &str = "OFF_TASK_LAST_QUEUED";
+    /// `task_struct.se.cfs_rq` (a `struct cfs_rq *`, this CPU's for a task
+    /// on it) offset, from BTF.
+    pub const TASK_SE_CFS_RQ: &str = "OFF_TASK_SE_CFS_RQ";
+    /// `cfs_rq.rq` (a `struct rq *`) offset, from BTF.
+    pub const CFS_RQ_RQ: &str = "OFF_CFS_RQ_RQ";
+    /// `rq.clock` (a `u64`, what `last_queued` is stamped with) offset, from BTF.
+    pub const RQ_CLOCK: &str = "OFF_RQ_CLOCK";
+    /// 1 once the five above are set: the BTF `sched_switch` takes each
+    /// wait from the kernel's `sched_info` and needs no wake-up probe.
+    pub const SCHED_INFO_KNOWN: &str = "SCHED_INFO_KNOWN";
     /// Set to 1 by the agent once the offsets above are filled in; the
     /// programs do nothing while it is 0.
     pub const CONFIGURED: &str = "CONFIGURED";

@@ -111,3 +111,15 @@ pub fn part_culprit_flag(_ctx: BtfTracePointContext) -> i32 {
     keep(u64::from(culprits_on()));
     0
 }
+
+/// The kernel's own accounting of `next`'s wait: its run queue's clock
+/// (`se.cfs_rq->rq->clock`) and its `sched_info.last_queued` and
+/// `run_delay`, plain loads (what the sched_info variant reads instead of
+/// the clock and the wake-up probes).
+#[btf_tracepoint(function = "sched_switch")]
+pub fn part_sched_info(ctx: BtfTracePointContext) -> i32 {
+    let next: *mut task_struct = ctx.arg(2);
+    let t = next.cast_const().cast::<u8>();
+    keep(rq_clock(next) ^ btf_u64(t, &OFF_TASK_LAST_QUEUED) ^ btf_u64(t, &OFF_TASK_RUN_DELAY));
+    0
+}

@@ -51,6 +51,24 @@ static OFF_CSS_SET_DFL_CGRP: u32 = 0;
 static OFF_CGROUP_KN: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u32 = 0;
+/// `task_struct.sched_info.run_delay` and `.last_queued`,
+/// `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock` offsets, from BTF:
+/// the kernel's own run-queue accounting, which the BTF `sched_switch`
+/// reads instead of timing waits itself where `SCHED_INFO_KNOWN` is 1
+/// (`task_storage.rs`).
+#[unsafe(no_mangle)]
+static OFF_TASK_RUN_DELAY: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_LAST_QUEUED: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_SE_CFS_RQ: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CFS_RQ_RQ: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_RQ_CLOCK: u32 = 0;
+/// 1 once the five above are set (and the wake-up probes are not attached).
+#[unsafe(no_mangle)]
+static SCHED_INFO_KNOWN: u32 = 0;
 /// `struct sock`'s `__sk_common.skc_num` (local port, host order), from BTF.
 #[unsafe(no_mangle)]
 static OFF_SK_NUM: u32 = 0;
@@ -418,12 +436,18 @@ fn on_switch<T: TaskSlot>(
                     // +1 so that a zero wait is still "pending".
                     (*t).pending_ns = waited + 1;
                 }
-                bump_in(c, counter::RUNQ_SAMPLES);
-                if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
-                    hist_add(h, waited);
-                }
+                wait_measured(c, waited);
             }
         }
+    }
+}
+
+/// A wait measured: counted, and added to the host histogram.
+#[inline(always)]
+fn wait_measured(c: Option<*mut CpuCounters>, waited: u64) {
+    bump_in(c, counter::RUNQ_SAMPLES);
+    if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
+        hist_add(h, waited);
     }
 }
 

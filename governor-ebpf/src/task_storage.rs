@@ -114,11 +114,114 @@ fn task_cgroup_id(task: *mut task_struct) -> u64 {
     let css_set = btf_ptr(task.cast_const().cast(), &OFF_TASK_CGROUPS);
     let cgroup = btf_ptr(css_set, &OFF_CSS_SET_DFL_CGRP);
     let kn = btf_ptr(cgroup, &OFF_CGROUP_KN);
-    if kn.is_null() {
+    btf_u64(kn, &OFF_KERNFS_NODE_ID)
+}
+
+/// A `u64` field of a BTF pointer at an offset from BTF (0 if `p` is NULL).
+#[inline(always)]
+fn btf_u64(p: *const u8, off: &u32) -> u64 {
+    if p.is_null() {
         return 0;
     }
-    // SAFETY: as in `btf_ptr`, for the `u64` id.
-    unsafe { core::ptr::read(kn.add(global(&OFF_KERNFS_NODE_ID) as usize).cast::<u64>()) }
+    // SAFETY: as in `btf_ptr`, for a `u64` field.
+    unsafe { core::ptr::read(p.add(global(off) as usize).cast::<u64>()) }
+}
+
+/// The clock of the run queue of the CPU `task` is on,
+/// `task->se.cfs_rq->rq->clock`: what the kernel stamps a task's
+/// `sched_info.last_queued` with and, at the switch, what it measures the
+/// wait against (`__schedule` updated it before the tracepoint). 0 if a
+/// link is NULL.
+#[inline(always)]
+fn rq_clock(task: *mut task_struct) -> u64 {
+    let cfs_rq = btf_ptr(task.cast_const().cast(), &OFF_TASK_SE_CFS_RQ);
+    let rq = btf_ptr(cfs_rq, &OFF_CFS_RQ_RQ);
+    btf_u64(rq, &OFF_RQ_CLOCK)
+}
+
+/// A context switch, with each wait taken from the kernel's own run-queue
+/// accounting (`task->sched_info`, kept wherever the kernel has
+/// CONFIG_SCHED_INFO, which `/proc/PID/schedstat`'s run delay reads): the
+/// kernel stamps `last_queued` when it enqueues a task (woken, new, or
+/// preempted while runnable) and, just after this tracepoint, adds
+/// `rq->clock - last_queued` to `run_delay`. So no wake-up probe and no
+/// clock read are needed: `next`'s wait ends now, by the run queue's
+/// clock, and `prev` needs nothing.
+///
+/// A waiter moved to another CPU while it waited (load balancing) was
+/// dequeued there, which added the wait so far to its `run_delay` and
+/// cleared `last_queued`; the part on this CPU starts at the new stamp.
+/// The task's storage keeps `run_delay` as of its last switch-in (in
+/// `pending_ns`, which this variant does not otherwise use), so that those
+/// earlier parts count too: the wait is `run_delay - seen + (now -
+/// last_queued)`. At a task's first switch-in since the probes loaded only
+/// the part on this CPU counts. Culprits are split over the part on this
+/// CPU (the ring logs this CPU's runs only).
+#[inline(always)]
+fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
+    let now = rq_clock(prev.ptr);
+    if now == 0 {
+        return;
+    }
+    let on = culprits_on();
+    // As in `on_switch`: the address whether or not the log is on.
+    let runs = c.map(|c| {
+        // SAFETY: this CPU's value of a per-CPU array; no access yet.
+        unsafe { core::ptr::addr_of_mut!((*c).runs) }
+    });
+    if on && let Some(runs) = runs {
+        let held = if prev.idle() {
+            culprits::IDLE
+        } else {
+            prev.cgroup()
+        };
+        // SAFETY: this CPU's value; programs do not nest on a CPU.
+        unsafe { (*runs).close(held, now) };
+    }
+    if next.idle() {
+        return;
+    }
+    let task = next.ptr.cast_const().cast::<u8>();
+    let queued = btf_u64(task, &OFF_TASK_LAST_QUEUED);
+    if queued == 0 {
+        return;
+    }
+    let delay = btf_u64(task, &OFF_TASK_RUN_DELAY);
+    let here = now.saturating_sub(queued);
+    let id = next.cgroup();
+    match TASK_WAITS.get(next.ptr, true) {
+        Some(t) => {
+            // SAFETY: this task's value; a task runs on one CPU at a time.
+            unsafe {
+                let seen = (*t).pending_ns;
+                let waited = if seen != 0 && delay >= seen {
+                    delay - seen + here
+                } else {
+                    here
+                };
+                // What the kernel is about to make `run_delay`.
+                (*t).pending_ns = delay + here;
+                if on && let Some(runs) = runs {
+                    (*runs).split(queued, now, &mut (*t).culprits);
+                }
+                if id != 0 {
+                    add_cgroup_wait(c, id, waited);
+                    if on {
+                        add_culprit_waits(c, id, &(*t).culprits);
+                    }
+                }
+                wait_measured(c, waited);
+            }
+        }
+        None => {
+            // No memory for the entry: the part on this CPU, no culprits.
+            bump_in(c, counter::START_MAP_FULL);
+            if id != 0 {
+                add_cgroup_wait(c, id, here);
+            }
+            wait_measured(c, here);
+        }
+    }
 }
 
 impl TaskSlot for Task {
@@ -158,12 +261,16 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     if global(&CONFIGURED) == 0 {
         return 0;
     }
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let preempt: u64 = ctx.arg(0);
     let prev_ptr: *mut task_struct = ctx.arg(1);
     let next_ptr: *mut task_struct = ctx.arg(2);
     let prev = Task::new(prev_ptr);
+    if global(&SCHED_INFO_KNOWN) == 1 {
+        on_switch_sched_info(c, prev, Task::new(next_ptr));
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
     // TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
     let runnable = preempt & 1 == 1 || task_field(prev_ptr, &OFF_TASK_STATE) == 0;
     on_switch(c, prev, runnable, Task::new(next_ptr), now);

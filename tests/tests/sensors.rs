@@ -144,6 +144,25 @@ fn the_scheduler_probes_keep_waits_in_task_storage_from_linux_6_4() {
         p.sched_btf()
     );
     assert_eq!(p.sched_raw(), btf && !new);
+    // Where the kernel's BTF has its own run-queue accounting (sched_info,
+    // group scheduling), the BTF switch reads it and no wake-up probe runs.
+    let info = btf
+        && governor::probes::btf::KernelBtf::open(Path::new("/sys/kernel/btf/vmlinux"))
+            .and_then(|b| b.sched_info_offsets())
+            .is_ok();
+    assert_eq!(
+        p.sched_info(),
+        p.sched_btf() && info,
+        "waits from sched_info: {} (BTF switch {}, offsets {info})",
+        p.sched_info(),
+        p.sched_btf()
+    );
+    let counts = p.counters().expect("the probe counters");
+    assert_eq!(
+        counts.contains_key("sched_wakeup"),
+        !p.sched_info(),
+        "a wake-up count is shown exactly where wake-up probes run: {counts:?}"
+    );
 }
 
 #[test]

@@ -283,6 +283,21 @@ impl KernelBtf {
         ])
     }
 
+    /// Offsets of the kernel's own run-queue accounting, which the
+    /// `sched_info` variant of the BTF `sched_switch` reads:
+    /// `task_struct.sched_info.run_delay` and `.last_queued` (`u64`s,
+    /// CONFIG_SCHED_INFO), `task_struct.se.cfs_rq` (CONFIG_FAIR_GROUP_SCHED),
+    /// `cfs_rq.rq` and `rq.clock`.
+    pub fn sched_info_offsets(&self) -> Result<[u32; 5], BtfError> {
+        Ok([
+            self.path_offset("task_struct", &["sched_info", "run_delay"], &[8])?,
+            self.path_offset("task_struct", &["sched_info", "last_queued"], &[8])?,
+            self.path_offset("task_struct", &["se", "cfs_rq"], &[8])?,
+            self.sized_member_offset("cfs_rq", &["rq"], &[8])?,
+            self.sized_member_offset("rq", &["clock"], &[8])?,
+        ])
+    }
+
     /// Offset of a listener's accept-queue depth, `struct sock.sk_ack_backlog`
     /// (a `u32` since 5.5), which the enforcement object's guard reads.
     pub fn ack_backlog_offset(&self) -> Result<u32, BtfError> {
@@ -299,6 +314,35 @@ mod tests {
     /// The namespace offsets on this kernel: `skc_net` lies in
     /// `sock_common` after the port and before `sk_protocol`, and `ns.inum`
     /// inside `struct net`.
+    /// On this kernel (CI's has CONFIG_SCHED_INFO and group scheduling)
+    /// the chain resolves: `last_queued` after `run_delay` inside
+    /// `sched_info`, all of them inside `task_struct`, and a `sched_info`
+    /// without `last_queued` (a made-up path) is an error, not an offset.
+    #[test]
+    fn sched_info_offsets_resolve_on_this_kernel() {
+        if !Path::new(VMLINUX).exists() {
+            eprintln!("skipped: no {VMLINUX}");
+            return;
+        }
+        let btf = KernelBtf::open(Path::new(VMLINUX)).unwrap();
+        let [delay, queued, cfs_rq, rq, clock] = btf.sched_info_offsets().unwrap();
+        assert!(
+            delay < queued && queued - delay < 48,
+            "run_delay {delay}, last_queued {queued}"
+        );
+        let task = btf
+            .sized_member_offset("task_struct", &["pid"], &[4])
+            .unwrap();
+        assert!(
+            task > 0 && cfs_rq > 0 && rq > 0 && clock > 0,
+            "{cfs_rq} {rq} {clock}"
+        );
+        assert!(
+            btf.path_offset("task_struct", &["sched_info", "no_such_field"], &[8])
+                .is_err()
+        );
+    }
+
     #[test]
     fn netns_offsets_resolve_on_this_kernel() {
         if !Path::new(VMLINUX).exists() {

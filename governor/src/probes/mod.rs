@@ -212,6 +212,9 @@ pub struct Probes {
     /// They can use BTF tracepoints and task storage: as `sched_raw`, on a
     /// kernel from [`TASK_STORAGE_SAFE`] whose object has them.
     sched_btf: bool,
+    /// The BTF `sched_switch` takes waits from the kernel's `sched_info`
+    /// (offsets resolved and set): only it is attached, no wake-up probe.
+    from_sched_info: bool,
     /// The socket-state probe can use its raw tracepoint (BTF offsets
     /// resolved); why not otherwise.
     sock_raw: Result<(), String>,
@@ -256,12 +259,23 @@ pub const SCHED_PROBES_ENV: &str = "GOVERNOR_SCHED_PROBES";
 
 /// BTF-tracepoint scheduler probes (task storage): (program, tracepoint).
 /// The wake-ups first: a wait is never ended by a switch probe whose
-/// wake-up probe is not attached yet.
+/// wake-up probe is not attached yet. Where the switch reads the kernel's
+/// `sched_info`, only the last (the switch) is attached.
 const SCHED_BTF: &[(&str, &str)] = &[
     (names::PROG_SCHED_WAKEUP_NEW_BTF, "sched_wakeup_new"),
     (names::PROG_SCHED_WAKEUP_BTF, "sched_wakeup"),
     (names::PROG_SCHED_SWITCH_BTF, "sched_switch"),
 ];
+
+/// The BTF scheduler probes to attach: all of [`SCHED_BTF`], or only the
+/// switch where it takes waits from the kernel's `sched_info`.
+fn sched_btf_programs(from_sched_info: bool) -> &'static [(&'static str, &'static str)] {
+    if from_sched_info {
+        &SCHED_BTF[2..]
+    } else {
+        SCHED_BTF
+    }
+}
 
 /// Is `program` one of the classic scheduler tracepoint programs?
 fn is_classic_sched(program: &str) -> bool {
@@ -404,6 +418,8 @@ impl Probes {
         // pid_t is 4 bytes; `__state` is an unsigned int, `state` (before
         // 5.14) a long whose low half the program reads (little endian).
         let chain = kernel_btf.as_ref().ok().map(|b| b.cgroup_id_offsets());
+        let sched_info = kernel_btf.as_ref().ok().map(|b| b.sched_info_offsets());
+        let forced = std::env::var(SCHED_PROBES_ENV).ok();
         let btf = kernel_btf.and_then(|b| {
             Ok((
                 b.sized_member_offset("task_struct", &["pid"], &[4])?,
@@ -436,6 +452,26 @@ impl Probes {
                 false
             }
         };
+        // The BTF switch can take each wait from the kernel's own
+        // accounting (no wake-up probes), unless `btf` is forced.
+        let mut from_sched_info = false;
+        match sched_info {
+            Some(Ok([delay, queued, cfs_rq, rq, clock]))
+                if cgroup_chain && !matches!(forced.as_deref(), Some("btf")) =>
+            {
+                offsets.push((globals::TASK_RUN_DELAY, delay));
+                offsets.push((globals::TASK_LAST_QUEUED, queued));
+                offsets.push((globals::TASK_SE_CFS_RQ, cfs_rq));
+                offsets.push((globals::CFS_RQ_RQ, rq));
+                offsets.push((globals::RQ_CLOCK, clock));
+                offsets.push((globals::SCHED_INFO_KNOWN, 1));
+                from_sched_info = true;
+            }
+            Some(Err(e)) if cgroup_chain => tracing::info!(
+                "{e}: the BTF scheduler probes time waits themselves (wake-up probes and the clock)"
+            ),
+            _ => {}
+        }
         let mut loader = EbpfLoader::new();
         // The task storage map (`TASK_WAITS`): aya has no type for it, and
         // the agent never reads it.
@@ -467,15 +503,20 @@ impl Probes {
         );
         let ebpf = loader.load(object)?;
         let (major, minor) = TASK_STORAGE_SAFE;
-        let forced = std::env::var(SCHED_PROBES_ENV).ok();
         let (sched_raw, allow_btf) = match forced.as_deref() {
             None | Some("auto") => (sched_raw, true),
+            Some("btf") => {
+                tracing::info!(
+                    "{SCHED_PROBES_ENV}=btf: the BTF scheduler probes time waits themselves"
+                );
+                (sched_raw, true)
+            }
             Some(f @ ("classic" | "raw")) => {
                 tracing::info!("{SCHED_PROBES_ENV}={f}: the scheduler probes' variant is forced");
                 (sched_raw && f == "raw", false)
             }
             Some(other) => {
-                tracing::warn!("{SCHED_PROBES_ENV}={other:?} ignored (auto, raw or classic)");
+                tracing::warn!("{SCHED_PROBES_ENV}={other:?} ignored (auto, btf, raw or classic)");
                 (sched_raw, true)
             }
         };
@@ -496,6 +537,7 @@ impl Probes {
             usable,
             sched_raw,
             sched_btf,
+            from_sched_info,
             sock_raw,
             batch: batched.then(crate::probes::mapbatch::Batch::default),
             cpus,
@@ -645,10 +687,17 @@ impl Probes {
         if self.sched_btf {
             match self.attach_sched_btf() {
                 Ok(()) => {
-                    tracing::info!(
-                        "scheduler probes on BTF tracepoints, each task's wait in its task storage"
-                    );
-                    attached += SCHED_BTF.len();
+                    if self.from_sched_info {
+                        tracing::info!(
+                            "scheduler probes: sched_switch on a BTF tracepoint, each wait from \
+                             the kernel's own run-queue accounting (sched_info), no wake-up probes"
+                        );
+                    } else {
+                        tracing::info!(
+                            "scheduler probes on BTF tracepoints, each task's wait in its task storage"
+                        );
+                    }
+                    attached += sched_btf_programs(self.from_sched_info).len();
                 }
                 Err(e) => {
                     tracing::warn!("{e}: falling back to raw scheduler tracepoints");
@@ -751,9 +800,10 @@ impl Probes {
     /// attached is unloaded again if one fails).
     fn attach_sched_btf(&mut self) -> Result<(), ProbeError> {
         let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        for (i, (name, event)) in SCHED_BTF.iter().enumerate() {
+        let programs = sched_btf_programs(self.from_sched_info);
+        for (i, (name, event)) in programs.iter().enumerate() {
             if let Err(e) = self.attach_btf(name, event, &btf) {
-                for (done, _) in &SCHED_BTF[..i] {
+                for (done, _) in &programs[..i] {
                     if let Ok(p) = self.program_as::<BtfTracePoint>(done) {
                         let _ = p.unload();
                     }
@@ -805,6 +855,12 @@ impl Probes {
         self.sched_btf
     }
 
+    /// True if they take each wait from the kernel's `sched_info` (the BTF
+    /// `sched_switch` alone; no wake-up probe, so no wake-up count).
+    pub fn sched_info(&self) -> bool {
+        self.sched_btf && self.from_sched_info
+    }
+
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
         self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))
     }
@@ -834,6 +890,10 @@ impl Probes {
             ("start_map_full", counter::START_MAP_FULL),
             ("culprit_map_full", counter::CULPRIT_MAP_FULL),
         ] {
+            // Without wake-up probes there is no wake-up count to show.
+            if index == counter::SCHED_WAKEUP && self.sched_info() {
+                continue;
+            }
             out.insert(label, read(index));
         }
         Ok(out)

@@ -6,7 +6,7 @@
 //! most `SECONDS` (600 by default).
 //!
 //! ```text
-//! govtest-probe-part NAME [SECONDS]   # empty, counter, ktime, task_fields, storage, …
+//! govtest-probe-part NAME [SECONDS]   # empty, counter, ktime, task_fields, storage, sched_info, …
 //! govtest-probe-part --list
 //! ```
 //! Needs Linux 6.4 or later (task storage from a scheduler tracepoint) and
@@ -33,6 +33,7 @@ const PARTS: &[&str] = &[
     "hash_hist",
     "array_hist",
     "culprit_flag",
+    "sched_info",
 ];
 
 fn main() -> ExitCode {
@@ -82,9 +83,17 @@ fn run() -> anyhow::Result<()> {
         (globals::CGROUP_KN, kn),
         (globals::KERNFS_NODE_ID, id),
     ];
+    let [delay, queued, cfs_rq, rq, clock] = kernel.sched_info_offsets()?;
+    let sched_info = [
+        (globals::TASK_RUN_DELAY, delay),
+        (globals::TASK_LAST_QUEUED, queued),
+        (globals::TASK_SE_CFS_RQ, cfs_rq),
+        (globals::CFS_RQ_RQ, rq),
+        (globals::RQ_CLOCK, clock),
+    ];
     let mut loader = EbpfLoader::new();
     loader.allow_unsupported_maps();
-    for (name, off) in offsets.iter().chain(&chain) {
+    for (name, off) in offsets.iter().chain(&chain).chain(&sched_info) {
         loader.override_global(name, off, true);
     }
     let mut ebpf = loader.load(OBJECT).context("loading governor's object")?;

@@ -8,6 +8,12 @@
 //! and forced onto the raw tracepoints and the task hash
 //! (`GOVERNOR_SCHED_PROBES=raw`: what kernels before 6.4 run), so that both
 //! variants are measured in the same run.
+//!
+//! Where the host runs the BTF variant (6.4+), each piece of its
+//! `sched_switch` also runs alone in the rotation (`govtest-probe-part`
+//! holds the program `part_NAME` of `governor-ebpf/src/parts.rs` on
+//! `sched_switch`): the profile of where a switch's nanoseconds go, from
+//! the same bpf_stats, in the same run.
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +35,8 @@ enum Variant {
     Governor,
     GovernorWatched,
     GovernorRaw,
+    /// One piece of the BTF `sched_switch` alone (`part_NAME`).
+    Part(&'static str),
 }
 
 impl Variant {
@@ -40,6 +48,7 @@ impl Variant {
             Variant::Governor => "governor (all probes + observe)",
             Variant::GovernorWatched => "governor, pipe's cgroup watched",
             Variant::GovernorRaw => "governor, raw tracepoints + task hash",
+            Variant::Part(p) => p,
         }
     }
 
@@ -51,6 +60,7 @@ impl Variant {
             Variant::Governor => "governor",
             Variant::GovernorWatched => "governor watched",
             Variant::GovernorRaw => "governor raw",
+            Variant::Part(p) => p,
         }
     }
 }
@@ -367,6 +377,35 @@ fn task_struct_header(fields: &[(&str, u32, u32)]) -> String {
     )
 }
 
+/// The pieces `govtest-probe-part` can hold, as program names
+/// (`part_empty`, …), once it has shown that it can attach one here (Linux
+/// 6.4+ with BTF, as the BTF variant needs).
+fn switch_parts(bin: &Path) -> anyhow::Result<Vec<&'static str>> {
+    let out = Command::new(bin)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed", bin.display());
+    }
+    let check = Command::new(bin)
+        .args(["empty", "0"])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !check.status.success() {
+        bail!(
+            "it cannot attach here: {}",
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        // One string per piece for the life of the bench.
+        .map(|l| &*Box::leak(format!("part_{}", l.trim()).into_boxed_str()))
+        .collect())
+}
+
 /// Per round, per tracer: event → ns per run over the pipe run.
 type Costs = BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>;
 
@@ -402,7 +441,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "bench probes: `taskset -c 0 perf bench sched pipe -l {}` under nothing, runqlat.bt, BCC runqlat, governor and governor watching the pipe's cgroup; {} rounds, rotating order; bpf_stats on",
         args.loops, args.rounds
     ));
-    let variants = [
+    let mut variants = vec![
         Variant::Bare,
         Variant::Runqlat,
         Variant::Bcc,
@@ -410,6 +449,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Variant::GovernorWatched,
         Variant::GovernorRaw,
     ];
+    let part_bin = crate::util::target_dir().join("release/govtest-probe-part");
+    match switch_parts(&part_bin) {
+        Ok(parts) => {
+            say(format!(
+                "and each piece of the BTF sched_switch alone ({}: {})",
+                part_bin.display(),
+                parts.join(", ")
+            ));
+            variants.extend(parts.into_iter().map(Variant::Part));
+        }
+        Err(e) => say(format!("no profile of sched_switch's pieces: {e:#}")),
+    }
     let cgroup = BenchCgroup::new()?;
     let mut results: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
     let mut costs: Costs = BTreeMap::new();
@@ -430,6 +481,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         c.env("BCC_KERNEL_SOURCE", t);
                     }
                     Some(start_tracer(c, "Tracing run queue latency", false)?)
+                }
+                Variant::Part(p) => {
+                    let mut c = Command::new(&part_bin);
+                    c.arg(p.strip_prefix("part_").unwrap_or(p));
+                    Some(start_tracer(c, "attached", false)?)
                 }
                 Variant::Governor | Variant::GovernorWatched | Variant::GovernorRaw => {
                     let mut c = Command::new(&governor);
@@ -481,9 +537,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let ns = a.run_time_ns.saturating_sub(b.run_time_ns) as f64 / runs as f64;
-                let ev = names
-                    .get(id)
-                    .map_or_else(|| format!("prog {id}"), |n| event_name(n));
+                let ev = match v {
+                    // It holds one program, on sched_switch.
+                    Variant::Part(_) => "sched_switch".to_owned(),
+                    _ => names
+                        .get(id)
+                        .map_or_else(|| format!("prog {id}"), |n| event_name(n)),
+                };
                 line.push_str(&format!("  {ev} {ns:.0} ns×{runs}"));
                 costs
                     .entry(v.short())
@@ -528,7 +588,10 @@ fn report_results(
     sec.md("| workload: perf bench sched pipe, CPU 0 | median µs/msg | ratio to bare | overhead |");
     sec.md("|---|---|---|---|");
     let mut variants_json = serde_json::Map::new();
-    for (v, m) in &medians {
+    for (v, m) in medians
+        .iter()
+        .filter(|(v, _)| !matches!(v, Variant::Part(_)))
+    {
         let ratio = *m / bare;
         sec.md(&format!(
             "| {} | {m:.3} | {ratio:.3} | {:+.1}% |",
@@ -657,6 +720,7 @@ fn report_results(
             wakeup / bt_wakeup
         ),
     );
+    let profile = parts_profile(&mut sec, &medians, bare, switch, &ns);
     sec.write()?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
@@ -666,6 +730,7 @@ fn report_results(
         "rounds": args.rounds,
         "variants": variants_json,
         "median_ns_per_run": ns_json,
+        "sched_switch_pieces": profile,
     });
     fs::write(
         dir.join("probes.json"),
@@ -673,6 +738,56 @@ fn report_results(
     )?;
     eprintln!("wrote {}", dir.join("probes.json").display());
     Ok(())
+}
+
+/// The profile: each piece of the BTF `sched_switch` alone, its median ns
+/// per run, what it adds to the empty program's, and the pipe's overhead
+/// under it; beside the whole program's cost in the same run. JSON by
+/// piece; `null` where no piece ran.
+fn parts_profile(
+    sec: &mut report::Section,
+    medians: &[(Variant, f64)],
+    bare: f64,
+    whole: f64,
+    ns: &dyn Fn(Variant, &str) -> f64,
+) -> serde_json::Value {
+    let parts: Vec<(&str, f64, f64)> = medians
+        .iter()
+        .filter_map(|(v, m)| match v {
+            Variant::Part(p) => Some((*p, ns(*v, "sched_switch"), *m)),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let floor = parts
+        .iter()
+        .find(|(p, _, _)| *p == "part_empty")
+        .map_or(f64::NAN, |x| x.1);
+    sec.md("");
+    sec.md(&format!(
+        "Where a switch's nanoseconds go: each piece of governor's BTF sched_switch alone on sched_switch \
+         (governor-ebpf/src/parts.rs), same bpf_stats, same run. The whole program: {whole:.0} ns a run; \
+         a program that does nothing: {floor:.0} ns (bpf_stats' own clock reads and the call)."
+    ));
+    sec.md("");
+    sec.md("| piece | median ns per run | above the empty program | pipe overhead |");
+    sec.md("|---|---|---|---|");
+    let mut json = serde_json::Map::new();
+    for (p, x, m) in &parts {
+        let over = (m / bare - 1.0) * 100.0;
+        sec.md(&format!(
+            "| {p} | {x:.0} | {:+.0} | {over:+.1}% |",
+            x - floor
+        ));
+        sec.metric(&format!("{p}: median_ns_per_run"), *x);
+        json.insert(
+            (*p).to_owned(),
+            serde_json::json!({ "median_ns_per_run": x, "above_empty_ns": x - floor, "pipe_overhead_pct": over }),
+        );
+    }
+    serde_json::Value::Object(json)
 }
 
 #[cfg(test)]
