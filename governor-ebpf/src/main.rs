@@ -22,7 +22,9 @@
 //!
 //! The scheduler probes come in three variants: BTF tracepoints with each
 //! task's wait in its task storage (`task_storage.rs`; cheapest: typed task
-//! pointers, plain loads, no hash), attached from Linux 6.4; raw
+//! pointers, plain loads, no hash), attached from Linux 6.4, where
+//! `sched_switch` alone takes each wait from the kernel's own `sched_info`
+//! (no wake-up probe, no clock read) wherever BTF describes it; raw
 //! tracepoints (no trace record is built), which read
 //! `task_struct.pid`/`__state` at offsets the agent resolves from the
 //! kernel's BTF at load time and keep waits in the `TASKS` LRU hash; and

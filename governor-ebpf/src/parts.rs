@@ -67,7 +67,9 @@ pub fn part_storage_two(ctx: BtfTracePointContext) -> i32 {
     let next: *mut task_struct = ctx.arg(2);
     let a = TASK_WAITS.get(prev, true).map_or(0, |p| p as u64);
     let b = TASK_WAITS.get(next, true).map_or(0, |p| p as u64);
-    keep(a ^ b);
+    // Each alone: the verifier refuses arithmetic on two pointers.
+    keep(a);
+    keep(b);
     0
 }
 
