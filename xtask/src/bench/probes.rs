@@ -441,7 +441,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             t.display()
         ));
     }
-    let _stats = StatsOn::new()?;
+    let stats = StatsOn::new()?;
     say(format!(
         "bench probes: `taskset -c 0 perf bench sched pipe -l {}` under nothing, runqlat.bt, BCC runqlat, governor (as it runs here, watching the pipe's cgroup, forced onto its raw and its self-timed BTF variants); {} rounds, rotating order; bpf_stats on",
         args.loops, args.rounds
@@ -503,21 +503,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 Variant::Governor
                 | Variant::GovernorWatched
                 | Variant::GovernorRaw
-                | Variant::GovernorSelfTimed => {
-                    let mut c = Command::new(&governor);
-                    c.args(["observe", "--interval", "1s", "--format", "json"])
-                        .env("GOVERNOR_LOG", "info");
-                    if v == Variant::GovernorWatched {
-                        c.args(["--cgroup", &cgroup.path]);
-                    }
-                    if v == Variant::GovernorRaw {
-                        c.env("GOVERNOR_SCHED_PROBES", "raw");
-                    }
-                    if v == Variant::GovernorSelfTimed {
-                        c.env("GOVERNOR_SCHED_PROBES", "btf");
-                    }
-                    Some(start_tracer(c, "metrics on", true)?)
-                }
+                | Variant::GovernorSelfTimed => Some(start_tracer(
+                    governor_observe(&governor, v, &cgroup.path),
+                    "metrics on",
+                    true,
+                )?),
             };
             let pid = tracer.as_ref().map(|t| t.0.id());
             let before = match pid {
@@ -581,13 +571,64 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    report_results(args, &mut results, &mut costs)
+    // The pipe as a host runs it, without bpf_stats (whose two clock reads
+    // a run are part of every figure above): bare and governor, alternating.
+    drop(stats);
+    if fs::read_to_string(SYSCTL).is_ok_and(|v| v.trim() != "0") {
+        say("bpf_stats are still on (someone else holds them): the 'without bpf_stats' pipe figures are not");
+    }
+    let mut unstated = [(Variant::Bare, Vec::new()), (Variant::Governor, Vec::new())];
+    for round in 0..args.rounds {
+        for k in 0..unstated.len() {
+            let (v, r) = &mut unstated[(round + k) % 2];
+            let tracer = match v {
+                Variant::Governor => Some(start_tracer(
+                    governor_observe(&governor, *v, &cgroup.path),
+                    "metrics on",
+                    true,
+                )?),
+                _ => None,
+            };
+            let us = sched_pipe(args.loops)?;
+            drop(tracer);
+            eprintln!(
+                "  round {}  {:<34} {us:.3} µs/msg  (bpf_stats off)",
+                round + 1,
+                v.name()
+            );
+            r.push(us);
+        }
+    }
+    let [(_, bare), (_, gov)] = &mut unstated;
+    let off = (median(bare), median(gov));
+    report_results(args, &mut results, &mut costs, off)
+}
+
+/// `governor observe` as variant `v` runs it (`watched`: the bench's cgroup).
+fn governor_observe(governor: &Path, v: Variant, watched: &str) -> Command {
+    let mut c = Command::new(governor);
+    c.args(["observe", "--interval", "1s", "--format", "json"])
+        .env("GOVERNOR_LOG", "info");
+    match v {
+        Variant::GovernorWatched => {
+            c.args(["--cgroup", watched]);
+        }
+        Variant::GovernorRaw => {
+            c.env("GOVERNOR_SCHED_PROBES", "raw");
+        }
+        Variant::GovernorSelfTimed => {
+            c.env("GOVERNOR_SCHED_PROBES", "btf");
+        }
+        _ => {}
+    }
+    c
 }
 
 fn report_results(
     args: &BenchArgs,
     results: &mut [(Variant, Vec<f64>)],
     costs: &mut Costs,
+    (bare_off, governor_off): (f64, f64),
 ) -> anyhow::Result<()> {
     let root = workspace_root();
     let medians: Vec<(Variant, f64)> = results.iter_mut().map(|(v, r)| (*v, median(r))).collect();
@@ -758,6 +799,13 @@ fn report_results(
             )
         },
     );
+    let off = governor_off / bare_off;
+    sec.md(&format!(
+        "- Without bpf_stats (as a host runs it; {} rounds, alternating): bare {bare_off:.3} µs/msg, governor {governor_off:.3}, {:+.1}%",
+        args.rounds,
+        (off - 1.0) * 100.0
+    ));
+    sec.metric("bpf_stats off: governor: ratio_to_bare", off);
     let profile = parts_profile(&mut sec, &medians, bare, switch, &ns);
     sec.write()?;
     let dir = root.join("target/bench");
@@ -769,6 +817,7 @@ fn report_results(
         "variants": variants_json,
         "median_ns_per_run": ns_json,
         "sched_switch_pieces": profile,
+        "bpf_stats_off": { "bare_us_per_msg": bare_off, "governor_us_per_msg": governor_off, "ratio_to_bare": off },
     });
     fs::write(
         dir.join("probes.json"),
