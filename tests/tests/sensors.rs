@@ -123,6 +123,108 @@ fn runq_p99_of_a_crowded_cpu_is_ten_times_a_quiet_ones_and_counts_match_wakeups(
     );
 }
 
+/// The run delay (ns) and timeslices the kernel has accounted to each
+/// thread of `pids` so far (`/proc/PID/task/TID/schedstat`: run time, run
+/// delay, timeslices), summed.
+fn kernel_run_delay(pids: &[u32]) -> (u64, u64) {
+    let (mut delay, mut slices) = (0, 0);
+    for pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the task is alive");
+        for t in tasks.flatten() {
+            let text = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            let f: Vec<u64> = text
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            if let [_, d, n] = f[..] {
+                delay += d;
+                slices += n;
+            }
+        }
+    }
+    (delay, slices)
+}
+
+/// What the probes measured for a crowded cgroup over two seconds adds up
+/// to what the kernel itself accounts as its tasks' run-queue delay over
+/// the same span (`/proc/PID/task/*/schedstat`): the waits' sum (bucket
+/// midpoints, each within 6.25%) within 10% of the run-delay growth, and
+/// their count within 5% of the timeslices begun. On kernels where the
+/// probes read the kernel's own `sched_info` this is the same accounting;
+/// elsewhere they time waits themselves and must agree with it.
+#[test]
+fn a_cgroups_waits_add_up_to_the_run_delay_the_kernel_accounts_its_tasks() {
+    require_root();
+    let parent = CpuTestCgroup::new("delay");
+    parent.outweigh_the_host();
+    let ca = parent.child("a");
+    let a = &ca.v2;
+    let mut sensor = sensor(vec![a.path.clone()], "/proc", None);
+    let pa = a.procs();
+    let pa = pa.to_str().expect("utf-8");
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", "4", "--join", pa]);
+        ca.join(kids.procs[h].id());
+        pids.push(kids.procs[h].id());
+    }
+    let w = kids.spawn(&["worker", "--cpu", "0", "--seconds", "4", "--join", pa]);
+    ca.join(kids.procs[w].id());
+    pids.push(kids.procs[w].id());
+    // Start the span once all three run in the cgroup.
+    thread::sleep(Duration::from_millis(700));
+    sensor.sample().expect("a snapshot");
+    let (d0, n0) = kernel_run_delay(&pids);
+    thread::sleep(Duration::from_secs(2));
+    let (d1, n1) = kernel_run_delay(&pids);
+    let snap = sensor.sample().expect("a snapshot");
+    for i in 0..3 {
+        kids.wait_output(i);
+    }
+    let hist = snap
+        .cgroup(&a.path)
+        .and_then(|c| c.runq_hist.clone())
+        .expect("the cgroup's histogram");
+    let (count, sum_ns) = hist.iter().fold((0u64, 0f64), |(n, s), (b, c)| {
+        let (lo, hi) = governor_engine::snapshot::buckets::range(b);
+        let mid = if hi == u64::MAX {
+            lo as f64
+        } else {
+            (lo + hi) as f64 / 2.0
+        };
+        (n + c, s + mid * c as f64)
+    });
+    let (delay, slices) = (d1 - d0, n1 - n0);
+    println!(
+        "probes: {count} waits, {:.1} ms; kernel: {slices} timeslices, {:.1} ms of run delay",
+        sum_ns / 1e6,
+        delay as f64 / 1e6
+    );
+    assert!(
+        delay > 100_000_000,
+        "the CPU was crowded: {delay} ns of run delay"
+    );
+    let emulated = std::env::var("GOVERNOR_TEST_ENV").is_ok_and(|v| v == "vm");
+    let (sum_tol, count_tol) = if emulated { (0.25, 0.15) } else { (0.10, 0.05) };
+    let sum_off = (sum_ns - delay as f64).abs() / delay as f64;
+    assert!(
+        sum_off <= sum_tol,
+        "waits add up to {:.1} ms, the kernel's run delay grew {:.1} ms ({:.1}% off, want ≤ {:.0}%)",
+        sum_ns / 1e6,
+        delay as f64 / 1e6,
+        sum_off * 100.0,
+        sum_tol * 100.0
+    );
+    let count_off = (count as f64 - slices as f64).abs() / slices as f64;
+    assert!(
+        count_off <= count_tol,
+        "{count} waits measured for {slices} timeslices ({:.1}% off, want ≤ {:.0}%)",
+        count_off * 100.0,
+        count_tol * 100.0
+    );
+}
+
 /// Where the kernel allocates task storage safely from a scheduler
 /// tracepoint (Linux 6.4 on, with BTF), the scheduler probes run on BTF
 /// tracepoints with each task's wait in its own storage, not on the raw

@@ -575,7 +575,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // a run are part of every figure above): bare and governor, alternating.
     drop(stats);
     if fs::read_to_string(SYSCTL).is_ok_and(|v| v.trim() != "0") {
-        say("bpf_stats are still on (someone else holds them): the 'without bpf_stats' pipe figures are not");
+        say(
+            "bpf_stats are still on (someone else holds them): the 'without bpf_stats' pipe figures are not",
+        );
     }
     let mut unstated = [(Variant::Bare, Vec::new()), (Variant::Governor, Vec::new())];
     for round in 0..args.rounds {
