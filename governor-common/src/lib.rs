@@ -271,6 +271,9 @@ pub mod names {
     pub const MAP_CULPRIT_CONF: &str = "CULPRIT_CONF";
     /// Per-CPU hash: [`super::culprits::Key`] → wait (ns, `u64`).
     pub const MAP_CULPRITS: &str = "CULPRITS";
+    /// Per-CPU hash: process (tgid, `u32`) → run-queue [`super::hist::Hist`],
+    /// kept only while `PROCS_ON` is 1 (`governor observe --processes`).
+    pub const MAP_PROC_RUNQ: &str = "PROC_RUNQ";
 }
 
 /// Map sizes: bounded, with [`counter::CGROUP_MAP_FULL`] and friends counting
@@ -342,6 +345,11 @@ pub mod globals {
     pub const NETNS_KNOWN: &str = "NETNS_KNOWN";
     /// `task_struct.pid` offset, from BTF.
     pub const TASK_PID: &str = "OFF_TASK_PID";
+    /// `task_struct.tgid` offset, from BTF (per-process waits).
+    pub const TASK_TGID: &str = "OFF_TASK_TGID";
+    /// 1: the scheduler probes also keep a run-queue histogram per process
+    /// (`PROC_RUNQ`); set at load by `governor observe --processes` only.
+    pub const PROCS_ON: &str = "PROCS_ON";
     /// `task_struct.__state` (`.state` before 5.14) offset, from BTF.
     pub const TASK_STATE: &str = "OFF_TASK_STATE";
     /// `task_struct.cgroups` (a `struct css_set *`) offset, from BTF: the

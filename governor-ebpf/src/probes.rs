@@ -2,7 +2,9 @@
 // only in CGROUP_RUNQ_FLAGS.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TracePointContext},
@@ -37,6 +39,13 @@ static OFF_SOCK_PROTOCOL: u32 = 0;
 /// `task_struct.pid` offset, from BTF (raw tracepoints only).
 #[unsafe(no_mangle)]
 static OFF_TASK_PID: u32 = 0;
+/// `task_struct.tgid` offset, from BTF (BTF tracepoints, per-process waits).
+#[unsafe(no_mangle)]
+static OFF_TASK_TGID: u32 = 0;
+/// 1: keep a run-queue histogram per process in `PROC_RUNQ` (set at load
+/// by `governor observe --processes`; the agent leaves it 0).
+#[unsafe(no_mangle)]
+static PROCS_ON: u32 = 0;
 /// `task_struct.__state` (or `.state` before 5.14) offset, from BTF.
 #[unsafe(no_mangle)]
 static OFF_TASK_STATE: u32 = 0;
@@ -139,6 +148,12 @@ static HOST_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 static CGROUP_RUNQ: PerCpuHashMap<u64, Hist> =
     PerCpuHashMap::with_max_entries(limits::MAX_CGROUPS, CGROUP_RUNQ_FLAGS);
 
+/// Run-queue histograms per process (tgid → hist) since the reader last
+/// took them out, while `PROCS_ON` is 1; one entry unless the loader sizes
+/// it (`governor observe --processes` does).
+#[map(name = "PROC_RUNQ")]
+static PROC_RUNQ: PerCpuHashMap<u32, Hist> = PerCpuHashMap::with_max_entries(1, CGROUP_RUNQ_FLAGS);
+
 /// An empty histogram to insert from (the BPF stack is too small for one).
 #[map(name = "HIST_ZERO")]
 static HIST_ZERO: Array<Hist> = Array::with_max_entries(1, 0);
@@ -232,6 +247,8 @@ trait TaskSlot: Copy {
     fn cgroup(self) -> u64;
     /// The idle task (pid 0): it never waits.
     fn idle(self) -> bool;
+    /// The task's process id (0: unknown; only if `CGROUP_AT_SWITCH_IN`).
+    fn tgid(self) -> u32;
     /// The task's entry, if it has one.
     fn get(self) -> Option<*mut TaskWait>;
     /// Gives the task an entry whose wait starts at `now` (it had none).
@@ -253,6 +270,11 @@ impl TaskSlot for Pid {
     #[inline(always)]
     fn idle(self) -> bool {
         self.0 == 0
+    }
+
+    #[inline(always)]
+    fn tgid(self) -> u32 {
+        0
     }
 
     #[inline(always)]
@@ -374,6 +396,9 @@ fn on_switch<T: TaskSlot>(
                     let id = bpf_get_current_cgroup_id();
                     cg = id;
                     add_cgroup_wait(c, id, waited);
+                    if global(&PROCS_ON) == 1 {
+                        add_process_wait((bpf_get_current_pid_tgid() >> 32) as u32, waited);
+                    }
                     if on {
                         add_culprit_waits(c, id, &(*t).culprits);
                     }
@@ -426,6 +451,7 @@ fn on_switch<T: TaskSlot>(
                     // live task's never is; the wait then counts on the
                     // host only.
                     let id = next.cgroup();
+                    add_process_wait(next.tgid(), waited);
                     if id != 0 {
                         add_cgroup_wait(c, id, waited);
                         if on {
@@ -558,20 +584,38 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) {
-    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
+    if !add_hist_wait(&CGROUP_RUNQ, cg, waited) {
+        bump_in(c, counter::CGROUP_MAP_FULL);
+    }
+}
+
+/// Adds a wait to process `tgid`'s histogram while `PROCS_ON` is 1 (a
+/// full map loses it: `observe --processes` sizes the map for the host).
+#[inline(always)]
+fn add_process_wait(tgid: u32, waited: u64) {
+    if global(&PROCS_ON) == 1 && tgid != 0 {
+        add_hist_wait(&PROC_RUNQ, tgid, waited);
+    }
+}
+
+/// Adds a wait to `key`'s histogram in `map`, inserting it if absent;
+/// false if the map is full.
+#[inline(always)]
+fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, waited: u64) -> bool {
+    if let Some(h) = map.get_ptr_mut(&key) {
         hist_add(h, waited);
-        return;
+        return true;
     }
     let Some(zero) = HIST_ZERO.get(0) else {
-        return;
+        return true;
     };
-    if CGROUP_RUNQ.insert(cg, zero, 0).is_err() {
-        bump_in(c, counter::CGROUP_MAP_FULL);
-        return;
+    if map.insert(&key, zero, 0).is_err() {
+        return false;
     }
-    if let Some(h) = CGROUP_RUNQ.get_ptr_mut(cg) {
+    if let Some(h) = map.get_ptr_mut(&key) {
         hist_add(h, waited);
     }
+    true
 }
 
 const IPPROTO_TCP: u16 = 6;

@@ -189,6 +189,7 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
     let delay = btf_u64(task, &OFF_TASK_RUN_DELAY);
     let here = now.saturating_sub(queued);
     let id = next.cgroup();
+    let tgid = next.tgid();
     match TASK_WAITS.get(next.ptr, true) {
         Some(t) => {
             // SAFETY: this task's value; a task runs on one CPU at a time.
@@ -210,6 +211,7 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
                         add_culprit_waits(c, id, &(*t).culprits);
                     }
                 }
+                add_process_wait(tgid, waited);
                 wait_measured(c, waited);
             }
         }
@@ -219,6 +221,7 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
             if id != 0 {
                 add_cgroup_wait(c, id, here);
             }
+            add_process_wait(tgid, here);
             wait_measured(c, here);
         }
     }
@@ -235,6 +238,11 @@ impl TaskSlot for Task {
     #[inline(always)]
     fn idle(self) -> bool {
         self.pid == 0
+    }
+
+    #[inline(always)]
+    fn tgid(self) -> u32 {
+        task_field(self.ptr, &OFF_TASK_TGID)
     }
 
     #[inline(always)]

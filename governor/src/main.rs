@@ -68,7 +68,8 @@ enum Command {
         #[arg(long = "cgroup", value_name = "PATH")]
         cgroups: Vec<String>,
         /// Show the processes that waited longest on a run queue (total
-        /// wait, runs, mean wait; from the kernel's per-task schedstat)
+        /// wait, runs, mean wait from the kernel's per-task schedstat; as
+        /// root also each one's waits and p99 from the scheduler probes)
         /// instead of cgroups and ports.
         #[arg(long)]
         processes: bool,
@@ -438,7 +439,9 @@ fn record(
 }
 
 /// `governor observe --processes`: the processes that waited longest on a
-/// run queue, per interval, from schedstat (no probe is loaded).
+/// run queue, per interval, from schedstat; and, where the scheduler
+/// probes load (root), each one's waits and p99 from a per-process
+/// histogram the probes keep for this command only.
 fn observe_processes(
     interval: Duration,
     count: Option<u64>,
@@ -446,18 +449,42 @@ fn observe_processes(
     cgroups: &[String],
     top: usize,
 ) -> anyhow::Result<()> {
-    use governor::sense::processes::{ProcessReader, ProcessTable, json_line, table};
+    use governor::sense::processes::{
+        ProcessReader, ProcessTable, add_percentiles, json_line, table,
+    };
     let within = cgroups
         .iter()
         .map(|c| CgroupPath::new(c).map_err(|e| anyhow::anyhow!("--cgroup: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let reader = ProcessReader::default();
     let mut waits = ProcessTable::default();
+    let cpus = aya::util::nr_cpus().unwrap_or(1);
+    let mut probes = match governor::probes::Probes::load_with(Some(
+        governor::probes::Probes::process_entries(cpus),
+    ))
+    .and_then(|mut p| p.attach_all().map(|()| p))
+    {
+        Ok(p) if p.counts_runq() => Some(p),
+        Ok(_) => {
+            tracing::warn!(
+                "the scheduler probes are not attached: no per-process p99, schedstat only"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{e}: no per-process p99, schedstat only");
+            None
+        }
+    };
     let tty = std::io::stdout().is_terminal();
     let rt = runtime()?;
     rt.block_on(async move {
         let mut out = std::io::stdout().lock();
         waits.update(reader.read(&within), std::time::Instant::now(), top);
+        // The histograms start with the same interval as the counters.
+        if let Some(p) = probes.as_mut() {
+            let _ = p.take_processes();
+        }
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         let stop = stop_signal();
@@ -470,7 +497,13 @@ fn observe_processes(
                     let sample = reader.read(&within);
                     let cost = t.elapsed();
                     let n = sample.len();
-                    let rows = waits.update(sample, t, top);
+                    let mut rows = waits.update(sample, t, top);
+                    if let Some(p) = probes.as_mut() {
+                        match p.take_processes() {
+                            Ok(h) => add_percentiles(&mut rows, &h),
+                            Err(e) => tracing::warn!("{e}: per-process p99 missing this interval"),
+                        }
+                    }
                     match format {
                         Format::Json => writeln!(out, "{}", json_line(&rows, interval, cost, n))?,
                         Format::Table if tty => write!(out, "\x1b[H\x1b[2J{}", table(&rows, interval, cost, n))?,

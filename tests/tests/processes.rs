@@ -68,3 +68,74 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
         kids.wait_output(k);
     }
 }
+
+/// Where the scheduler probes load, `--processes` adds each process's
+/// waits and their p99 from a per-process histogram the probes keep for
+/// this command: a worker beside two hogs on CPU 0 has a p99 at least ten
+/// times (three under emulation) that of a worker alone on CPU 1, and for
+/// each the probes count as many waits as the kernel counts runs (within
+/// 5%; 15% under emulation).
+#[test]
+fn with_the_probes_each_process_has_a_p99_and_the_crowded_one_is_ten_times_the_quiet_one() {
+    require_root();
+    let parent = governor_integration::CpuTestCgroup::new("procs-p99");
+    parent.outweigh_the_host();
+    let (busy, quiet) = (parent.child("busy"), parent.child("quiet"));
+    let (bp, qp) = (busy.v2.procs(), quiet.v2.procs());
+    let (bp, qp) = (bp.to_str().expect("utf-8"), qp.to_str().expect("utf-8"));
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    for _ in 0..2 {
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", "4", "--join", bp]);
+        busy.join(kids.procs[h].id());
+    }
+    let a = kids.spawn(&["worker", "--cpu", "0", "--seconds", "4", "--join", bp]);
+    busy.join(kids.procs[a].id());
+    let b = kids.spawn(&["worker", "--cpu", "1", "--seconds", "4", "--join", qp]);
+    quiet.join(kids.procs[b].id());
+    let (crowded, alone) = (kids.procs[a].id(), kids.procs[b].id());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = Command::new(governor_bin())
+        .args(["observe", "--processes", "--format", "json", "--count", "1"])
+        .args(["--interval", "2s", "--cgroup"])
+        .arg(busy.v2.path.to_string())
+        .arg("--cgroup")
+        .arg(quiet.v2.path.to_string())
+        .output()
+        .expect("governor observe --processes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    for k in 0..kids.procs.len() {
+        kids.wait_output(k);
+    }
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+    assert_eq!(v["source"], "schedstat+probes", "the probes loaded: {v}");
+    let rows = v["processes"].as_array().expect("processes");
+    let row = |pid: u32| {
+        rows.iter()
+            .find(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+            .unwrap_or_else(|| panic!("process {pid} listed: {v}"))
+    };
+    let (ra, rb) = (row(crowded), row(alone));
+    let p99 = |r: &serde_json::Value| r["p99_us"].as_u64().unwrap_or_else(|| panic!("a p99: {r}"));
+    let emulated = std::env::var("GOVERNOR_TEST_ENV").is_ok_and(|v| v == "vm");
+    let (ratio, tolerance) = if emulated { (3, 0.15) } else { (10, 0.05) };
+    assert!(
+        p99(ra) >= ratio * p99(rb).max(1),
+        "the crowded worker's p99 {} µs is at least {ratio}× the quiet one's {} µs",
+        p99(ra),
+        p99(rb)
+    );
+    for r in [ra, rb] {
+        let (waits, runs) = (
+            r["probe_waits"].as_u64().unwrap_or(0),
+            r["runs"].as_u64().unwrap_or(0),
+        );
+        let off = (waits as f64 - runs as f64).abs() / runs.max(1) as f64;
+        assert!(
+            off <= tolerance,
+            "{waits} waits by the probes for {runs} runs by the kernel ({:.1}% off): {r}",
+            off * 100.0
+        );
+    }
+}

@@ -353,6 +353,14 @@ impl Probes {
     /// left out and [`Probes::missing`] says which signals are lost.
     /// aya raises `RLIMIT_MEMLOCK` itself on kernels that charge BPF memory to it.
     pub fn load() -> Result<Self, ProbeError> {
+        Self::load_with(None)
+    }
+
+    /// As [`Probes::load`], and with `processes` (a map size) the
+    /// scheduler probes also keep a run-queue histogram per process
+    /// ([`Probes::take_processes`]), for `governor observe --processes`: a
+    /// hash lookup more per measured wait, which the agent never pays.
+    pub fn load_with(processes: Option<u32>) -> Result<Self, ProbeError> {
         let root = Path::new(crate::probes::tracefs::DEFAULT_ROOT);
         crate::probes::tracefs::ensure_mounted(root)?;
         let mut offsets: Vec<(&'static str, u32)> = Vec::new();
@@ -424,14 +432,16 @@ impl Probes {
             Ok((
                 b.sized_member_offset("task_struct", &["pid"], &[4])?,
                 b.sized_member_offset("task_struct", &["__state", "state"], &[4, 8])?,
+                b.sized_member_offset("task_struct", &["tgid"], &[4])?,
             ))
         });
         // The BTF tracepoints also read the switched-in task's cgroup id.
         let mut cgroup_chain = false;
         let sched_raw = match btf {
-            Ok((pid, state)) => {
+            Ok((pid, state, tgid)) => {
                 offsets.push((globals::TASK_PID, pid));
                 offsets.push((globals::TASK_STATE, state));
+                offsets.push((globals::TASK_TGID, tgid));
                 match chain {
                     Some(Ok([cgroups, dfl, kn, id])) => {
                         offsets.push((globals::TASK_CGROUPS, cgroups));
@@ -480,6 +490,10 @@ impl Probes {
             loader.override_global(name, off, true);
         }
         loader.override_global(globals::CONFIGURED, &1u32, true);
+        if let Some(entries) = processes {
+            loader.override_global(globals::PROCS_ON, &1u32, true);
+            loader.map_max_entries(names::MAP_PROC_RUNQ, entries.max(1));
+        }
         let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
         let (object, prealloc) = object_for_kernel(cpus);
         match prealloc {
@@ -1027,6 +1041,30 @@ impl Probes {
                 *out.culprits.entry(key).or_default() += v.iter().sum::<u64>();
             },
         )
+    }
+
+    /// How many processes' histograms fit the preallocation budget on a
+    /// host of `cpus` CPUs (256 to 8,192): the map size `observe
+    /// --processes` asks for.
+    pub fn process_entries(cpus: usize) -> u32 {
+        let per_entry = std::mem::size_of::<Hist>() * cpus.max(1);
+        (PREALLOC_BUDGET / per_entry).clamp(256, 8192) as u32
+    }
+
+    /// Takes the per-process run-queue histograms out of the map (tgid →
+    /// counts per bucket, summed over CPUs): the waits since the last
+    /// take. Empty unless loaded with [`Probes::load_with`]`(Some(_))`.
+    pub fn take_processes(&mut self) -> Result<HashMap<u32, Vec<u64>>, ProbeError> {
+        let mut out: HashMap<u32, Vec<u64>> = HashMap::new();
+        take_entries::<u32, Hist>(&mut self.ebpf, names::MAP_PROC_RUNQ, true, |tgid, v| {
+            let sum = out.entry(tgid).or_insert_with(|| vec![0; hist::BUCKETS]);
+            for h in v.iter() {
+                for (o, c) in sum.iter_mut().zip(h.counts.iter()) {
+                    *o += u64::from(*c);
+                }
+            }
+        })?;
+        Ok(out)
     }
 
     /// Cgroup ids that have a run-queue histogram or connect counter now.

@@ -57,6 +57,26 @@ pub struct ProcessWaits {
     /// Share of one CPU's time spent waiting (`wait / interval`): above 1
     /// when several of its threads wait at once.
     pub waiting_share: f64,
+    /// Waits the scheduler probes measured for it in the interval, and
+    /// their p99 in microseconds (`None` without per-process probes:
+    /// `observe --processes` as non-root, or probes that did not load).
+    pub probe_waits: Option<u64>,
+    /// See `probe_waits`.
+    pub p99_us: Option<u64>,
+}
+
+/// Adds the probes' per-process histograms (tgid → counts per bucket,
+/// taken over the same interval) to `rows`: each row's wait count and p99.
+/// A row the probes have no waits for shows 0 waits and no p99.
+pub fn add_percentiles(rows: &mut [ProcessWaits], hists: &HashMap<u32, Vec<u64>>) {
+    for r in rows {
+        let stats = hists
+            .get(&r.pid)
+            .map(|h| governor_engine::snapshot::runq_stats(h))
+            .unwrap_or_default();
+        r.probe_waits = Some(stats.count);
+        r.p99_us = (stats.count > 0).then_some(stats.p99_us);
+    }
 }
 
 /// Reads processes' counters under a `/proc` root.
@@ -206,6 +226,8 @@ fn waits(c: &ProcessCounters, wait_ns: u64, runs: u64, interval: Duration) -> Pr
         } else {
             0.0
         },
+        probe_waits: None,
+        p99_us: None,
     }
 }
 
@@ -225,15 +247,33 @@ pub fn table(
         interval.as_secs_f64(),
         read_cost.as_secs_f64() * 1000.0
     );
-    let _ = writeln!(
-        out,
-        "{:>8} {:<16} {:>10} {:>8} {:>9} {:>7}  cgroup",
-        "pid", "comm", "wait_us", "runs", "mean_us", "share"
-    );
-    for r in rows {
+    let probes = rows.iter().any(|r| r.probe_waits.is_some());
+    if probes {
         let _ = writeln!(
             out,
-            "{:>8} {:<16.16} {:>10} {:>8} {:>9.1} {:>6.1}%  {}",
+            "{:>8} {:<16} {:>10} {:>8} {:>9} {:>7} {:>8} {:>9}  cgroup",
+            "pid", "comm", "wait_us", "runs", "mean_us", "share", "waits", "p99_us"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{:>8} {:<16} {:>10} {:>8} {:>9} {:>7}  cgroup",
+            "pid", "comm", "wait_us", "runs", "mean_us", "share"
+        );
+    }
+    for r in rows {
+        let probe_cols = if probes {
+            format!(
+                " {:>8} {:>9}",
+                r.probe_waits.map_or("-".to_owned(), |n| n.to_string()),
+                r.p99_us.map_or("-".to_owned(), |n| n.to_string())
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:>8} {:<16.16} {:>10} {:>8} {:>9.1} {:>6.1}%{probe_cols}  {}",
             r.pid,
             r.comm,
             r.wait_us,
@@ -257,7 +297,11 @@ pub fn json_line(
         "interval_ms": interval.as_millis() as u64,
         "read_ms": read_cost.as_secs_f64() * 1000.0,
         "read": read,
-        "source": "schedstat",
+        "source": if rows.iter().any(|r| r.probe_waits.is_some()) {
+            "schedstat+probes"
+        } else {
+            "schedstat"
+        },
         "processes": rows,
     })
     .to_string()
@@ -347,8 +391,8 @@ mod tests {
         );
     }
 
-    fn table_of_one() -> String {
-        let r = ProcessWaits {
+    fn row_of_one() -> ProcessWaits {
+        ProcessWaits {
             pid: 10,
             comm: "api".into(),
             cgroup: Some("/workload/api".into()),
@@ -356,8 +400,50 @@ mod tests {
             runs: 50,
             mean_wait_us: 80.0,
             waiting_share: 0.002,
-        };
-        table(&[r], Duration::from_secs(1), Duration::from_millis(3), 2)
+            probe_waits: None,
+            p99_us: None,
+        }
+    }
+
+    fn table_of_one() -> String {
+        table(
+            &[row_of_one()],
+            Duration::from_secs(1),
+            Duration::from_millis(3),
+            2,
+        )
+    }
+
+    /// The probes' histogram of a process gives its row a count and a p99
+    /// (the engine's percentile of the buckets); a process they have no
+    /// waits for gets 0 and no p99; the table and JSON then show both.
+    #[test]
+    fn the_probes_histograms_give_each_row_its_waits_and_p99() {
+        use governor_engine::snapshot::buckets;
+        let mut counts = vec![0u64; buckets::BUCKETS];
+        counts[buckets::bucket(2_000)] = 98;
+        counts[buckets::bucket(5_000_000)] = 2;
+        let hists = HashMap::from([(10u32, counts)]);
+        let mut rows = vec![
+            row_of_one(),
+            ProcessWaits {
+                pid: 11,
+                ..row_of_one()
+            },
+        ];
+        add_percentiles(&mut rows, &hists);
+        assert_eq!(rows[0].probe_waits, Some(100));
+        let p99 = rows[0].p99_us.expect("a p99");
+        assert!((4_700..=5_300).contains(&p99), "p99 {p99} µs of 5 ms waits");
+        assert_eq!((rows[1].probe_waits, rows[1].p99_us), (Some(0), None));
+        let text = table(&rows, Duration::from_secs(1), Duration::from_millis(3), 2);
+        assert!(
+            text.contains("p99_us") && text.contains(&p99.to_string()),
+            "{text}"
+        );
+        let json = json_line(&rows, Duration::from_secs(1), Duration::from_millis(3), 2);
+        assert!(json.contains("\"source\":\"schedstat+probes\""), "{json}");
+        assert!(json.contains(&format!("\"p99_us\":{p99}")), "{json}");
     }
 
     #[test]
