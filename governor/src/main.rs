@@ -504,10 +504,11 @@ fn observe_processes(
                             Err(e) => tracing::warn!("{e}: per-process p99 missing this interval"),
                         }
                     }
+                    let p = probes.is_some();
                     match format {
-                        Format::Json => writeln!(out, "{}", json_line(&rows, interval, cost, n))?,
-                        Format::Table if tty => write!(out, "\x1b[H\x1b[2J{}", table(&rows, interval, cost, n))?,
-                        Format::Table => writeln!(out, "{}", table(&rows, interval, cost, n))?,
+                        Format::Json => writeln!(out, "{}", json_line(&rows, interval, cost, n, p))?,
+                        Format::Table if tty => write!(out, "\x1b[H\x1b[2J{}", table(&rows, interval, cost, n, p))?,
+                        Format::Table => writeln!(out, "{}", table(&rows, interval, cost, n, p))?,
                     }
                     out.flush()?;
                     shown += 1;

@@ -16,7 +16,7 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
     // Three hogs on CPU 0 wait for each other about two thirds of the time.
     let hogs: Vec<u32> = (0..3)
         .map(|_| {
-            let k = kids.spawn(&["hog", "--cpu", "0", "--seconds", "4", "--join", bp]);
+            let k = kids.spawn(&["hog", "--cpu", "0", "--seconds", "60", "--join", bp]);
             kids.procs[k].id()
         })
         .collect();
@@ -30,7 +30,7 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
         "--work-us",
         "100",
         "--seconds",
-        "4",
+        "60",
         "--join",
         ip,
     ]);
@@ -45,6 +45,7 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
+    drop(kids);
     let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
     let rows = v["processes"].as_array().expect("processes");
     let pids: Vec<u64> = rows.iter().filter_map(|r| r["pid"].as_u64()).collect();
@@ -64,12 +65,9 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
             "a hog waits about two thirds of the second: {r}"
         );
     }
-    for k in 0..kids.procs.len() {
-        kids.wait_output(k);
-    }
 }
 
-/// Where the scheduler probes load, `--processes` adds each process's
+/// Where the scheduler probes load (root), `--processes` adds each process's
 /// waits and their p99 from a per-process histogram the probes keep for
 /// this command: a worker beside two hogs on CPU 0 has a p99 at least ten
 /// times (three under emulation) that of a worker alone on CPU 1, and for
@@ -85,12 +83,12 @@ fn with_the_probes_each_process_has_a_p99_and_the_crowded_one_is_ten_times_the_q
     let (bp, qp) = (bp.to_str().expect("utf-8"), qp.to_str().expect("utf-8"));
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
     for _ in 0..2 {
-        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", "4", "--join", bp]);
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", "60", "--join", bp]);
         busy.join(kids.procs[h].id());
     }
-    let a = kids.spawn(&["worker", "--cpu", "0", "--seconds", "4", "--join", bp]);
+    let a = kids.spawn(&["worker", "--cpu", "0", "--seconds", "60", "--join", bp]);
     busy.join(kids.procs[a].id());
-    let b = kids.spawn(&["worker", "--cpu", "1", "--seconds", "4", "--join", qp]);
+    let b = kids.spawn(&["worker", "--cpu", "1", "--seconds", "60", "--join", qp]);
     quiet.join(kids.procs[b].id());
     let (crowded, alone) = (kids.procs[a].id(), kids.procs[b].id());
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -105,9 +103,9 @@ fn with_the_probes_each_process_has_a_p99_and_the_crowded_one_is_ten_times_the_q
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
-    for k in 0..kids.procs.len() {
-        kids.wait_output(k);
-    }
+    // The workloads run until killed (by pid, with `kids`): loading the
+    // probes takes seconds under emulation, and they must outlast it.
+    drop(kids);
     let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
     assert_eq!(v["source"], "schedstat+probes", "the probes loaded: {v}");
     let rows = v["processes"].as_array().expect("processes");

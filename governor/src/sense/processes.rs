@@ -237,6 +237,7 @@ pub fn table(
     interval: Duration,
     read_cost: Duration,
     read: usize,
+    probes: bool,
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -247,7 +248,6 @@ pub fn table(
         interval.as_secs_f64(),
         read_cost.as_secs_f64() * 1000.0
     );
-    let probes = rows.iter().any(|r| r.probe_waits.is_some());
     if probes {
         let _ = writeln!(
             out,
@@ -292,12 +292,13 @@ pub fn json_line(
     interval: Duration,
     read_cost: Duration,
     read: usize,
+    probes: bool,
 ) -> String {
     serde_json::json!({
         "interval_ms": interval.as_millis() as u64,
         "read_ms": read_cost.as_secs_f64() * 1000.0,
         "read": read,
-        "source": if rows.iter().any(|r| r.probe_waits.is_some()) {
+        "source": if probes {
             "schedstat+probes"
         } else {
             "schedstat"
@@ -411,6 +412,7 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_millis(3),
             2,
+            false,
         )
     }
 
@@ -436,12 +438,24 @@ mod tests {
         let p99 = rows[0].p99_us.expect("a p99");
         assert!((4_700..=5_300).contains(&p99), "p99 {p99} µs of 5 ms waits");
         assert_eq!((rows[1].probe_waits, rows[1].p99_us), (Some(0), None));
-        let text = table(&rows, Duration::from_secs(1), Duration::from_millis(3), 2);
+        let text = table(
+            &rows,
+            Duration::from_secs(1),
+            Duration::from_millis(3),
+            2,
+            true,
+        );
         assert!(
             text.contains("p99_us") && text.contains(&p99.to_string()),
             "{text}"
         );
-        let json = json_line(&rows, Duration::from_secs(1), Duration::from_millis(3), 2);
+        let json = json_line(
+            &rows,
+            Duration::from_secs(1),
+            Duration::from_millis(3),
+            2,
+            true,
+        );
         assert!(json.contains("\"source\":\"schedstat+probes\""), "{json}");
         assert!(json.contains(&format!("\"p99_us\":{p99}")), "{json}");
     }
