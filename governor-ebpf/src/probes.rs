@@ -396,6 +396,7 @@ fn on_switch<T: TaskSlot>(
                     let id = bpf_get_current_cgroup_id();
                     cg = id;
                     add_cgroup_wait(c, id, waited);
+                    // Tested here too: the helper call must not run while off.
                     if global(&PROCS_ON) == 1 {
                         add_process_wait((bpf_get_current_pid_tgid() >> 32) as u32, waited);
                     }

@@ -5,6 +5,22 @@ use std::process::Command;
 
 use governor_integration::{Children, TestCgroup, governor_bin, require_root};
 
+/// One interval of `governor observe --processes --format json` over
+/// `cgroups`: its JSON line (it must succeed).
+fn observe_processes(interval: &str, cgroups: &[String]) -> serde_json::Value {
+    let mut cmd = Command::new(governor_bin());
+    cmd.args(["observe", "--processes", "--format", "json", "--count", "1"])
+        .args(["--interval", interval]);
+    for c in cgroups {
+        cmd.arg("--cgroup").arg(c);
+    }
+    let out = cmd.output().expect("governor observe --processes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    serde_json::from_str(text.trim()).expect("one JSON line")
+}
+
 #[test]
 fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
     require_root();
@@ -36,17 +52,8 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
     ]);
     let sleeper = kids.procs[s].id();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = Command::new(governor_bin())
-        .args(["observe", "--processes", "--format", "json", "--count", "1"])
-        .args(["--interval", "1s", "--cgroup"])
-        .arg(busy.path.to_string())
-        .output()
-        .expect("governor observe --processes");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success());
+    let v = observe_processes("1s", &[busy.path.to_string()]);
     drop(kids);
-    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
     let rows = v["processes"].as_array().expect("processes");
     let pids: Vec<u64> = rows.iter().filter_map(|r| r["pid"].as_u64()).collect();
     for h in &hogs {
@@ -92,21 +99,10 @@ fn with_the_probes_each_process_has_a_p99_and_the_crowded_one_is_ten_times_the_q
     quiet.join(kids.procs[b].id());
     let (crowded, alone) = (kids.procs[a].id(), kids.procs[b].id());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = Command::new(governor_bin())
-        .args(["observe", "--processes", "--format", "json", "--count", "1"])
-        .args(["--interval", "2s", "--cgroup"])
-        .arg(busy.v2.path.to_string())
-        .arg("--cgroup")
-        .arg(quiet.v2.path.to_string())
-        .output()
-        .expect("governor observe --processes");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success());
+    let v = observe_processes("2s", &[busy.v2.path.to_string(), quiet.v2.path.to_string()]);
     // The workloads run until killed (by pid, with `kids`): loading the
     // probes takes seconds under emulation, and they must outlast it.
     drop(kids);
-    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
     assert_eq!(v["source"], "schedstat+probes", "the probes loaded: {v}");
     let rows = v["processes"].as_array().expect("processes");
     let row = |pid: u32| {

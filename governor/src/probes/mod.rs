@@ -90,10 +90,35 @@ fn kernel_at_least(major: u8, minor: u8) -> bool {
 /// CPUs). Kernels before 6.1 (`old`) always use it: they deadlock
 /// allocating map memory from a scheduler tracepoint.
 fn prealloc_entries(cpus: usize, old: bool) -> Option<u32> {
-    let per_entry = std::mem::size_of::<Hist>() * cpus.max(1);
-    let entries =
-        (PREALLOC_BUDGET / per_entry).clamp(64, governor_common::limits::MAX_CGROUPS as usize);
+    let entries = hists_in_budget(cpus).clamp(64, governor_common::limits::MAX_CGROUPS as usize);
     (old || entries >= PREALLOC_ENOUGH).then_some(entries as u32)
+}
+
+/// How many per-CPU histograms [`PREALLOC_BUDGET`] holds on `cpus` CPUs.
+fn hists_in_budget(cpus: usize) -> usize {
+    PREALLOC_BUDGET / (std::mem::size_of::<Hist>() * cpus.max(1))
+}
+
+/// Adds per-CPU histograms (each an iterator of counts) to `key`'s sum in
+/// `sums` (a key can come twice: a batch read finished entry by entry).
+fn add_hists<K: std::hash::Hash + Eq, C: Iterator<Item = u64>>(
+    sums: &mut HashMap<K, Vec<u64>>,
+    key: K,
+    mut per_cpu: impl Iterator<Item = C>,
+) {
+    let sum = match sums.entry(key) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        // The first CPU's counts, not zeros to add to.
+        std::collections::hash_map::Entry::Vacant(e) => match per_cpu.next() {
+            Some(first) => e.insert(first.collect()),
+            None => return,
+        },
+    };
+    for h in per_cpu {
+        for (o, c) in sum.iter_mut().zip(h) {
+            *o += c;
+        }
+    }
 }
 
 /// Names of every program in [`OBJECT`]; used to find leftovers.
@@ -324,24 +349,8 @@ impl MapReadings {
     /// Adds per-CPU histograms (each an iterator of counts) to cgroup
     /// `id`'s sum (an id can come twice when a batch read is finished
     /// entry by entry).
-    fn add_hists<C: Iterator<Item = u64>>(
-        &mut self,
-        id: u64,
-        mut per_cpu: impl Iterator<Item = C>,
-    ) {
-        let sum = match self.cgroup_runq.entry(id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            // The first CPU's counts, not zeros to add to.
-            std::collections::hash_map::Entry::Vacant(e) => match per_cpu.next() {
-                Some(first) => e.insert(first.collect()),
-                None => return,
-            },
-        };
-        for h in per_cpu {
-            for (o, c) in sum.iter_mut().zip(h) {
-                *o += c;
-            }
-        }
+    fn add_hists<C: Iterator<Item = u64>>(&mut self, id: u64, per_cpu: impl Iterator<Item = C>) {
+        add_hists(&mut self.cgroup_runq, id, per_cpu);
     }
 }
 
@@ -1047,8 +1056,7 @@ impl Probes {
     /// host of `cpus` CPUs (256 to 8,192): the map size `observe
     /// --processes` asks for.
     pub fn process_entries(cpus: usize) -> u32 {
-        let per_entry = std::mem::size_of::<Hist>() * cpus.max(1);
-        (PREALLOC_BUDGET / per_entry).clamp(256, 8192) as u32
+        hists_in_budget(cpus).clamp(256, 8192) as u32
     }
 
     /// Takes the per-process run-queue histograms out of the map (tgid →
@@ -1057,12 +1065,11 @@ impl Probes {
     pub fn take_processes(&mut self) -> Result<HashMap<u32, Vec<u64>>, ProbeError> {
         let mut out: HashMap<u32, Vec<u64>> = HashMap::new();
         take_entries::<u32, Hist>(&mut self.ebpf, names::MAP_PROC_RUNQ, true, |tgid, v| {
-            let sum = out.entry(tgid).or_insert_with(|| vec![0; hist::BUCKETS]);
-            for h in v.iter() {
-                for (o, c) in sum.iter_mut().zip(h.counts.iter()) {
-                    *o += u64::from(*c);
-                }
-            }
+            add_hists(
+                &mut out,
+                tgid,
+                v.iter().map(|h| h.counts.iter().map(|&c| u64::from(c))),
+            );
         })?;
         Ok(out)
     }
