@@ -23,11 +23,48 @@ pub struct TaskWait {
     /// (there, or at its switch-out); filled only while some cgroup is
     /// watched ([`culprits`]).
     pub culprits: culprits::Split,
+    /// Its cgroup's histogram slot, as last looked up ([`slots`]; the BTF
+    /// probes only).
+    pub cgroup_slot: slots::Cached,
+    /// Its process's histogram slot, as last looked up (while `PROCS_ON`).
+    pub process_slot: slots::Cached,
 }
 
 #[cfg(feature = "user")]
-// SAFETY: `u64`s only, `repr(C)`, no padding.
+// SAFETY: `u64`s and `u32`s in pairs, `repr(C)`, no padding.
 unsafe impl aya::Pod for TaskWait {}
+
+/// Histogram slots: the agent gives each cgroup that waits tick after
+/// tick (and each watched one) a slot in the per-CPU array `SLOT_RUNQ`,
+/// which the BTF probes add its waits to instead of the per-cgroup hash
+/// (an array index instead of a hash lookup; the slot is cached in the
+/// task's storage, see [`super::TaskWait::slot`]). The other cgroups' waits
+/// go to `CGROUP_RUNQ` as before. Slot histograms are cumulative: the
+/// agent takes deltas.
+pub mod slots {
+    /// A `SLOT_OF` value (and a cached slot) meaning "no slot".
+    pub const NONE: u32 = u32::MAX;
+    /// Set in a `SLOT_OF` value when the cgroup is watched: its culprits
+    /// are counted without a `WATCHED` lookup.
+    pub const WATCHED: u32 = 1 << 31;
+    /// At most this many slots (the agent sizes `SLOT_RUNQ` from the
+    /// number of CPUs, see `governor::probes`).
+    pub const MAX: u32 = 1_024;
+
+    /// A task's cached slot lookup: valid while the key (its cgroup id, or
+    /// its process id) is still `key` and the agent's slot generation still
+    /// `generation`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Cached {
+        /// What was looked up (0: nothing yet; no cgroup or process has 0).
+        pub key: u64,
+        /// Its `SLOT_OF` value then ([`NONE`]: it had none).
+        pub slot: u32,
+        /// The generation then.
+        pub generation: u32,
+    }
+}
 
 /// Per-CPU state of the probes (the one value of the `COUNTERS` map): the
 /// event counters and the "announced" flag in one lookup.
@@ -71,6 +108,15 @@ pub mod culprits {
     /// Index 0 of `CULPRIT_CONF`: how many cgroups `WATCHED` holds (0: the
     /// probes skip culprit bookkeeping).
     pub const CONF_WATCHED: u32 = 0;
+    /// Index 1 of `CULPRIT_CONF`: the slot generation, which the agent
+    /// bumps whenever it changes `SLOT_OF` ([`super::slots`]), so that
+    /// every task's cached slot is looked up again.
+    pub const CONF_GEN: u32 = 1;
+    /// Index 2 of `CULPRIT_CONF`: the process slots' generation
+    /// (`PROC_SLOT_OF`).
+    pub const CONF_PROC_GEN: u32 = 2;
+    /// Entries of `CULPRIT_CONF`.
+    pub const CONF_LEN: u32 = 3;
 
     /// Runs a CPU remembers ([`RunLog`]); a power of two.
     pub const RUNS: usize = 8;
@@ -267,8 +313,21 @@ pub mod names {
     pub const MAP_PORT_ACCEPTS: &str = "PORT_ACCEPTS";
     /// Hash: watched cgroup id (`u64`) → 1 (`u8`): whose culprits are counted.
     pub const MAP_WATCHED: &str = "WATCHED";
-    /// Array of one `u32`: [`super::culprits::CONF_WATCHED`].
+    /// Array of `u32`: [`super::culprits::CONF_WATCHED`],
+    /// [`super::culprits::CONF_GEN`], [`super::culprits::CONF_PROC_GEN`].
     pub const MAP_CULPRIT_CONF: &str = "CULPRIT_CONF";
+    /// Hash: cgroup id (`u64`) → its histogram slot (`u32`, with
+    /// [`super::slots::WATCHED`]), set by the agent (BTF objects only).
+    pub const MAP_SLOT_OF: &str = "SLOT_OF";
+    /// Per-CPU array: slot → cumulative run-queue [`super::hist::Hist`]
+    /// (BTF objects only).
+    pub const MAP_SLOT_RUNQ: &str = "SLOT_RUNQ";
+    /// Hash: process id (tgid, as `u64`) → its histogram slot (`u32`),
+    /// set by `governor observe --processes` (BTF objects only).
+    pub const MAP_PROC_SLOT_OF: &str = "PROC_SLOT_OF";
+    /// Per-CPU array: process slot → cumulative run-queue
+    /// [`super::hist::Hist`] (BTF objects only).
+    pub const MAP_PROC_SLOT_RUNQ: &str = "PROC_SLOT_RUNQ";
     /// Per-CPU hash: [`super::culprits::Key`] → wait (ns, `u64`).
     pub const MAP_CULPRITS: &str = "CULPRITS";
     /// Per-CPU hash: process (tgid, `u32`) → run-queue [`super::hist::Hist`],

@@ -115,8 +115,9 @@ static WATCHED: HashMap<u64, u8> = HashMap::with_max_entries(limits::MAX_WATCHED
 
 /// `[culprits::CONF_WATCHED]`: how many cgroups `WATCHED` holds; while 0 the
 /// probes skip culprit bookkeeping (an array lookup the verifier inlines).
+/// `[culprits::CONF_GEN]`: the slot generation (`task_storage.rs`).
 #[map(name = "CULPRIT_CONF")]
-static CULPRIT_CONF: Array<u32> = Array::with_max_entries(1, 0);
+static CULPRIT_CONF: Array<u32> = Array::with_max_entries(culprits::CONF_LEN, 0);
 
 /// Run-queue wait (ns) of a watched cgroup by each cgroup that held the CPU
 /// during it (the part it ran), emptied by the agent every tick. Preallocated in
@@ -203,9 +204,10 @@ fn bump_keyed<K>(map: &PerCpuHashMap<K, u64>, key: &K, full: u32) {
     }
 }
 
+/// Adds one to bucket `b` (`hist::bucket` of a wait, computed once for
+/// all the histograms a wait goes to).
 #[inline(always)]
-fn hist_add(h: *mut Hist, ns: u64) {
-    let b = hist::bucket(ns);
+fn hist_add(h: *mut Hist, b: usize) {
     if b < hist::BUCKETS {
         // SAFETY: `h` points at this CPU's value of a per-CPU map; `b` is in bounds.
         unsafe { (*h).counts[b] += 1 };
@@ -288,6 +290,16 @@ impl TaskSlot for Pid {
             start_ns: now,
             pending_ns: 0,
             culprits: Split::default(),
+            cgroup_slot: governor_common::slots::Cached {
+                key: 0,
+                slot: 0,
+                generation: 0,
+            },
+            process_slot: governor_common::slots::Cached {
+                key: 0,
+                slot: 0,
+                generation: 0,
+            },
         };
         if TASKS.insert(self.0, t, 0).is_err() {
             bump(counter::START_MAP_FULL);
@@ -317,14 +329,21 @@ fn culprits_on() -> bool {
         .is_some_and(|n| *n != 0)
 }
 
-/// Charges watched cgroup `victim`'s wait to the cgroups that held the
-/// CPU during it, each its part.
+/// Charges cgroup `victim`'s wait, if it is watched, to the cgroups that
+/// held the CPU during it, each its part.
 #[inline(always)]
 fn add_culprit_waits(c: Option<*mut CpuCounters>, victim: u64, split: &Split) {
     // SAFETY: a lookup; no preconditions.
     if unsafe { WATCHED.get(victim) }.is_none() {
         return;
     }
+    charge_culprits(c, victim, split);
+}
+
+/// Charges watched cgroup `victim`'s wait to the cgroups that held the
+/// CPU during it, each its part.
+#[inline(always)]
+fn charge_culprits(c: Option<*mut CpuCounters>, victim: u64, split: &Split) {
     // The slots in use: up to the first with 0 ns.
     let mut j = 0;
     while j < culprits::SLOTS {
@@ -392,13 +411,14 @@ fn on_switch<T: TaskSlot>(
             unsafe {
                 if (*t).pending_ns != 0 {
                     let waited = (*t).pending_ns - 1;
+                    let b = hist::bucket(waited);
                     (*t).pending_ns = 0;
                     let id = bpf_get_current_cgroup_id();
                     cg = id;
-                    add_cgroup_wait(c, id, waited);
+                    add_cgroup_wait(c, id, b);
                     // Tested here too: the helper call must not run while off.
                     if global(&PROCS_ON) == 1 {
-                        add_process_wait((bpf_get_current_pid_tgid() >> 32) as u32, waited);
+                        add_process_wait((bpf_get_current_pid_tgid() >> 32) as u32, b);
                     }
                     if on {
                         add_culprit_waits(c, id, &(*t).culprits);
@@ -447,14 +467,15 @@ fn on_switch<T: TaskSlot>(
                     (*runs).split((*t).start_ns, now, &mut (*t).culprits);
                 }
                 (*t).start_ns = 0;
+                let b = hist::bucket(waited);
                 if T::CGROUP_AT_SWITCH_IN {
                     // 0 only if a link of the chain was NULL, which a
                     // live task's never is; the wait then counts on the
                     // host only.
                     let id = next.cgroup();
-                    add_process_wait(next.tgid(), waited);
+                    add_process_wait(next.tgid(), b);
                     if id != 0 {
-                        add_cgroup_wait(c, id, waited);
+                        add_cgroup_wait(c, id, b);
                         if on {
                             add_culprit_waits(c, id, &(*t).culprits);
                         }
@@ -463,7 +484,7 @@ fn on_switch<T: TaskSlot>(
                     // +1 so that a zero wait is still "pending".
                     (*t).pending_ns = waited + 1;
                 }
-                wait_measured(c, waited);
+                wait_measured(c, b);
             }
         }
     }
@@ -471,10 +492,10 @@ fn on_switch<T: TaskSlot>(
 
 /// A wait measured: counted, and added to the host histogram.
 #[inline(always)]
-fn wait_measured(c: Option<*mut CpuCounters>, waited: u64) {
+fn wait_measured(c: Option<*mut CpuCounters>, b: usize) {
     bump_in(c, counter::RUNQ_SAMPLES);
     if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
-        hist_add(h, waited);
+        hist_add(h, b);
     }
 }
 
@@ -584,8 +605,8 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) {
-    if !add_hist_wait(&CGROUP_RUNQ, cg, waited) {
+fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, b: usize) {
+    if !add_hist_wait(&CGROUP_RUNQ, cg, b) {
         bump_in(c, counter::CGROUP_MAP_FULL);
     }
 }
@@ -593,18 +614,18 @@ fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) {
 /// Adds a wait to process `tgid`'s histogram while `PROCS_ON` is 1 (a
 /// full map loses it: `observe --processes` sizes the map for the host).
 #[inline(always)]
-fn add_process_wait(tgid: u32, waited: u64) {
+fn add_process_wait(tgid: u32, b: usize) {
     if global(&PROCS_ON) == 1 && tgid != 0 {
-        add_hist_wait(&PROC_RUNQ, tgid, waited);
+        add_hist_wait(&PROC_RUNQ, tgid, b);
     }
 }
 
 /// Adds a wait to `key`'s histogram in `map`, inserting it if absent;
 /// false if the map is full.
 #[inline(always)]
-fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, waited: u64) -> bool {
+fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, b: usize) -> bool {
     if let Some(h) = map.get_ptr_mut(&key) {
-        hist_add(h, waited);
+        hist_add(h, b);
         return true;
     }
     let Some(zero) = HIST_ZERO.get(0) else {
@@ -614,7 +635,7 @@ fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, waited: u64) -> bool {
         return false;
     }
     if let Some(h) = map.get_ptr_mut(&key) {
-        hist_add(h, waited);
+        hist_add(h, b);
     }
     true
 }

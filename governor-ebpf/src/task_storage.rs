@@ -18,6 +18,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
+use governor_common::slots;
 
 /// A BTF map definition of a task storage map of `V` (what libbpf's
 /// `__uint(type, BPF_MAP_TYPE_TASK_STORAGE)` … `SEC(".maps")` encodes:
@@ -65,6 +66,117 @@ impl<V> TaskStorage<V> {
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "TASK_WAITS")]
 static TASK_WAITS: TaskStorage<TaskWait> = TaskStorage::new();
+
+/// The histogram slot of each cgroup the agent gave one
+/// (`governor_common::slots`): cgroup id → slot, with `slots::WATCHED`.
+#[map(name = "SLOT_OF")]
+static SLOT_OF: HashMap<u64, u32> = HashMap::with_max_entries(slots::MAX, 0);
+
+/// Each slot's run-queue histogram, cumulative (the agent takes deltas);
+/// one entry unless the agent sizes it.
+#[map(name = "SLOT_RUNQ")]
+static SLOT_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+/// The histogram slot of each process `governor observe --processes` gave
+/// one: tgid → slot.
+#[map(name = "PROC_SLOT_OF")]
+static PROC_SLOT_OF: HashMap<u64, u32> = HashMap::with_max_entries(slots::MAX, 0);
+
+/// Each process slot's run-queue histogram, cumulative; one entry unless
+/// the loader sizes it.
+#[map(name = "PROC_SLOT_RUNQ")]
+static PROC_SLOT_RUNQ: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+
+/// The agent's slot generation `CULPRIT_CONF[index]`.
+#[inline(always)]
+fn slot_gen(index: u32) -> u32 {
+    CULPRIT_CONF.get(index).copied().unwrap_or(0)
+}
+
+/// The `slot_of` value of `key` (`slots::NONE` if none), cached in a
+/// task's storage (`cache`): looked up again only when the key or the
+/// slot generation changed.
+///
+/// # Safety
+/// `cache` is in the task's storage value, which only its CPU touches now.
+#[inline(always)]
+unsafe fn cached_slot(
+    cache: *mut slots::Cached,
+    key: u64,
+    slot_of: &HashMap<u64, u32>,
+    conf: u32,
+) -> u32 {
+    let generation = slot_gen(conf);
+    // SAFETY: as the caller promises; the map lookup has no preconditions.
+    unsafe {
+        if (*cache).key == key && (*cache).generation == generation {
+            return (*cache).slot;
+        }
+        let s = slot_of.get(key).copied().unwrap_or(slots::NONE);
+        (*cache).key = key;
+        (*cache).generation = generation;
+        (*cache).slot = s;
+        s
+    }
+}
+
+/// Adds process `tgid`'s wait to its histogram while `PROCS_ON` is 1: its
+/// slot's if it has one (cached in the task's storage value `t`), else its
+/// `PROC_RUNQ` entry.
+///
+/// # Safety
+/// As for [`cached_slot`].
+#[inline(always)]
+unsafe fn add_process_wait_cached(t: *mut TaskWait, tgid: u32, b: usize) {
+    if global(&PROCS_ON) != 1 || tgid == 0 {
+        return;
+    }
+    // SAFETY: as the caller promises.
+    let slot = unsafe {
+        cached_slot(
+            core::ptr::addr_of_mut!((*t).process_slot),
+            u64::from(tgid),
+            &PROC_SLOT_OF,
+            culprits::CONF_PROC_GEN,
+        )
+    };
+    if slot != slots::NONE
+        && let Some(h) = PROC_SLOT_RUNQ.get_ptr_mut(slot)
+    {
+        hist_add(h, b);
+        return;
+    }
+    add_hist_wait(&PROC_RUNQ, tgid, b);
+}
+
+/// Adds cgroup `id`'s wait (in bucket `b`) to its histogram, its slot's if it has one
+/// (`slot`, a `SLOT_OF` value) else its hash entry, and while culprits are
+/// `on` charges it to `split` if the cgroup is watched: a slot says so
+/// itself (no `WATCHED` lookup); a cgroup without one is looked up (the
+/// agent gives watched cgroups slots first, so only when they ran out).
+#[inline(always)]
+fn add_slotted_wait(
+    c: Option<*mut CpuCounters>,
+    id: u64,
+    slot: u32,
+    b: usize,
+    on: bool,
+    split: &Split,
+) {
+    if slot != slots::NONE
+        && let Some(h) = SLOT_RUNQ.get_ptr_mut(slot & !slots::WATCHED)
+    {
+        hist_add(h, b);
+        if on && slot & slots::WATCHED != 0 {
+            charge_culprits(c, id, split);
+        }
+        return;
+    }
+    add_cgroup_wait(c, id, b);
+    if on {
+        add_culprit_waits(c, id, split);
+    }
+}
 
 /// A task by its BTF pointer, with its pid (read once).
 #[derive(Clone, Copy)]
@@ -200,29 +312,34 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
                 } else {
                     here
                 };
+                let b = hist::bucket(waited);
                 // What the kernel is about to make `run_delay`.
                 (*t).pending_ns = delay + here;
                 if on && let Some(runs) = runs {
                     (*runs).split(queued, now, &mut (*t).culprits);
                 }
                 if id != 0 {
-                    add_cgroup_wait(c, id, waited);
-                    if on {
-                        add_culprit_waits(c, id, &(*t).culprits);
-                    }
+                    let slot = cached_slot(
+                        core::ptr::addr_of_mut!((*t).cgroup_slot),
+                        id,
+                        &SLOT_OF,
+                        culprits::CONF_GEN,
+                    );
+                    add_slotted_wait(c, id, slot, b, on, &(*t).culprits);
                 }
-                add_process_wait(tgid, waited);
-                wait_measured(c, waited);
+                add_process_wait_cached(t, tgid, b);
+                wait_measured(c, b);
             }
         }
         None => {
             // No memory for the entry: the part on this CPU, no culprits.
             bump_in(c, counter::START_MAP_FULL);
+            let b = hist::bucket(here);
             if id != 0 {
-                add_cgroup_wait(c, id, here);
+                add_cgroup_wait(c, id, b);
             }
-            add_process_wait(tgid, here);
-            wait_measured(c, here);
+            add_process_wait(tgid, b);
+            wait_measured(c, b);
         }
     }
 }

@@ -499,6 +499,13 @@ fn observe_processes(
                     let n = sample.len();
                     let mut rows = waits.update(sample, t, top);
                     if let Some(p) = probes.as_mut() {
+                        // The per-cgroup maps too, which nothing here
+                        // shows: drained, they do not fill up, and the
+                        // cgroups that wait get histogram slots (cheaper
+                        // for the probes).
+                        if let Err(e) = p.read_maps() {
+                            tracing::debug!("{e}: per-cgroup maps not read");
+                        }
                         match p.take_processes() {
                             Ok(h) => add_percentiles(&mut rows, &h),
                             Err(e) => tracing::warn!("{e}: per-process p99 missing this interval"),

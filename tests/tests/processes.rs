@@ -1,9 +1,21 @@
 //! `governor observe --processes`: the processes that waited on a run queue,
 //! from the kernel's per-task schedstat, within a test-owned cgroup.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    sync::{Mutex, MutexGuard},
+};
 
 use governor_integration::{Children, TestCgroup, governor_bin, require_root};
+
+/// One test at a time: both crowd CPU 0, and the other's heavier cgroup
+/// (`outweigh_the_host`) starves this one's hogs, which then neither run
+/// nor, by their schedstat, wait (run delay is added when a task gets the
+/// CPU): in parallel the hogs test saw no rows.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One interval of `governor observe --processes --format json` over
 /// `cgroups`: its JSON line (it must succeed).
@@ -24,6 +36,7 @@ fn observe_processes(interval: &str, cgroups: &[String]) -> serde_json::Value {
 #[test]
 fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
     require_root();
+    let _serial = serial();
     let busy = TestCgroup::new("procs-busy");
     let idle = TestCgroup::new("procs-idle");
     let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
@@ -83,6 +96,7 @@ fn the_hogs_sharing_one_cpu_are_the_processes_that_waited() {
 #[test]
 fn with_the_probes_each_process_has_a_p99_and_the_crowded_one_is_ten_times_the_quiet_one() {
     require_root();
+    let _serial = serial();
     let parent = governor_integration::CpuTestCgroup::new("procs-p99");
     parent.outweigh_the_host();
     let (busy, quiet) = (parent.child("busy"), parent.child("quiet"));

@@ -172,9 +172,25 @@ fn a_cgroups_waits_add_up_to_the_run_delay_the_kernel_accounts_its_tasks() {
     let w = kids.spawn(&["worker", "--cpu", "0", "--seconds", "4", "--join", pa]);
     ca.join(kids.procs[w].id());
     pids.push(kids.procs[w].id());
-    // Start the span once all three run in the cgroup.
-    thread::sleep(Duration::from_millis(700));
+    // Start the span once all three run in the cgroup, and after two
+    // samples: a cgroup that waited before a sample has a histogram slot
+    // after it where the probes use slots (the sched_info variant), so
+    // that the span measures that path there.
+    thread::sleep(Duration::from_millis(600));
     sensor.sample().expect("a snapshot");
+    thread::sleep(Duration::from_millis(200));
+    sensor.sample().expect("a snapshot");
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&a.dir).expect("the cgroup"));
+    let slot = sensor.probes().slot_of(id);
+    println!(
+        "variant: sched_info {}; the cgroup's histogram slot: {slot:?}",
+        sensor.probes().sched_info()
+    );
+    assert_eq!(
+        slot.is_some(),
+        sensor.probes().sched_info(),
+        "a cgroup that waited has a slot exactly where the probes use slots"
+    );
     let (d0, n0) = kernel_run_delay(&pids);
     thread::sleep(Duration::from_secs(2));
     let (d1, n1) = kernel_run_delay(&pids);
@@ -186,7 +202,15 @@ fn a_cgroups_waits_add_up_to_the_run_delay_the_kernel_accounts_its_tasks() {
         .cgroup(&a.path)
         .and_then(|c| c.runq_hist.clone())
         .expect("the cgroup's histogram");
-    let (count, sum_ns) = hist.iter().fold((0u64, 0f64), |(n, s), (b, c)| {
+    let hist: Vec<(usize, u64)> = hist.iter().collect();
+    agrees_with_the_kernels_run_delay(&hist, d1 - d0, n1 - n0);
+}
+
+/// Asserts that the waits of a histogram (bucket, count) add up to `delay`
+/// ns of the kernel's run delay (bucket midpoints; within 10%, 25% under
+/// emulation) and count `slices` timeslices (5%, 15%).
+fn agrees_with_the_kernels_run_delay(hist: &[(usize, u64)], delay: u64, slices: u64) {
+    let (count, sum_ns) = hist.iter().fold((0u64, 0f64), |(n, s), &(b, c)| {
         let (lo, hi) = governor_engine::snapshot::buckets::range(b);
         let mid = if hi == u64::MAX {
             lo as f64
@@ -195,7 +219,6 @@ fn a_cgroups_waits_add_up_to_the_run_delay_the_kernel_accounts_its_tasks() {
         };
         (n + c, s + mid * c as f64)
     });
-    let (delay, slices) = (d1 - d0, n1 - n0);
     println!(
         "probes: {count} waits, {:.1} ms; kernel: {slices} timeslices, {:.1} ms of run delay",
         sum_ns / 1e6,
@@ -223,6 +246,63 @@ fn a_cgroups_waits_add_up_to_the_run_delay_the_kernel_accounts_its_tasks() {
         count_off * 100.0,
         count_tol * 100.0
     );
+}
+
+/// The per-process histograms (`governor observe --processes`) agree with
+/// the kernel's run delay as the per-cgroup ones do: a worker crowded by
+/// two hogs on CPU 0, over two seconds. Where the probes use histogram
+/// slots (the sched_info variant) the worker has one by then (it waited in
+/// the takes before the span), so the span measures that path there.
+#[test]
+fn a_processes_waits_add_up_to_the_run_delay_the_kernel_accounts_it() {
+    require_root();
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let mut p =
+        governor::probes::Probes::load_with(Some(governor::probes::Probes::process_entries(cpus)))
+            .expect("the embedded object loads");
+    p.attach_all().expect("probes attach");
+    let parent = CpuTestCgroup::new("pdelay");
+    parent.outweigh_the_host();
+    let ca = parent.child("a");
+    let pa = ca.v2.procs();
+    let pa = pa.to_str().expect("utf-8");
+    let mut kids = Children::new(env!("CARGO_BIN_EXE_govtest-load"));
+    for _ in 0..2 {
+        let h = kids.spawn(&["hog", "--cpu", "0", "--seconds", "4", "--join", pa]);
+        ca.join(kids.procs[h].id());
+    }
+    let w = kids.spawn(&["worker", "--cpu", "0", "--seconds", "4", "--join", pa]);
+    ca.join(kids.procs[w].id());
+    let worker = kids.procs[w].id();
+    thread::sleep(Duration::from_millis(600));
+    p.take_processes().expect("a take");
+    thread::sleep(Duration::from_millis(200));
+    p.take_processes().expect("a take");
+    let slot = p.process_slot_of(worker);
+    println!(
+        "variant: sched_info {}; the worker's slot: {slot:?}",
+        p.sched_info()
+    );
+    assert_eq!(
+        slot.is_some(),
+        p.sched_info(),
+        "a process that waited has a slot exactly where the probes use slots"
+    );
+    let (d0, n0) = kernel_run_delay(&[worker]);
+    thread::sleep(Duration::from_secs(2));
+    let (d1, n1) = kernel_run_delay(&[worker]);
+    let taken = p.take_processes().expect("a take");
+    for i in 0..3 {
+        kids.wait_output(i);
+    }
+    let hist = taken.get(&worker).expect("the worker's histogram");
+    let hist: Vec<(usize, u64)> = hist
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, c)| c > 0)
+        .collect();
+    agrees_with_the_kernels_run_delay(&hist, d1 - d0, n1 - n0);
 }
 
 /// Where the kernel allocates task storage safely from a scheduler

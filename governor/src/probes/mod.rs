@@ -4,7 +4,9 @@
 //! - [`btf`]: offsets of kernel structs from `/sys/kernel/btf/vmlinux`;
 //! - [`tracefs`]: tracepoint field offsets from tracefs `format` files;
 //! - [`mapbatch`]: batch lookup-and-delete of the per-interval maps;
-//! - [`runq`]: run-queue histograms read into counts and percentiles.
+//! - [`runq`]: run-queue histograms read into counts and percentiles;
+//! - [`slots`]: which cgroups get a histogram slot (an array index in the
+//!   probes instead of a hash lookup).
 //!
 //! Everything attached here is owned by [`Probes`]: links are not pinned, so
 //! dropping `Probes` (or the process exiting, however it exits) detaches and
@@ -18,6 +20,7 @@ use std::{
 pub mod btf;
 pub mod mapbatch;
 pub mod runq;
+pub mod slots;
 pub mod tracefs;
 
 use aya::{
@@ -92,6 +95,12 @@ fn kernel_at_least(major: u8, minor: u8) -> bool {
 fn prealloc_entries(cpus: usize, old: bool) -> Option<u32> {
     let entries = hists_in_budget(cpus).clamp(64, governor_common::limits::MAX_CGROUPS as usize);
     (old || entries >= PREALLOC_ENOUGH).then_some(entries as u32)
+}
+
+/// Histogram slots on a host of `cpus` CPUs: an eighth of
+/// [`PREALLOC_BUDGET`] (16 to `slots::MAX`; 1,024 up to 5 CPUs, 92 on 64).
+fn slot_capacity(cpus: usize) -> u32 {
+    (hists_in_budget(cpus) / 8).clamp(16, governor_common::slots::MAX as usize) as u32
 }
 
 /// How many per-CPU histograms [`PREALLOC_BUDGET`] holds on `cpus` CPUs.
@@ -252,6 +261,35 @@ pub struct Probes {
     attached: Vec<&'static str>,
     /// The network namespace (inode number) whose ports are counted.
     netns: Option<u32>,
+    /// The histogram slots, where the probes use them (the `sched_info`
+    /// variant).
+    slots: Option<slots::SlotTable>,
+    /// The process histogram slots, where the probes use them (the
+    /// `sched_info` variant, loaded with per-process histograms).
+    proc_slots: Option<slots::SlotTable>,
+}
+
+/// Which histogram slots: the cgroups' or the processes'.
+#[derive(Debug, Clone, Copy)]
+enum SlotKind {
+    Cgroups,
+    Processes,
+}
+
+impl SlotKind {
+    /// Its `SLOT_OF` map, its histogram array, and its generation's index
+    /// in `CULPRIT_CONF`.
+    fn maps(self) -> (&'static str, &'static str, u32) {
+        use governor_common::culprits::{CONF_GEN, CONF_PROC_GEN};
+        match self {
+            Self::Cgroups => (names::MAP_SLOT_OF, names::MAP_SLOT_RUNQ, CONF_GEN),
+            Self::Processes => (
+                names::MAP_PROC_SLOT_OF,
+                names::MAP_PROC_SLOT_RUNQ,
+                CONF_PROC_GEN,
+            ),
+        }
+    }
 }
 
 /// The port of a `PORT_ACCEPTS` key if its namespace is `netns` (a key
@@ -505,6 +543,12 @@ impl Probes {
         }
         let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
         let (object, prealloc) = object_for_kernel(cpus);
+        if from_sched_info {
+            loader.map_max_entries(names::MAP_SLOT_RUNQ, slot_capacity(cpus));
+            if processes.is_some() {
+                loader.map_max_entries(names::MAP_PROC_SLOT_RUNQ, slot_capacity(cpus));
+            }
+        }
         match prealloc {
             Some(entries) => {
                 tracing::info!("per-cgroup histograms preallocated for {entries} cgroups");
@@ -567,6 +611,10 @@ impl Probes {
             attached: Vec::new(),
             // The loading thread's namespace (a thread may have joined one).
             netns: netns_inum(Path::new("/proc/thread-self/ns/net")),
+            slots: (sched_btf && from_sched_info)
+                .then(|| slots::SlotTable::new(slot_capacity(cpus))),
+            proc_slots: (sched_btf && from_sched_info && processes.is_some())
+                .then(|| slots::SlotTable::new(slot_capacity(cpus))),
         })
     }
 
@@ -616,7 +664,109 @@ impl Probes {
         let n = u32::try_from(want.len()).unwrap_or(u32::MAX);
         conf.set(governor_common::culprits::CONF_WATCHED, n, 0)
             .map_err(|source| ProbeError::Map { name, source })?;
-        Ok(())
+        // Watched cgroups get histogram slots first: the probes then count
+        // their culprits without a `WATCHED` lookup.
+        self.change_slots(SlotKind::Cgroups, |table, read| {
+            table.set_watched(&want, read)
+        })
+    }
+
+    /// Applies what `decide` makes of a slot table (`which`) to its
+    /// `SLOT_OF` map and its generation in `CULPRIT_CONF` (nothing where
+    /// the probes use no such slots).
+    fn change_slots(
+        &mut self,
+        which: SlotKind,
+        decide: impl FnOnce(
+            &mut slots::SlotTable,
+            &mut dyn FnMut(u32) -> Vec<u32>,
+        ) -> Vec<slots::Change>,
+    ) -> Result<(), ProbeError> {
+        let (slot_of, runq, conf_index) = which.maps();
+        let Some(table) = (match which {
+            SlotKind::Cgroups => self.slots.as_mut(),
+            SlotKind::Processes => self.proc_slots.as_mut(),
+        }) else {
+            return Ok(());
+        };
+        let runq_map = PerCpuArray::<_, Hist>::try_from(
+            self.ebpf.map(runq).ok_or(ProbeError::MissingMap(runq))?,
+        )
+        .map_err(|source| ProbeError::Map { name: runq, source })?;
+        // A slot that cannot be read starts from zero: its first delta
+        // then holds what it counted before (a failed read is not expected).
+        let mut read = |slot: u32| match runq_map.get(&slot, 0) {
+            Ok(per_cpu) => sum_hists(per_cpu.iter()),
+            Err(_) => vec![0; hist::BUCKETS],
+        };
+        let changes = decide(table, &mut read);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let generation = table.generation();
+        tracing::debug!(
+            "{slot_of}: {} changes, {} of {} slots in use",
+            changes.len(),
+            table.owned().len(),
+            table.capacity()
+        );
+        let name = slot_of;
+        let mut map = aya::maps::HashMap::<_, u64, u32>::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?,
+        )
+        .map_err(|source| ProbeError::Map { name, source })?;
+        for change in &changes {
+            match *change {
+                slots::Change::Set { id, value } => map
+                    .insert(id, value, 0)
+                    .map_err(|source| ProbeError::Map { name, source })?,
+                slots::Change::Remove { id } => {
+                    let _ = map.remove(&id);
+                }
+            }
+        }
+        let name = names::MAP_CULPRIT_CONF;
+        let mut conf = aya::maps::Array::<_, u32>::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?,
+        )
+        .map_err(|source| ProbeError::Map { name, source })?;
+        conf.set(conf_index, generation, 0)
+            .map_err(|source| ProbeError::Map { name, source })
+    }
+
+    /// The waits each slot of a table (`which`) counted since the last
+    /// read, by key (advancing the slots' bases if `advance`).
+    fn read_slots(
+        &mut self,
+        which: SlotKind,
+        advance: bool,
+    ) -> Result<Vec<(u64, Vec<u64>)>, ProbeError> {
+        let (_, name, _) = which.maps();
+        let Some(table) = (match which {
+            SlotKind::Cgroups => self.slots.as_mut(),
+            SlotKind::Processes => self.proc_slots.as_mut(),
+        }) else {
+            return Ok(Vec::new());
+        };
+        let runq = PerCpuArray::<_, Hist>::try_from(
+            self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?,
+        )
+        .map_err(|source| ProbeError::Map { name, source })?;
+        let mut out = Vec::new();
+        for (slot, id) in table.owned() {
+            let per_cpu = runq
+                .get(&slot, 0)
+                .map_err(|source| ProbeError::Map { name, source })?;
+            let d = table.delta(slot, &sum_hists(per_cpu.iter()), advance);
+            if d.iter().any(|&c| c != 0) {
+                out.push((id, d));
+            }
+        }
+        Ok(out)
     }
 
     /// True while the maps are read in batches (the kernel has batch
@@ -955,6 +1105,17 @@ impl Probes {
         if !(mode.batch && self.read_batched(&mut out, mode.drain)) {
             self.read_iterating(&mut out, mode.drain)?;
         }
+        // The cgroups that waited in the hash, before the slots' are added.
+        let hot: Vec<u64> = match self.slots {
+            Some(_) if mode.drain => out.cgroup_runq.keys().copied().collect(),
+            _ => Vec::new(),
+        };
+        for (id, d) in self.read_slots(SlotKind::Cgroups, mode.drain)? {
+            out.add_hists(id, std::iter::once(d.into_iter()));
+        }
+        if mode.drain {
+            self.change_slots(SlotKind::Cgroups, |table, read| table.promote(hot, read))?;
+        }
         Ok(out)
     }
 
@@ -1071,10 +1232,36 @@ impl Probes {
                 v.iter().map(|h| h.counts.iter().map(|&c| u64::from(c))),
             );
         })?;
+        // The processes that waited in the hash get slots from their
+        // second take in a row (as cgroups do, see `slots`).
+        let hot: Vec<u64> = out.keys().map(|&t| u64::from(t)).collect();
+        for (tgid, d) in self.read_slots(SlotKind::Processes, true)? {
+            let Ok(tgid) = u32::try_from(tgid) else {
+                continue;
+            };
+            add_hists(&mut out, tgid, std::iter::once(d.into_iter()));
+        }
+        self.change_slots(SlotKind::Processes, |table, read| table.promote(hot, read))?;
         Ok(out)
     }
 
-    /// Cgroup ids that have a run-queue histogram or connect counter now.
+    /// Cgroup `id`'s histogram slot, if the probes use slots and it has one
+    /// (see [`slots`]).
+    pub fn slot_of(&self, id: u64) -> Option<u32> {
+        self.slots.as_ref().and_then(|t| t.slot_of(id))
+    }
+
+    /// Process `tgid`'s histogram slot, if the probes use slots for
+    /// processes and it has one.
+    pub fn process_slot_of(&self, tgid: u32) -> Option<u32> {
+        self.proc_slots
+            .as_ref()
+            .and_then(|t| t.slot_of(u64::from(tgid)))
+    }
+
+    /// Cgroup ids that have an entry in the per-cgroup run-queue hash or
+    /// connect counters now (not those with histogram slots, see
+    /// [`Probes::slot_of`]).
     pub fn cgroup_ids(&self) -> Result<Vec<u64>, ProbeError> {
         let mut ids = Vec::new();
         let name = names::MAP_CGROUP_RUNQ;
