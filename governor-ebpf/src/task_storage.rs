@@ -149,11 +149,13 @@ unsafe fn add_process_wait_cached(t: *mut TaskWait, tgid: u32, b: usize) {
     add_hist_wait(&PROC_RUNQ, tgid, b);
 }
 
-/// Adds cgroup `id`'s wait (in bucket `b`) to its histogram, its slot's if it has one
-/// (`slot`, a `SLOT_OF` value) else its hash entry, and while culprits are
-/// `on` charges it to `split` if the cgroup is watched: a slot says so
-/// itself (no `WATCHED` lookup); a cgroup without one is looked up (the
-/// agent gives watched cgroups slots first, so only when they ran out).
+/// Adds cgroup `id`'s wait (in bucket `b`) to its histogram, its slot's if
+/// it has one (`slot`, a `SLOT_OF` value) else its hash entry, and while
+/// culprits are `on` charges it to `split` if the cgroup is watched: a slot
+/// says so itself (no `WATCHED` lookup); a cgroup without one is looked up
+/// (the agent gives watched cgroups slots first, so only when they ran
+/// out). False if the wait is in no cgroup's histogram (the hash was
+/// full): the host histogram must then count it itself.
 #[inline(always)]
 fn add_slotted_wait(
     c: Option<*mut CpuCounters>,
@@ -162,7 +164,7 @@ fn add_slotted_wait(
     b: usize,
     on: bool,
     split: &Split,
-) {
+) -> bool {
     if slot != slots::NONE
         && let Some(h) = SLOT_RUNQ.get_ptr_mut(slot & !slots::WATCHED)
     {
@@ -170,11 +172,27 @@ fn add_slotted_wait(
         if on && slot & slots::WATCHED != 0 {
             charge_culprits(c, id, split);
         }
-        return;
+        return true;
     }
-    add_cgroup_wait(c, id, b);
+    let counted = add_hist_wait(&CGROUP_RUNQ, id, b);
+    if !counted {
+        bump_in(c, counter::CGROUP_MAP_FULL);
+    }
     if on {
         add_culprit_waits(c, id, split);
+    }
+    counted
+}
+
+/// A wait measured by the sched_info switch: counted, and added to the
+/// host histogram unless a cgroup's histogram has it (`in_cgroup`): the
+/// agent adds the cgroups' histograms to the host's
+/// (`Probes::read_maps`), which saves a lookup and an increment a switch.
+#[inline(always)]
+fn host_wait(c: Option<*mut CpuCounters>, b: usize, in_cgroup: bool) {
+    bump_in(c, counter::RUNQ_SAMPLES);
+    if !in_cgroup && let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
+        hist_add(h, b);
     }
 }
 
@@ -318,6 +336,7 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
                 if on && let Some(runs) = runs {
                     (*runs).split(queued, now, &mut (*t).culprits);
                 }
+                let mut in_cgroup = false;
                 if id != 0 {
                     let slot = cached_slot(
                         core::ptr::addr_of_mut!((*t).cgroup_slot),
@@ -325,21 +344,19 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
                         &SLOT_OF,
                         culprits::CONF_GEN,
                     );
-                    add_slotted_wait(c, id, slot, b, on, &(*t).culprits);
+                    in_cgroup = add_slotted_wait(c, id, slot, b, on, &(*t).culprits);
                 }
                 add_process_wait_cached(t, tgid, b);
-                wait_measured(c, b);
+                host_wait(c, b, in_cgroup);
             }
         }
         None => {
             // No memory for the entry: the part on this CPU, no culprits.
             bump_in(c, counter::START_MAP_FULL);
             let b = hist::bucket(here);
-            if id != 0 {
-                add_cgroup_wait(c, id, b);
-            }
+            let in_cgroup = id != 0 && add_slotted_wait(c, id, slots::NONE, b, false, &Split::default());
             add_process_wait(tgid, b);
-            wait_measured(c, b);
+            host_wait(c, b, in_cgroup);
         }
     }
 }

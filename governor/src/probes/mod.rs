@@ -267,6 +267,10 @@ pub struct Probes {
     /// The process histogram slots, where the probes use them (the
     /// `sched_info` variant, loaded with per-process histograms).
     proc_slots: Option<slots::SlotTable>,
+    /// The waits of every cgroup's histogram taken out so far, per bucket
+    /// modulo 2^32: the sched_info switch leaves them out of the host
+    /// histogram, which [`Probes::read_maps`] adds them back to.
+    host_from_cgroups: Vec<u32>,
 }
 
 /// Which histogram slots: the cgroups' or the processes'.
@@ -615,6 +619,7 @@ impl Probes {
                 .then(|| slots::SlotTable::new(slot_capacity(cpus))),
             proc_slots: (sched_btf && from_sched_info && processes.is_some())
                 .then(|| slots::SlotTable::new(slot_capacity(cpus))),
+            host_from_cgroups: vec![0; hist::BUCKETS],
         })
     }
 
@@ -1116,6 +1121,19 @@ impl Probes {
         if mode.drain {
             self.change_slots(SlotKind::Cgroups, |table, read| table.promote(hot, read))?;
         }
+        if self.sched_info() {
+            // The sched_info switch leaves the waits a cgroup's histogram
+            // holds out of the host's: the host's is theirs (all cgroups',
+            // as read and taken out so far) plus its own.
+            let mut now = self.host_from_cgroups.clone();
+            for h in out.cgroup_runq.values() {
+                add_wrapping(&mut now, h);
+            }
+            add_wrapping(&mut out.host_runq, &now);
+            if mode.drain {
+                self.host_from_cgroups = now;
+            }
+        }
         Ok(out)
     }
 
@@ -1327,6 +1345,18 @@ fn sum_hists<'a>(hists: impl Iterator<Item = &'a Hist>) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Adds `counts` to `sum` per bucket, modulo 2^32 (the host histogram's
+/// width, see [`sum_hists`]).
+fn add_wrapping<C: Copy + Into<u64>>(sum: &mut Vec<u32>, counts: &[C]) {
+    if sum.len() < counts.len() {
+        sum.resize(counts.len(), 0);
+    }
+    for (o, &c) in sum.iter_mut().zip(counts) {
+        // Modulo 2^32 on purpose.
+        *o = o.wrapping_add(c.into() as u32);
+    }
 }
 
 /// Waits (up to 2 s: programs are freed after an RCU grace period) until

@@ -518,9 +518,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 bail!("{} holds no eBPF program open", v.name());
             }
             let watched = v == Variant::GovernorWatched;
-            if watched {
-                // The first sample (1 s) hands the watched id to the probes.
+            if matches!(
+                v,
+                Variant::Governor
+                    | Variant::GovernorWatched
+                    | Variant::GovernorRaw
+                    | Variant::GovernorSelfTimed
+            ) {
+                // As the agent runs, after its first sample (1 s): that
+                // hands the watched id to the probes, and gives the
+                // cgroups that waited their histogram slots.
                 std::thread::sleep(std::time::Duration::from_millis(1500));
+            }
+            if watched {
                 cgroup.enter()?;
             }
             let us = sched_pipe(args.loops);
