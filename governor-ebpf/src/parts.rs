@@ -98,7 +98,7 @@ pub fn part_hash_hist(_ctx: BtfTracePointContext) -> i32 {
 }
 
 /// The host histogram: a per-CPU array lookup and a bucket increment (what
-/// a histogram slot indexed by the agent would cost instead of the hash).
+/// a cgroup's histogram slot, `SLOT_RUNQ`, costs instead of the hash).
 #[btf_tracepoint(function = "sched_switch")]
 pub fn part_array_hist(_ctx: BtfTracePointContext) -> i32 {
     if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
