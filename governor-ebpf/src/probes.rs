@@ -204,10 +204,14 @@ fn bump_keyed<K>(map: &PerCpuHashMap<K, u64>, key: &K, full: u32) {
     }
 }
 
-/// Adds one to bucket `b` (`hist::bucket` of a wait, computed once for
-/// all the histograms a wait goes to).
+/// Adds a wait of `ns` to its bucket. The bucket is computed here, per
+/// histogram, not once per wait: with one bucket for several histograms
+/// LLVM merged their bounds checks, and the 5.10 verifier, which walks
+/// the branch it cannot take (an impossible range), then refused the
+/// access ("R0 invalid mem access 'inv'").
 #[inline(always)]
-fn hist_add(h: *mut Hist, b: usize) {
+fn hist_add(h: *mut Hist, ns: u64) {
+    let b = hist::bucket(ns);
     if b < hist::BUCKETS {
         // SAFETY: `h` points at this CPU's value of a per-CPU map; `b` is in bounds.
         unsafe { (*h).counts[b] += 1 };
@@ -411,14 +415,13 @@ fn on_switch<T: TaskSlot>(
             unsafe {
                 if (*t).pending_ns != 0 {
                     let waited = (*t).pending_ns - 1;
-                    let b = hist::bucket(waited);
                     (*t).pending_ns = 0;
                     let id = bpf_get_current_cgroup_id();
                     cg = id;
-                    add_cgroup_wait(c, id, b);
+                    add_cgroup_wait(c, id, waited);
                     // Tested here too: the helper call must not run while off.
                     if global(&PROCS_ON) == 1 {
-                        add_process_wait((bpf_get_current_pid_tgid() >> 32) as u32, b);
+                        add_process_wait((bpf_get_current_pid_tgid() >> 32) as u32, waited);
                     }
                     if on {
                         add_culprit_waits(c, id, &(*t).culprits);
@@ -467,15 +470,14 @@ fn on_switch<T: TaskSlot>(
                     (*runs).split((*t).start_ns, now, &mut (*t).culprits);
                 }
                 (*t).start_ns = 0;
-                let b = hist::bucket(waited);
                 if T::CGROUP_AT_SWITCH_IN {
                     // 0 only if a link of the chain was NULL, which a
                     // live task's never is; the wait then counts on the
                     // host only.
                     let id = next.cgroup();
-                    add_process_wait(next.tgid(), b);
+                    add_process_wait(next.tgid(), waited);
                     if id != 0 {
-                        add_cgroup_wait(c, id, b);
+                        add_cgroup_wait(c, id, waited);
                         if on {
                             add_culprit_waits(c, id, &(*t).culprits);
                         }
@@ -484,7 +486,7 @@ fn on_switch<T: TaskSlot>(
                     // +1 so that a zero wait is still "pending".
                     (*t).pending_ns = waited + 1;
                 }
-                wait_measured(c, b);
+                wait_measured(c, waited);
             }
         }
     }
@@ -492,10 +494,10 @@ fn on_switch<T: TaskSlot>(
 
 /// A wait measured: counted, and added to the host histogram.
 #[inline(always)]
-fn wait_measured(c: Option<*mut CpuCounters>, b: usize) {
+fn wait_measured(c: Option<*mut CpuCounters>, waited: u64) {
     bump_in(c, counter::RUNQ_SAMPLES);
     if let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
-        hist_add(h, b);
+        hist_add(h, waited);
     }
 }
 
@@ -605,8 +607,8 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, b: usize) {
-    if !add_hist_wait(&CGROUP_RUNQ, cg, b) {
+fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) {
+    if !add_hist_wait(&CGROUP_RUNQ, cg, waited) {
         bump_in(c, counter::CGROUP_MAP_FULL);
     }
 }
@@ -614,18 +616,18 @@ fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, b: usize) {
 /// Adds a wait to process `tgid`'s histogram while `PROCS_ON` is 1 (a
 /// full map loses it: `observe --processes` sizes the map for the host).
 #[inline(always)]
-fn add_process_wait(tgid: u32, b: usize) {
+fn add_process_wait(tgid: u32, waited: u64) {
     if global(&PROCS_ON) == 1 && tgid != 0 {
-        add_hist_wait(&PROC_RUNQ, tgid, b);
+        add_hist_wait(&PROC_RUNQ, tgid, waited);
     }
 }
 
 /// Adds a wait to `key`'s histogram in `map`, inserting it if absent;
 /// false if the map is full.
 #[inline(always)]
-fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, b: usize) -> bool {
+fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, waited: u64) -> bool {
     if let Some(h) = map.get_ptr_mut(&key) {
-        hist_add(h, b);
+        hist_add(h, waited);
         return true;
     }
     let Some(zero) = HIST_ZERO.get(0) else {
@@ -635,7 +637,7 @@ fn add_hist_wait<K>(map: &PerCpuHashMap<K, Hist>, key: K, b: usize) -> bool {
         return false;
     }
     if let Some(h) = map.get_ptr_mut(&key) {
-        hist_add(h, b);
+        hist_add(h, waited);
     }
     true
 }

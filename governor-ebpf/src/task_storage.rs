@@ -127,7 +127,7 @@ unsafe fn cached_slot(
 /// # Safety
 /// As for [`cached_slot`].
 #[inline(always)]
-unsafe fn add_process_wait_cached(t: *mut TaskWait, tgid: u32, b: usize) {
+unsafe fn add_process_wait_cached(t: *mut TaskWait, tgid: u32, waited: u64) {
     if global(&PROCS_ON) != 1 || tgid == 0 {
         return;
     }
@@ -143,13 +143,13 @@ unsafe fn add_process_wait_cached(t: *mut TaskWait, tgid: u32, b: usize) {
     if slot != slots::NONE
         && let Some(h) = PROC_SLOT_RUNQ.get_ptr_mut(slot)
     {
-        hist_add(h, b);
+        hist_add(h, waited);
         return;
     }
-    add_hist_wait(&PROC_RUNQ, tgid, b);
+    add_hist_wait(&PROC_RUNQ, tgid, waited);
 }
 
-/// Adds cgroup `id`'s wait (in bucket `b`) to its histogram, its slot's if
+/// Adds cgroup `id`'s wait to its histogram, its slot's if
 /// it has one (`slot`, a `SLOT_OF` value) else its hash entry, and while
 /// culprits are `on` charges it to `split` if the cgroup is watched: a slot
 /// says so itself (no `WATCHED` lookup); a cgroup without one is looked up
@@ -161,20 +161,20 @@ fn add_slotted_wait(
     c: Option<*mut CpuCounters>,
     id: u64,
     slot: u32,
-    b: usize,
+    waited: u64,
     on: bool,
     split: &Split,
 ) -> bool {
     if slot != slots::NONE
         && let Some(h) = SLOT_RUNQ.get_ptr_mut(slot & !slots::WATCHED)
     {
-        hist_add(h, b);
+        hist_add(h, waited);
         if on && slot & slots::WATCHED != 0 {
             charge_culprits(c, id, split);
         }
         return true;
     }
-    let counted = add_hist_wait(&CGROUP_RUNQ, id, b);
+    let counted = add_hist_wait(&CGROUP_RUNQ, id, waited);
     if !counted {
         bump_in(c, counter::CGROUP_MAP_FULL);
     }
@@ -189,10 +189,10 @@ fn add_slotted_wait(
 /// agent adds the cgroups' histograms to the host's
 /// (`Probes::read_maps`), which saves a lookup and an increment a switch.
 #[inline(always)]
-fn host_wait(c: Option<*mut CpuCounters>, b: usize, in_cgroup: bool) {
+fn host_wait(c: Option<*mut CpuCounters>, waited: u64, in_cgroup: bool) {
     bump_in(c, counter::RUNQ_SAMPLES);
     if !in_cgroup && let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
-        hist_add(h, b);
+        hist_add(h, waited);
     }
 }
 
@@ -330,7 +330,6 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
                 } else {
                     here
                 };
-                let b = hist::bucket(waited);
                 // What the kernel is about to make `run_delay`.
                 (*t).pending_ns = delay + here;
                 if on && let Some(runs) = runs {
@@ -344,19 +343,19 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
                         &SLOT_OF,
                         culprits::CONF_GEN,
                     );
-                    in_cgroup = add_slotted_wait(c, id, slot, b, on, &(*t).culprits);
+                    in_cgroup = add_slotted_wait(c, id, slot, waited, on, &(*t).culprits);
                 }
-                add_process_wait_cached(t, tgid, b);
-                host_wait(c, b, in_cgroup);
+                add_process_wait_cached(t, tgid, waited);
+                host_wait(c, waited, in_cgroup);
             }
         }
         None => {
             // No memory for the entry: the part on this CPU, no culprits.
             bump_in(c, counter::START_MAP_FULL);
-            let b = hist::bucket(here);
-            let in_cgroup = id != 0 && add_slotted_wait(c, id, slots::NONE, b, false, &Split::default());
-            add_process_wait(tgid, b);
-            host_wait(c, b, in_cgroup);
+            let in_cgroup =
+                id != 0 && add_slotted_wait(c, id, slots::NONE, here, false, &Split::default());
+            add_process_wait(tgid, here);
+            host_wait(c, here, in_cgroup);
         }
     }
 }
