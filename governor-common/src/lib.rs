@@ -34,13 +34,14 @@ pub struct TaskWait {
 // SAFETY: `u64`s and `u32`s in pairs, `repr(C)`, no padding.
 unsafe impl aya::Pod for TaskWait {}
 
-/// Histogram slots: the agent gives each cgroup that waits tick after
-/// tick (and each watched one) a slot in the per-CPU array `SLOT_RUNQ`,
-/// which the BTF probes add its waits to instead of the per-cgroup hash
-/// (an array index instead of a hash lookup; the slot is cached in the
-/// task's storage, see [`super::TaskWait::slot`]). The other cgroups' waits
-/// go to `CGROUP_RUNQ` as before. Slot histograms are cumulative: the
-/// agent takes deltas.
+/// Histogram slots: the agent gives each cgroup that waited in a tick
+/// (while slots are free, see `governor::probes::slots`) and each watched
+/// one a slot in the per-CPU array `SLOT_RUNQ`, which the sched_info probe
+/// adds its waits to instead of the per-cgroup hash (an array index
+/// instead of a hash lookup; the slot is cached in the task's storage, see
+/// [`super::TaskWait::cgroup_slot`]). The other cgroups' waits go to
+/// `CGROUP_RUNQ` as before. Slot histograms are cumulative: the agent
+/// takes deltas.
 pub mod slots {
     /// A `SLOT_OF` value (and a cached slot) meaning "no slot".
     pub const NONE: u32 = u32::MAX;

@@ -294,16 +294,8 @@ impl TaskSlot for Pid {
             start_ns: now,
             pending_ns: 0,
             culprits: Split::default(),
-            cgroup_slot: governor_common::slots::Cached {
-                key: 0,
-                slot: 0,
-                generation: 0,
-            },
-            process_slot: governor_common::slots::Cached {
-                key: 0,
-                slot: 0,
-                generation: 0,
-            },
+            cgroup_slot: governor_common::slots::Cached::default(),
+            process_slot: governor_common::slots::Cached::default(),
         };
         if TASKS.insert(self.0, t, 0).is_err() {
             bump(counter::START_MAP_FULL);
@@ -606,11 +598,15 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Adds a wait to cgroup `cg`'s entry in `CGROUP_RUNQ`; false (and
+/// counted) if the map is full.
 #[inline(always)]
-fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) {
-    if !add_hist_wait(&CGROUP_RUNQ, cg, waited) {
+fn add_cgroup_wait(c: Option<*mut CpuCounters>, cg: u64, waited: u64) -> bool {
+    let added = add_hist_wait(&CGROUP_RUNQ, cg, waited);
+    if !added {
         bump_in(c, counter::CGROUP_MAP_FULL);
     }
+    added
 }
 
 /// Adds a wait to process `tgid`'s histogram while `PROCS_ON` is 1 (a

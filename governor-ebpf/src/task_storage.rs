@@ -146,7 +146,7 @@ unsafe fn add_process_wait_cached(t: *mut TaskWait, tgid: u32, waited: u64) {
         hist_add(h, waited);
         return;
     }
-    add_hist_wait(&PROC_RUNQ, tgid, waited);
+    add_process_wait(tgid, waited);
 }
 
 /// Adds cgroup `id`'s wait to its histogram, its slot's if
@@ -174,10 +174,7 @@ fn add_slotted_wait(
         }
         return true;
     }
-    let counted = add_hist_wait(&CGROUP_RUNQ, id, waited);
-    if !counted {
-        bump_in(c, counter::CGROUP_MAP_FULL);
-    }
+    let counted = add_cgroup_wait(c, id, waited);
     if on {
         add_culprit_waits(c, id, split);
     }
@@ -190,9 +187,10 @@ fn add_slotted_wait(
 /// (`Probes::read_maps`), which saves a lookup and an increment a switch.
 #[inline(always)]
 fn host_wait(c: Option<*mut CpuCounters>, waited: u64, in_cgroup: bool) {
-    bump_in(c, counter::RUNQ_SAMPLES);
-    if !in_cgroup && let Some(h) = HOST_RUNQ.get_ptr_mut(0) {
-        hist_add(h, waited);
+    if in_cgroup {
+        bump_in(c, counter::RUNQ_SAMPLES);
+    } else {
+        wait_measured(c, waited);
     }
 }
 
@@ -352,8 +350,7 @@ fn on_switch_sched_info(c: Option<*mut CpuCounters>, prev: Task, next: Task) {
         None => {
             // No memory for the entry: the part on this CPU, no culprits.
             bump_in(c, counter::START_MAP_FULL);
-            let in_cgroup =
-                id != 0 && add_slotted_wait(c, id, slots::NONE, here, false, &Split::default());
+            let in_cgroup = id != 0 && add_cgroup_wait(c, id, here);
             add_process_wait(tgid, here);
             host_wait(c, here, in_cgroup);
         }

@@ -6,6 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// One test at a time, among the tests of one test binary that take it:
+/// those that load CPUs (their counts and waits are skewed by each
+/// other's processes) or set per-process failpoints.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Panics with a clear message unless we run as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

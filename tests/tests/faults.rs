@@ -27,7 +27,6 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
-    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -49,14 +48,12 @@ use governor_engine::{
 };
 use governor_integration::{
     AgentConfig, AgentProcess, Children, CpuTestCgroup, enter_own_netns, eventually, require_root,
+    serial,
 };
 use rand::{RngExt as _, SeedableRng as _};
 
-/// One test at a time: they load CPU 0, and failpoints are per process.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// The tests take `serial()`, one at a time: they load CPU 0, and
+// failpoints are per process.
 
 fn host() -> CgroupFs {
     CgroupFs::discover(Path::new(DEFAULT_ROOT)).expect("cgroup2")

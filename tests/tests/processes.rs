@@ -1,21 +1,14 @@
 //! `governor observe --processes`: the processes that waited on a run queue,
 //! from the kernel's per-task schedstat, within a test-owned cgroup.
 
-use std::{
-    process::Command,
-    sync::{Mutex, MutexGuard},
-};
+use std::process::Command;
 
-use governor_integration::{Children, TestCgroup, governor_bin, require_root};
+use governor_integration::{Children, TestCgroup, governor_bin, require_root, serial};
 
-/// One test at a time: both crowd CPU 0, and the other's heavier cgroup
-/// (`outweigh_the_host`) starves this one's hogs, which then neither run
-/// nor, by their schedstat, wait (run delay is added when a task gets the
-/// CPU): in parallel the hogs test saw no rows.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// The tests take `serial()`, one at a time: both crowd CPU 0, and the
+// other's heavier cgroup (`outweigh_the_host`) starves this one's hogs,
+// which then neither run nor, by their schedstat, wait (run delay is added
+// when a task gets the CPU): in parallel the hogs test saw no rows.
 
 /// One interval of `governor observe --processes --format json` over
 /// `cgroups`: its JSON line (it must succeed).

@@ -7,7 +7,6 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -23,7 +22,13 @@ use governor::{
 use governor_engine::snapshot::{CgroupPath, Snapshot};
 use governor_integration::{
     Children, CpuTestCgroup, TestCgroup, enter_own_netns, eventually, field, probes, require_root,
+    serial,
 };
+
+// The tests that load CPUs take `serial()`, one at a time: the crowded-CPU
+// test counts its quiet worker's waits against its wake-ups, and any other
+// test's processes on CPU 1 add waits (in a parallel run B measured 1566
+// waits for 1489 wake-ups, 5% asked).
 
 fn cgroup_index() -> CgroupIndex {
     CgroupIndex::new(CgroupFs::discover(Path::new(DEFAULT_ROOT)).expect("cgroup2"))
@@ -58,15 +63,6 @@ fn sensor_of(scope: SensorScope, proc_root: &str, listeners: Option<ListenerRead
     );
     s.prime().expect("first reading");
     s
-}
-
-/// One at a time, the tests that load CPUs: the crowded-CPU test counts
-/// its quiet worker's waits against its wake-ups, and any other test's
-/// processes on CPU 1 add waits (in a parallel run B measured 1566 waits
-/// for 1489 wake-ups, 5% asked).
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn runq_of(s: &Snapshot, path: &CgroupPath) -> governor_engine::snapshot::RunqStats {

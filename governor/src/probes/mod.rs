@@ -676,6 +676,34 @@ impl Probes {
         })
     }
 
+    /// A slot table (`which`) and its histogram array, if the probes use
+    /// such slots.
+    #[allow(clippy::type_complexity)]
+    fn slot_table(
+        &mut self,
+        which: SlotKind,
+    ) -> Result<
+        Option<(
+            &mut slots::SlotTable,
+            PerCpuArray<&aya::maps::MapData, Hist>,
+        )>,
+        ProbeError,
+    > {
+        let table = match which {
+            SlotKind::Cgroups => self.slots.as_mut(),
+            SlotKind::Processes => self.proc_slots.as_mut(),
+        };
+        let Some(table) = table else {
+            return Ok(None);
+        };
+        let (_, name, _) = which.maps();
+        let runq = PerCpuArray::<_, Hist>::try_from(
+            self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?,
+        )
+        .map_err(|source| ProbeError::Map { name, source })?;
+        Ok(Some((table, runq)))
+    }
+
     /// Applies what `decide` makes of a slot table (`which`) to its
     /// `SLOT_OF` map and its generation in `CULPRIT_CONF` (nothing where
     /// the probes use no such slots).
@@ -687,17 +715,10 @@ impl Probes {
             &mut dyn FnMut(u32) -> Vec<u32>,
         ) -> Vec<slots::Change>,
     ) -> Result<(), ProbeError> {
-        let (slot_of, runq, conf_index) = which.maps();
-        let Some(table) = (match which {
-            SlotKind::Cgroups => self.slots.as_mut(),
-            SlotKind::Processes => self.proc_slots.as_mut(),
-        }) else {
+        let (slot_of, _, conf_index) = which.maps();
+        let Some((table, runq_map)) = self.slot_table(which)? else {
             return Ok(());
         };
-        let runq_map = PerCpuArray::<_, Hist>::try_from(
-            self.ebpf.map(runq).ok_or(ProbeError::MissingMap(runq))?,
-        )
-        .map_err(|source| ProbeError::Map { name: runq, source })?;
         // A slot that cannot be read starts from zero: its first delta
         // then holds what it counted before (a failed read is not expected).
         let mut read = |slot: u32| match runq_map.get(&slot, 0) {
@@ -751,16 +772,9 @@ impl Probes {
         advance: bool,
     ) -> Result<Vec<(u64, Vec<u64>)>, ProbeError> {
         let (_, name, _) = which.maps();
-        let Some(table) = (match which {
-            SlotKind::Cgroups => self.slots.as_mut(),
-            SlotKind::Processes => self.proc_slots.as_mut(),
-        }) else {
+        let Some((table, runq)) = self.slot_table(which)? else {
             return Ok(Vec::new());
         };
-        let runq = PerCpuArray::<_, Hist>::try_from(
-            self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?,
-        )
-        .map_err(|source| ProbeError::Map { name, source })?;
         let mut out = Vec::new();
         for (slot, id) in table.owned() {
             let per_cpu = runq
@@ -1250,8 +1264,8 @@ impl Probes {
                 v.iter().map(|h| h.counts.iter().map(|&c| u64::from(c))),
             );
         })?;
-        // The processes that waited in the hash get slots from their
-        // second take in a row (as cgroups do, see `slots`).
+        // The processes that waited in the hash get slots after this take
+        // (as cgroups do after a tick, see `slots`).
         let hot: Vec<u64> = out.keys().map(|&t| u64::from(t)).collect();
         for (tgid, d) in self.read_slots(SlotKind::Processes, true)? {
             let Ok(tgid) = u32::try_from(tgid) else {
